@@ -1,0 +1,124 @@
+"""The ``so3krates`` command: convert, train, evaluate, export, info.
+
+Every subcommand prints what it does and fails with a one-line error (exit code 2) naming the
+problem and the fix, never a bare traceback, unless ``--debug`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def _cmd_convert(args) -> None:
+    from so3krates.potential.convert import convert_so3lr_checkpoint
+    t0 = time.perf_counter()
+    info = convert_so3lr_checkpoint(args.params, args.output, lr_cutoff=args.lr_cutoff,
+                                    dispersion_damping=args.dispersion_damping,
+                                    hyperparameters=args.hyperparameters)
+    print(f"converted {args.params} -> {args.output} ({info.get('num_parameters', '?')} parameters, "
+          f"lr cutoff {args.lr_cutoff} Å, dispersion damping {args.dispersion_damping} Å) "
+          f"in {time.perf_counter() - t0:.1f} s")
+
+
+def _cmd_export(args) -> None:
+    from so3krates.export.exporter import export_checkpoint
+    from so3krates.export.metadata import summary_line
+    if args.format == "pt2":
+        from so3krates.export.pt2 import export_pt2
+        path = export_pt2(args.checkpoint, args.output, dtype=args.dtype, device=args.device)
+        print(f"wrote {path} (torch.export / AOTInductor package, generic entry point only)")
+        return
+    t0 = time.perf_counter()
+    meta = export_checkpoint(args.checkpoint, args.output, dtype=args.dtype, device=args.device)
+    print(f"wrote {args.output} in {time.perf_counter() - t0:.1f} s")
+    print(summary_line(meta))
+
+
+def _cmd_info(args) -> None:
+    from so3krates.export.metadata import read_metadata, summary_line
+    meta = read_metadata(args.model)
+    if args.json:
+        print(json.dumps(meta, indent=1))
+        return
+    print(summary_line(meta))
+    for key in ("format_version", "package_version", "torch_version", "dtype", "device", "cutoff", "cutoff_lr",
+                "num_layers", "receptive_field", "num_globals", "efa", "long_range", "units", "entry_points",
+                "source_checkpoint"):
+        if key in meta:
+            print(f"  {key:18s} {meta[key]}")
+    print(f"  {'species':18s} {' '.join(f'{s}({z})' for s, z in zip(meta['symbols'], meta['species']))}")
+
+
+def _cmd_train(args) -> None:
+    from so3krates.potential.train import train_main
+    run = train_main(args.config, resume=args.resume)
+    print(f"training finished: {run}")
+
+
+def _cmd_evaluate(args) -> None:
+    from so3krates.potential.evaluate import evaluate_main
+    evaluate_main(args.model, args.data, args.output)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="so3krates", description=__doc__.splitlines()[0])
+    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("convert", help="convert published SO3LR JAX weights (params.pkl) to a checkpoint")
+    c.add_argument("params", help="params.pkl of SO3LR (nested dict of numpy arrays)")
+    c.add_argument("-o", "--output", required=True, help="output checkpoint (.ckpt)")
+    c.add_argument("--hyperparameters", default=None,
+                   help="hyperparameters.yaml (default: the one next to params.pkl)")
+    c.add_argument("--lr-cutoff", type=float, default=12.0, help="long-range cutoff in Å (default 12)")
+    c.add_argument("--dispersion-damping", type=float, default=2.0,
+                   help="dispersion cutoff damping width in Å (default 2)")
+    c.set_defaults(func=_cmd_convert)
+
+    e = sub.add_parser("export", help="export a checkpoint to one TorchScript file for OpenMM/LAMMPS/ASE")
+    e.add_argument("checkpoint", help="checkpoint (.ckpt) from `so3krates train` or `so3krates convert`")
+    e.add_argument("-o", "--output", required=True, help="output file (model.pt)")
+    e.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                   help="float32 for production MD, float64 for reference checks (default float32)")
+    e.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device the file is saved for")
+    e.add_argument("--format", choices=["torchscript", "pt2"], default="torchscript",
+                   help="torchscript (default; loaded by OpenMM TorchForce and the LAMMPS pair style) or "
+                        "pt2 (torch.export/AOTInductor package, Python only)")
+    e.set_defaults(func=_cmd_export)
+
+    i = sub.add_parser("info", help="print the metadata of an exported model")
+    i.add_argument("model")
+    i.add_argument("--json", action="store_true", help="print the full metadata as JSON")
+    i.set_defaults(func=_cmd_info)
+
+    t = sub.add_parser("train", help="train a model from a YAML config")
+    t.add_argument("config")
+    t.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    t.set_defaults(func=_cmd_train)
+
+    v = sub.add_parser("evaluate", help="energy/force errors of a model on a dataset, per element")
+    v.add_argument("model", help="exported model (.pt) or checkpoint (.ckpt)")
+    v.add_argument("data", help="extxyz (or anything ASE reads) or npz with reference energies/forces")
+    v.add_argument("-o", "--output", default=None, help="write predictions to this extxyz")
+    v.set_defaults(func=_cmd_evaluate)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError, OSError) as exc:
+        if args.debug:
+            raise
+        print(f"so3krates {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
