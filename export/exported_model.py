@@ -26,6 +26,8 @@ from typing import Dict
 import torch
 from torch import Tensor, nn
 
+from so3krates.potential.validate import check_species
+
 
 class ExportedPotential(nn.Module):
     def __init__(self, potential):
@@ -91,7 +93,10 @@ class ExportedPotential(nn.Module):
     def atomic_energies_from_edges(self, positions: Tensor, atomic_numbers: Tensor, idx_i: Tensor, idx_j: Tensor,
                                    nlocal: int, total_charge: float, num_unpaired_electrons: float,
                                    global_sums: Tensor) -> Tensor:
-        self.potential.check_species(atomic_numbers)
+        if not bool(torch.isfinite(positions).all()):
+            raise ValueError("positions contain NaN or inf (Å): the simulation has blown up or the input is corrupt; "
+                             "check the time step, the starting structure and the units")
+        check_species(atomic_numbers, self.potential.known_species, self.potential.species)
         vec, i, j, vec_lr, i_lr, j_lr = self._graphs(positions, idx_i, idx_j)
         batch, q, s, cell, pbc = self._engine_inputs(positions, atomic_numbers, total_charge, num_unpaired_electrons)
         sums = global_sums.reshape(1, -1) if self.num_globals > 0 else None

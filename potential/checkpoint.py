@@ -61,6 +61,8 @@ def model_from_checkpoint(path: str | os.PathLike, dtype: Optional[torch.dtype] 
     payload = load_checkpoint(path)
     model = So3krates(So3kratesConfig.from_dict(payload["config"]))
     state = payload.get("ema_state_dict") if use_ema and payload.get("ema_state_dict") else payload["state_dict"]
+    stored = next((v.dtype for v in state.values() if v.is_floating_point()), torch.float32)
+    model = model.to(stored)  # load at the stored precision, then convert: float64 weights stay exact
     model.load_state_dict(state)
     if dtype is not None:
         model = model.to(dtype)

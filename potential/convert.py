@@ -22,7 +22,8 @@ from .config import So3kratesConfig
 from .model import So3krates
 
 PathLike = Union[str, os.PathLike]
-SO3LR_SPECIES = [1, 6, 7, 8, 9, 15, 16, 17]  # elements of the SO3LR training data
+# Elements of the SO3LR training data (SPICE, QM7-X, AQM, DES, ...): H Li C N O F Na Mg P S Cl K Ca Br I.
+SO3LR_SPECIES = [1, 3, 6, 7, 8, 9, 11, 12, 15, 16, 17, 19, 20, 35, 53]
 
 
 # ------------------------------------------------------------------------------------ reading

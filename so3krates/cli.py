@@ -13,12 +13,12 @@ import time
 
 
 def _cmd_convert(args) -> None:
-    from so3krates.potential.convert import convert_so3lr_checkpoint
+    from so3krates.potential.convert import convert_to_checkpoint
     t0 = time.perf_counter()
-    info = convert_so3lr_checkpoint(args.params, args.output, lr_cutoff=args.lr_cutoff,
-                                    dispersion_damping=args.dispersion_damping,
-                                    hyperparameters=args.hyperparameters)
-    print(f"converted {args.params} -> {args.output} ({info.get('num_parameters', '?')} parameters, "
+    model = convert_to_checkpoint(args.params, args.output, hyperparameters_path=args.hyperparameters,
+                                  lr_cutoff=args.lr_cutoff, dispersion_damping=args.dispersion_damping)
+    nparams = sum(p.numel() for p in model.parameters())
+    print(f"converted {args.params} -> {args.output} ({nparams} parameters, "
           f"lr cutoff {args.lr_cutoff} Å, dispersion damping {args.dispersion_damping} Å) "
           f"in {time.perf_counter() - t0:.1f} s")
 
@@ -53,8 +53,8 @@ def _cmd_info(args) -> None:
 
 
 def _cmd_train(args) -> None:
-    from so3krates.potential.train import train_main
-    run = train_main(args.config, resume=args.resume)
+    from so3krates.potential.train import parse_overrides, train_main
+    run = train_main(args.config, resume=args.resume, overrides=parse_overrides(args.set or []))
     print(f"training finished: {run}")
 
 
@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model from a YAML config")
     t.add_argument("config")
     t.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config entry, e.g. --set training.max_steps=100 (repeatable)")
     t.set_defaults(func=_cmd_train)
 
     v = sub.add_parser("evaluate", help="energy/force errors of a model on a dataset, per element")

@@ -1,0 +1,335 @@
+"""Training, resuming, checkpoints, normalisation, batching and evaluation (fast: tiny model, tiny data).
+
+Data: small random molecules (H, C, O) labelled in the test with an analytic Morse pair potential
+plus per-element energy offsets, so energies and forces are exact and cheap.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+
+ase = pytest.importorskip("ase")
+import ase.io  # noqa: E402
+from ase import Atoms  # noqa: E402
+from ase.calculators.singlepoint import SinglePointCalculator  # noqa: E402
+
+from so3krates.potential import data as D  # noqa: E402
+from so3krates.potential import train as T  # noqa: E402
+from so3krates.potential.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
+from so3krates.potential.evaluate import evaluate_main  # noqa: E402
+
+OFFSETS = {1: -13.6, 6: -1030.0, 8: -2040.0}
+TINY_MODEL = {"num_features": 16, "num_layers": 1, "degrees": [1, 2], "num_heads": 2, "num_features_head": 8,
+              "cutoff": 4.0, "num_radial_basis_fn": 8, "energy_regression_dim": 16}
+
+
+def morse(pos, z, D_e=0.5, a=1.5, r0=1.2):
+    """Energy (eV) and forces (eV/Å) of a Morse pair potential + per-element offsets."""
+    e = sum(OFFSETS[int(k)] for k in z)
+    f = np.zeros_like(pos)
+    for i in range(len(pos)):
+        for j in range(i + 1, len(pos)):
+            d = pos[j] - pos[i]
+            r = np.linalg.norm(d)
+            ex = np.exp(-a * (r - r0))
+            e += D_e * ((1 - ex) ** 2 - 1)
+            g = D_e * 2 * (1 - ex) * a * ex * d / r  # dE/dr * r_hat
+            f[i] += g
+            f[j] -= g
+    return e, f
+
+
+def make_molecules(n, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        m = int(rng.integers(3, 7))
+        z = rng.choice([1, 6, 8], size=m)
+        z[:3] = [1, 6, 8]  # every frame holds every element
+        rng.shuffle(z)
+        while True:
+            pos = rng.uniform(0, 2.6, (m, 3))
+            r = np.linalg.norm(pos[:, None] - pos[None], axis=-1) + 10 * np.eye(m)
+            if r.min() > 0.9:
+                break
+        e, f = morse(pos, z)
+        a = Atoms(numbers=z, positions=pos)
+        a.calc = SinglePointCalculator(a, energy=e, forces=f)
+        out.append(a)
+    return out
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "morse.extxyz"
+    ase.io.write(path, make_molecules(24))
+    return path
+
+
+def _cfg(dataset, run_dir, **training):
+    t = {"batch_size": 4, "lr": 3e-3, "progress": False, "epochs": 100, "eval_every": 3, "ema_decay": 0.9}
+    t.update(training)
+    return {"run_dir": str(run_dir), "seed": 3, "model": dict(TINY_MODEL),
+            "data": {"path": str(dataset), "split": {"train": 16, "valid": 4, "test": 4, "seed": 1}},
+            "training": t}
+
+
+def _write_cfg(tmp_path, cfg):
+    import yaml
+
+    p = tmp_path / "config.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return str(p)
+
+
+def _rows(run_dir):
+    with open(run_dir / "metrics.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def trained_run(dataset, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    run = T.train_main(_write_cfg(tmp, _cfg(dataset, tmp / "run", max_steps=36)))
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+def test_training_reduces_loss_and_writes_outputs(trained_run):
+    rows = _rows(trained_run)
+    assert [int(r["step"]) for r in rows] == list(range(3, 37, 3))
+    first, last = float(rows[0]["train_loss"]), float(rows[-1]["train_loss"])
+    assert last < 0.5 * first, (first, last)
+    assert float(rows[-1]["valid_loss"]) < float(rows[0]["valid_loss"])
+    for name in ("last.ckpt", "best.ckpt", "metrics.csv", "config.yaml", "learning_curve.png",
+                 "parity_energy.png", "parity_forces.png", "test_metrics.json"):
+        assert (trained_run / name).is_file(), name
+    ck = load_checkpoint(trained_run / "last.ckpt")
+    assert ck["step"] == 36 and ck["finished"]
+    for key in ("config", "state_dict", "ema_state_dict", "species", "normalization", "optimizer", "scheduler",
+                "ema", "rng", "train_config", "epoch"):
+        assert key in ck, key
+    assert ck["species"] == [1, 6, 8]
+
+
+def test_resume_continues_the_same_run(dataset, tmp_path):
+    n = 10  # not a multiple of the 4 batches per epoch: the split falls inside an epoch
+    straight = T.train_main(_write_cfg(tmp_path, _cfg(dataset, tmp_path / "a", max_steps=n)))
+    cfg_b = _write_cfg(tmp_path, _cfg(dataset, tmp_path / "b", max_steps=n))
+    T.train_main(cfg_b, overrides={"training.stop_after_steps": n // 2})
+    half = load_checkpoint(tmp_path / "b" / "last.ckpt")
+    assert half["step"] == n // 2 and not half["finished"]
+    assert [int(r["step"]) for r in _rows(tmp_path / "b")] == [3]
+    resumed = T.train_main(cfg_b, resume=True)
+    a, b = load_checkpoint(straight / "last.ckpt"), load_checkpoint(resumed / "last.ckpt")
+    assert a["step"] == b["step"] == n
+    for key in a["state_dict"]:
+        torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(a["ema_state_dict"][key], b["ema_state_dict"][key], rtol=1e-6, atol=1e-7)
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert int(sa[k]["step"]) == int(sb[k]["step"]) == n
+        torch.testing.assert_close(sa[k]["exp_avg"], sb[k]["exp_avg"], rtol=1e-6, atol=1e-9)
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == n
+    # metrics continue: same steps, same losses as the straight run
+    ra, rb = _rows(straight), _rows(resumed)
+    assert [r["step"] for r in ra] == [r["step"] for r in rb] == ["3", "6", "9", "10"]
+    for x, y in zip(ra, rb):
+        for key in ("train_loss", "valid_loss", "lr", "valid_forces_mae"):
+            assert math.isclose(float(x[key]), float(y[key]), rel_tol=1e-6), (key, x[key], y[key])
+    # resuming a finished run does nothing and keeps the step
+    T.train_main(cfg_b, resume=True)
+    assert load_checkpoint(resumed / "last.ckpt")["step"] == n
+    # starting over an existing run without --resume is refused
+    with pytest.raises(ValueError, match="resume"):
+        T.train_main(cfg_b)
+
+
+def test_checkpoint_round_trip(trained_run, dataset):
+    ck = load_checkpoint(trained_run / "best.ckpt")
+    model = model_from_checkpoint(trained_run / "best.ckpt").double()
+    raw = model_from_checkpoint(trained_run / "best.ckpt", use_ema=False).double()
+    for k, v in ck["ema_state_dict"].items():
+        torch.testing.assert_close(model.state_dict()[k], v.double())
+    frames = D.read_frames(dataset)[:5]
+    D.attach_neighbors(frames, TINY_MODEL["cutoff"], progress=False)
+    batch = D.collate(frames)
+    e1 = T.predict(model, batch)["energy"]
+    # save again with the checkpoint module and reload: identical predictions
+    from so3krates.potential.checkpoint import save_checkpoint
+
+    save_checkpoint(trained_run / "copy.ckpt", model, normalization=ck["normalization"])
+    again = model_from_checkpoint(trained_run / "copy.ckpt").double()
+    torch.testing.assert_close(T.predict(again, batch)["energy"], e1, rtol=0, atol=1e-10)
+    assert not torch.allclose(T.predict(raw, batch)["energy"], e1)  # EMA differs from raw weights
+    # the normalisation lives in the weights: offsets of the species equal the fitted shifts
+    shifts = ck["normalization"]["energy_shifts"]
+    off = model.energy_head.energy_offset.detach()
+    for z, v in shifts.items():
+        assert abs(float(off[int(z)]) - v) < 1e-3
+    assert abs(float(model.energy_head.atomic_scales[1]) - ck["normalization"]["force_scale"]) < 1e-5
+
+
+def test_energy_shift_fit_is_exact_for_linear_composition():
+    rng = np.random.default_rng(0)
+    true = {1: -13.6, 6: -1030.2, 8: -2041.7, 7: -1480.9}
+    frames = []
+    for _ in range(12):
+        z = rng.choice(list(true), size=int(rng.integers(2, 9)))
+        frames.append(D.Frame(positions=rng.normal(size=(len(z), 3)), atomic_numbers=z,
+                              energy=float(sum(true[int(k)] for k in z))))
+    species = sorted({int(k) for f in frames for k in f.atomic_numbers})
+    fit = T.fit_energy_shifts(frames, species)
+    for z in species:
+        assert abs(fit[z] - true[z]) < 1e-8
+    from so3krates.potential.config import So3kratesConfig
+    from so3krates.potential.model import So3krates
+
+    model = So3krates(So3kratesConfig(**TINY_MODEL)).double()
+    T.apply_normalization(model, fit, 2.5)
+    for z in species:
+        assert float(model.energy_head.energy_offset[z]) == pytest.approx(true[z], abs=1e-4)
+        assert float(model.energy_head.atomic_scales[z]) == 2.5
+    # a model whose network output is zero predicts the composition-linear energies exactly
+    with torch.no_grad():
+        for p in model.energy_head.mlp.dense_final.parameters():
+            p.zero_()
+    D.attach_neighbors(frames, 4.0, progress=False)
+    pred = T.predict(model, D.collate(frames), compute_forces=False)["energy"]
+    torch.testing.assert_close(pred, torch.tensor([f.energy for f in frames], dtype=torch.float64),
+                               rtol=1e-12, atol=1e-9)
+
+
+def test_collate_mixes_molecules_and_periodic_frames():
+    from ase.build import bulk
+
+    mols = D.frames_from_atoms(make_molecules(2, seed=5))
+    cu = bulk("Cu", "fcc", a=3.6)  # primitive cell, smaller than the cutoff: many images
+    cu.rattle(0.05, seed=1)
+    per = D.frames_from_atoms([cu])
+    frames = [mols[0], per[0], mols[1]]
+    D.attach_neighbors(frames, 4.0, progress=False)
+    batch = D.collate(frames)
+    assert batch.num_graphs == 3
+    assert batch.positions.shape[0] == sum(f.num_atoms for f in frames)
+    assert batch.cell.shape == (3, 3, 3) and batch.pbc.tolist() == [[False] * 3, [True] * 3, [False] * 3]
+    assert torch.equal(batch.batch, torch.repeat_interleave(torch.arange(3), batch.num_atoms))
+    vec = batch.edge_vectors(batch.positions, batch.cell)
+    assert torch.all(batch.batch[batch.idx_i] == batch.batch[batch.idx_j])
+    assert (vec.norm(dim=-1) < 4.0).all() and (vec.norm(dim=-1) > 0).all()
+    assert int((batch.batch[batch.idx_i] == 1).sum()) == int(per[0].idx_i.shape[0]) > 12  # periodic images
+    # batched energies equal single-frame energies
+    from so3krates.potential.config import So3kratesConfig
+    from so3krates.potential.model import So3krates
+
+    torch.manual_seed(0)
+    model = So3krates(So3kratesConfig(**TINY_MODEL)).double()
+    e_batch = T.predict(model, batch)["energy"]
+    for k, f in enumerate(frames):
+        e_one = T.predict(model, D.collate([f]))["energy"]
+        torch.testing.assert_close(e_batch[k : k + 1], e_one, rtol=1e-12, atol=1e-10)
+
+
+def test_npz_with_node_mask_and_splits(tmp_path):
+    pos = np.random.default_rng(0).normal(size=(5, 4, 3))
+    z = np.array([[1, 8, 1, 0]] * 5)
+    mask = z > 0
+    np.savez(tmp_path / "d.npz", positions=pos, atomic_numbers=z.astype(float), node_mask=mask,
+             energy=np.arange(5.0), forces=np.zeros((5, 4, 3)))
+    frames = D.read_frames(tmp_path / "d.npz")
+    assert len(frames) == 5 and all(f.num_atoms == 3 for f in frames)
+    assert frames[2].energy == 2.0 and frames[0].forces.shape == (3, 3)
+    s1 = D.split_indices(100, 0.7, 0.2, seed=4)
+    s2 = D.split_indices(100, 0.7, 0.2, seed=4)
+    assert [len(s1[k]) for k in ("train", "valid", "test")] == [70, 20, 10]
+    assert all(np.array_equal(s1[k], s2[k]) for k in s1)
+    assert len(set(np.concatenate(list(s1.values())))) == 100
+    np.savetxt(tmp_path / "tr.txt", [0, 2, 4], fmt="%d")
+    s3 = D.split_indices(5, index_files={"train": tmp_path / "tr.txt"})
+    assert s3["train"].tolist() == [0, 2, 4] and len(s3["valid"]) == 0
+
+
+def test_evaluate_prints_per_element_metrics(trained_run, dataset, tmp_path, capsys):
+    out = tmp_path / "pred.extxyz"
+    m = evaluate_main(str(trained_run / "best.ckpt"), str(dataset), str(out), progress=False)
+    text = capsys.readouterr().out
+    for sym in ("H", "C", "O"):
+        assert sym in m["per_element"]
+        assert any(line.split()[:1] == [sym] for line in text.splitlines()), text
+    assert "energy/atom" in text and "forces" in text
+    assert m["num_frames"] == 24 and m["forces_mae"] > 0
+    images = ase.io.read(out, ":")
+    assert len(images) == 24
+    assert "ref_energy" in images[0].info and "ref_forces" in images[0].arrays
+    # the predictions file holds the model's energies, not the references
+    ref = np.array([a.info["ref_energy"] for a in images])
+    pred = np.array([a.get_potential_energy() for a in images])
+    assert np.mean(np.abs(pred - ref)) == pytest.approx(m["energy_mae"], rel=1e-6)
+
+
+def test_early_stopping_and_schedules(dataset, tmp_path):
+    # lr = 0: the validation loss never improves after the first validation -> stop at the second
+    run = T.train_main(_write_cfg(tmp_path, _cfg(dataset, tmp_path / "es", lr=0.0, patience=1, max_steps=30, ema_decay=None,
+                                                 optimizer="adamw", weight_decay=0.01)))
+    ck = load_checkpoint(run / "last.ckpt")
+    assert ck["step"] == 6 and ck["finished"] and ck["bad_evals"] == 1
+    f = T.make_lr_lambda({"warmup_steps": 4, "lr_decay": "cosine", "min_lr_ratio": 0.1}, total_steps=24)
+    assert f(0) == pytest.approx(0.25) and f(3) == pytest.approx(1.0)
+    assert f(23) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 19 / 20)))
+    g = T.make_lr_lambda({"lr_decay": "exponential", "lr_decay_rate": 0.5, "lr_decay_steps": 10}, total_steps=100)
+    assert g(10) == pytest.approx(0.5) and g(20) == pytest.approx(0.25)
+
+
+def test_stress_and_forces_match_finite_differences():
+    from ase.build import bulk
+
+    from so3krates.potential.config import So3kratesConfig
+    from so3krates.potential.model import So3krates
+
+    atoms = bulk("Cu", "fcc", a=3.6) * (1, 1, 2)
+    atoms.rattle(0.1, seed=2)
+    frame = D.frames_from_atoms([atoms])[0]
+    torch.manual_seed(0)
+    model = So3krates(So3kratesConfig(**TINY_MODEL)).double()
+    D.frame_neighbors(frame, 4.0)
+    p = T.predict(model, D.collate([frame]), compute_forces=True, compute_stress=True)
+
+    def energy(pos, cell):
+        g = copy.deepcopy(frame)
+        g.positions, g.cell = pos, cell
+        D.frame_neighbors(g, 4.0)
+        return float(T.predict(model, D.collate([g]), compute_forces=False)["energy"].detach())
+
+    h, vol = 1e-4, abs(np.linalg.det(frame.cell))
+    for a, b in ((0, 0), (0, 1), (2, 1)):
+        eps = np.zeros((3, 3))
+        eps[a, b] += h / 2
+        eps[b, a] += h / 2
+        up, dn = np.eye(3) + eps, np.eye(3) - eps
+        fd = (energy(frame.positions @ up, frame.cell @ up) - energy(frame.positions @ dn, frame.cell @ dn)) / (2 * h * vol)
+        assert float(p["stress"][0, a, b]) == pytest.approx(fd, rel=1e-5, abs=1e-9)
+    d = np.zeros_like(frame.positions)
+    d[1, 2] = h
+    fd = -(energy(frame.positions + d, frame.cell) - energy(frame.positions - d, frame.cell)) / (2 * h)
+    assert float(p["forces"][1, 2]) == pytest.approx(fd, rel=1e-5, abs=1e-9)
+
+
+def test_evaluate_exported_model_matches_checkpoint(trained_run, dataset, tmp_path):
+    exporter = pytest.importorskip("so3krates.export.exporter")
+    pt = tmp_path / "model.pt"
+    exporter.export_checkpoint(str(trained_run / "best.ckpt"), str(pt), dtype="float64")
+    from so3krates.potential.evaluate import predict_frames
+
+    frames = D.read_frames(dataset)[:6]
+    p_pt = predict_frames(str(pt), frames, progress=False)
+    p_ck = predict_frames(str(trained_run / "best.ckpt"), frames, progress=False)
+    for a, b in zip(p_pt, p_ck):
+        assert a["energy"] == pytest.approx(b["energy"], abs=1e-8)
+        np.testing.assert_allclose(a["forces"], b["forces"], atol=1e-8)
