@@ -39,6 +39,7 @@ class ExportedPotential(nn.Module):
         self.cutoff_lr: float = float(cfg.cutoff_lr) if cfg.cutoff_lr is not None else -1.0
         self.num_globals: int = int(self.num_globals_of(cfg))
         self.uses_long_range_graph: bool = bool(cfg.electrostatic_energy_bool or cfg.dispersion_energy_bool)
+        self.has_efa: bool = bool(any(cfg.efa_layers))
 
     # --------------------------------------------------------------- static facts about a config
     @staticmethod
@@ -63,6 +64,12 @@ class ExportedPotential(nn.Module):
                 compute_forces: bool = True, compute_stress: bool = False) -> Dict[str, Tensor]:
         return self.potential(positions, atomic_numbers, cell, pbc, total_charge, num_unpaired_electrons,
                               compute_forces, compute_stress)
+
+    def _check_engine_support(self):
+        if self.has_efa:
+            raise RuntimeError("this model uses Euclidean fast attention (EFA), whose global sums are not yet "
+                               "supported with engine neighbour lists (LAMMPS); run it through the generic "
+                               "entry point (ASE, OpenMM) or export a model without EFA")
 
     def _graphs(self, positions: Tensor, idx_i: Tensor, idx_j: Tensor):
         vec = positions.index_select(0, idx_j) - positions.index_select(0, idx_i)
@@ -93,6 +100,7 @@ class ExportedPotential(nn.Module):
     def atomic_energies_from_edges(self, positions: Tensor, atomic_numbers: Tensor, idx_i: Tensor, idx_j: Tensor,
                                    nlocal: int, total_charge: float, num_unpaired_electrons: float,
                                    global_sums: Tensor) -> Tensor:
+        self._check_engine_support()
         if not bool(torch.isfinite(positions).all()):
             raise ValueError("positions contain NaN or inf (Å): the simulation has blown up or the input is corrupt; "
                              "check the time step, the starting structure and the units")
@@ -107,6 +115,7 @@ class ExportedPotential(nn.Module):
     @torch.jit.export
     def global_partials(self, positions: Tensor, atomic_numbers: Tensor, idx_i: Tensor, idx_j: Tensor,
                         nlocal: int, total_charge: float, num_unpaired_electrons: float) -> Tensor:
+        self._check_engine_support()
         if self.num_globals == 0:
             return torch.zeros(0, dtype=positions.dtype, device=positions.device)
         vec, i, j, vec_lr, i_lr, j_lr = self._graphs(positions, idx_i, idx_j)

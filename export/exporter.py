@@ -60,7 +60,8 @@ def build_metadata(potential, dtype: Optional[str] = None) -> Dict[str, Any]:
         "species": species,
         "symbols": [chemical_symbol(z) for z in species],
         "num_globals": int(ExportedPotential.num_globals_of(cfg)),
-        "efa": bool(getattr(cfg, "efa", None)),
+        "efa": bool(any(cfg.efa_layers)),
+        "efa_periodic": bool(any(cfg.efa_layers)) and cfg.efa_periodic_kcut is not None,
         "long_range": {
             "electrostatics": bool(getattr(cfg, "electrostatic_energy_bool", False)),
             "dispersion": bool(getattr(cfg, "dispersion_energy_bool", False)),

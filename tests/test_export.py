@@ -267,3 +267,14 @@ def test_so3lr_water_box_through_exported_file(so3lr_file):
     assert abs(e - e_ref) <= 1e-6 * abs(e_ref)
     assert np.abs(f - ref["forces"].reshape(f.shape)).max() <= 5e-4
     assert atoms.get_stress().shape == (6,)
+
+
+def test_engine_entry_point_refuses_efa_models(tmp_path):
+    export_potential(So3kratesPotential(small_model(long_range=False, efa=True)), tmp_path / "m.pt")
+    module, meta = load_exported(tmp_path / "m.pt")
+    assert meta["efa"] is True
+    pos = torch.zeros(2, 3, dtype=torch.float64)
+    pos[1, 0] = 1.0
+    with pytest.raises(Exception, match="Euclidean fast attention"):
+        module.atomic_energies_from_edges(pos, torch.tensor([1, 1]), torch.tensor([0, 1]), torch.tensor([1, 0]),
+                                          2, 0.0, 0.0, torch.zeros(0, dtype=torch.float64))
