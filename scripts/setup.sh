@@ -21,7 +21,7 @@ stamp_now() {
     | sha256sum | cut -d' ' -f1
 }
 
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(stamp_now)" ] && "$VENV/bin/python" -c "import so3krates, torch, openmm, openmmtorch, lammps" 2>/dev/null; then
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(stamp_now)" ] && "$VENV/bin/python" -c "import so3krates.lammps as l, torch, openmm, openmmtorch, lammps; l.plugin_path()" 2>/dev/null; then
   echo "[setup] .venv is complete (stamp matches); reusing it."
   exit 0
 fi
@@ -36,7 +36,7 @@ echo "[setup] installing pinned dependencies (requirements.lock.txt; first time 
 "$VENV/bin/pip" install -q --progress-bar off -r requirements.lock.txt 2>&1 | grep -v "^WARNING: Location" || true
 "$VENV/bin/python" -c "import torch, openmm, openmmtorch, lammps" || { echo "[setup] error: pinned packages did not install" >&2; exit 1; }
 echo "[setup] building and installing so3krates (editable; compiles the LAMMPS plugin)"
-"$VENV/bin/pip" install -q --no-build-isolation --no-deps -e . 2>&1 | grep -v "^WARNING: Location" || true
-"$VENV/bin/python" -c "import so3krates" || { echo "[setup] error: so3krates did not install; rerun: $VENV/bin/pip install --no-build-isolation --no-deps -e . -v" >&2; exit 1; }
+"$VENV/bin/pip" install -q --no-build-isolation --no-deps -C cmake.define.SO3KRATES_REQUIRE_LAMMPS=ON -e . 2>&1 | grep -v "^WARNING: Location" || true
+"$VENV/bin/python" -c "import so3krates.lammps as l; l.plugin_path()" || { echo "[setup] error: so3krates did not install; rerun: $VENV/bin/pip install --no-build-isolation --no-deps -e . -v" >&2; exit 1; }
 stamp_now > "$STAMP"
 echo "[setup] done: $VENV"

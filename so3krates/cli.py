@@ -26,11 +26,6 @@ def _cmd_convert(args) -> None:
 def _cmd_export(args) -> None:
     from so3krates.export.exporter import export_checkpoint
     from so3krates.export.metadata import summary_line
-    if args.format == "pt2":
-        from so3krates.export.pt2 import export_pt2
-        path = export_pt2(args.checkpoint, args.output, dtype=args.dtype, device=args.device)
-        print(f"wrote {path} (torch.export / AOTInductor package, generic entry point only)")
-        return
     t0 = time.perf_counter()
     meta = export_checkpoint(args.checkpoint, args.output, dtype=args.dtype, device=args.device)
     print(f"wrote {args.output} in {time.perf_counter() - t0:.1f} s")
@@ -84,9 +79,6 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dtype", choices=["float32", "float64"], default="float32",
                    help="float32 for production MD, float64 for reference checks (default float32)")
     e.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device the file is saved for")
-    e.add_argument("--format", choices=["torchscript", "pt2"], default="torchscript",
-                   help="torchscript (default; loaded by OpenMM TorchForce and the LAMMPS pair style) or "
-                        "pt2 (torch.export/AOTInductor package, Python only)")
     e.set_defaults(func=_cmd_export)
 
     i = sub.add_parser("info", help="print the metadata of an exported model")
