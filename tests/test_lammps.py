@@ -199,6 +199,13 @@ def test_error_element_not_in_model(work, tmp_path):
     assert "element C (atom type 2) is not in the model" in text and "the model knows: H O" in text
 
 
+def test_error_element_order_does_not_match_masses(work, tmp_path):
+    """ortho.data has type 1 = H (1.008 amu), type 2 = O (15.999 amu); naming them "O H" is an error."""
+    text = _error(work, tmp_path, _script(elements=("O", "H")))
+    assert "atom type 1 has mass 1.008 amu, which is H" in text and "names O" in text
+    assert "atom-type order" in text
+
+
 def test_error_not_an_element(work, tmp_path):
     assert "'Xx' (atom type 2) is not an element symbol" in _error(work, tmp_path, _script(elements=("H", "Xx")))
 

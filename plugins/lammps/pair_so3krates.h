@@ -37,6 +37,7 @@ class PairSo3krates : public Pair {
  protected:
   void allocate();
   void check_units();
+  void check_element_order();
   void read_metadata(const std::string &text, const std::string &path);
 
   std::unique_ptr<so3krates::Model> model;
