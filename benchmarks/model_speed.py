@@ -1,0 +1,240 @@
+"""Energy + forces speed of the SO3LR configuration on periodic water boxes (CPU).
+
+    python benchmarks/model_speed.py            # ~300 .. ~30,000 atoms, 1 and 2 threads
+    python benchmarks/model_speed.py --quick    # up to ~3,000 atoms, 1 thread
+
+Model: `So3krates(So3kratesConfig.so3lr())` with random weights (speed does not depend on the
+values), wrapped in `So3kratesPotential` (neighbour lists for the 4.5 Å local and the 12 Å
+long-range graph are included in the timing), float32. Water boxes: a 3-atom water replicated
+on a cubic lattice at 1 g/cm³ with random orientations, periodic. Each (size, threads) point
+runs in its own subprocess so `ru_maxrss` is the peak memory of that size alone.
+
+Prints a table (ms per atom for one energy+forces call, µs/atom, peak RSS) and the fitted
+scaling exponent (slope of log time vs log atoms), and writes JSON to
+benchmarks/results/model_speed.json (model_speed_quick.json with --quick).
+"""
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FULL_SIDES = [5, 7, 10, 14, 18, 22]      # 375, 1029, 3000, 8232, 17496, 31944 atoms
+QUICK_SIDES = [5, 7, 10]                 # 375, 1029, 3000 atoms
+
+
+def water_box(n_side, seed=0):
+    """Positions [3 n³, 3] Å, cell [3,3] Å, atomic numbers: water at 1 g/cm³, random orientations."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    a = (18.015 / 0.60221) ** (1.0 / 3.0)  # Å per molecule at 1 g/cm³ (18.015 g/mol)
+    mol = np.array([[0.0, 0.0, 0.0], [0.9572, 0.0, 0.0], [-0.2400, 0.9266, 0.0]])  # O H H
+    grid = np.stack(np.meshgrid(*[np.arange(n_side)] * 3, indexing="ij"), -1).reshape(-1, 3) * a
+    q = rng.normal(size=(len(grid), 4))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    w, x, y, z = q.T
+    rot = np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
+                    2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
+                    2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+                   -1).reshape(-1, 3, 3)
+    pos = (grid[:, None, :] + 0.25 * a + np.einsum("mij,aj->mai", rot, mol)).reshape(-1, 3)
+    numbers = np.tile([8, 1, 1], len(grid))
+    return pos, np.eye(3) * a * n_side, numbers
+
+
+def maxrss_mb():
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def mem_available_mb():
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("inf")
+
+
+def predicted_peak_mb(rows, atoms):
+    """Peak RSS extrapolated linearly in the number of atoms from the largest size done."""
+    if not rows:
+        return 0.0
+    big = max(rows, key=lambda r: r["atoms"])
+    return big["peak_rss_mb"] * atoms / big["atoms"]
+
+
+def worker(args):
+    """One size, one thread count; prints one JSON line."""
+    import torch
+    torch.set_num_threads(args.threads)
+    from so3krates.potential.calculator import So3kratesPotential
+    from so3krates.potential.config import So3kratesConfig
+    from so3krates.potential.model import So3krates
+    from so3krates.potential.neighbors import neighbor_list
+
+    torch.manual_seed(0)
+    pot = So3kratesPotential(So3krates(So3kratesConfig.so3lr())).float().eval()
+    if args.script:
+        pot = torch.jit.script(pot)
+    pos, cell, numbers = water_box(args.n_side)
+    P = torch.tensor(pos, dtype=torch.float32)
+    C = torch.tensor(cell, dtype=torch.float32)
+    Z = torch.tensor(numbers, dtype=torch.long)
+    T = torch.tensor([True, True, True])
+    rss_model = maxrss_mb()
+
+    # neighbour lists alone (local and long-range graph)
+    t = time.perf_counter()
+    i, _, _ = neighbor_list(P, float(pot.cutoff), C, T)
+    t_nl = time.perf_counter() - t
+    t = time.perf_counter()
+    i_lr, _, _ = neighbor_list(P, float(pot.cutoff_lr), C, T) if pot.cutoff_lr > 0 else (i[:0], 0, 0)
+    t_nl_lr = time.perf_counter() - t
+    n_edges, n_edges_lr = int(i.shape[0]), int(i_lr.shape[0])
+    del i, i_lr
+
+    t = time.perf_counter()
+    out = pot(P, Z, C, T, compute_forces=True)  # warm-up (and TorchScript profiling runs)
+    t_first = time.perf_counter() - t
+    assert torch.isfinite(out["forces"]).all()
+    times = []
+    t_start = time.perf_counter()
+    while len(times) < args.repeats or (time.perf_counter() - t_start < args.min_time
+                                        and len(times) < 20):
+        t = time.perf_counter()
+        out = pot(P, Z, C, T, compute_forces=True)
+        times.append(time.perf_counter() - t)
+        if len(times) >= args.repeats and time.perf_counter() - t_start > 3 * args.min_time:
+            break
+    n = len(pos)
+    print(json.dumps({
+        "atoms": n, "threads": args.threads, "n_side": args.n_side,
+        "box_A": float(cell[0, 0]), "edges_local": n_edges, "edges_lr": n_edges_lr,
+        "time_s": min(times), "time_s_median": sorted(times)[len(times) // 2],
+        "time_first_call_s": t_first, "calls": len(times),
+        "ms_per_atom": 1e3 * min(times) / n, "neighbor_list_local_s": t_nl,
+        "neighbor_list_lr_s": t_nl_lr, "peak_rss_mb": maxrss_mb(),
+        "rss_after_model_mb": rss_model, "energy_eV": float(out["energy"]),
+    }), flush=True)
+
+
+def fit_exponent(rows):
+    """Least-squares slope of log(time) vs log(atoms)."""
+    pts = [(math.log(r["atoms"]), math.log(r["time_s"])) for r in rows]
+    if len(pts) < 2:
+        return float("nan")
+    mx = sum(p[0] for p in pts) / len(pts)
+    my = sum(p[1] for p in pts) / len(pts)
+    sxx = sum((p[0] - mx) ** 2 for p in pts)
+    sxy = sum((p[0] - mx) * (p[1] - my) for p in pts)
+    return sxy / sxx
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="sizes up to ~3000 atoms, 1 thread")
+    ap.add_argument("--sides", type=int, nargs="*", help="water lattice sides (3 n³ atoms)")
+    ap.add_argument("--threads", type=int, nargs="*", help="torch thread counts (default 1 2)")
+    ap.add_argument("--repeats", type=int, default=2, help="timed calls per point (minimum)")
+    ap.add_argument("--min-time", type=float, default=5.0, help="time each point at least this long (s)")
+    ap.add_argument("--script", action="store_true", help="time the TorchScript-compiled potential")
+    ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per point before giving up")
+    ap.add_argument("--max-memory-mb", type=float, default=None,
+                    help="skip sizes whose extrapolated peak memory exceeds this "
+                         "(default: 50%% of MemAvailable at that moment; the machine may be shared)")
+    ap.add_argument("--out", help="JSON output path")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--n-side", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        args.threads = args.threads[0]
+        worker(args)
+        return
+
+    sides = args.sides or (QUICK_SIDES if args.quick else FULL_SIDES)
+    threads = args.threads or ([1] if args.quick else [1, 2])
+    out_path = args.out or os.path.join(
+        HERE, "results", "model_speed_quick.json" if args.quick else "model_speed.json")
+    env = dict(os.environ)
+    rows, failures = [], []
+    points = [(t, s) for t in threads for s in sides]
+    print(f"SO3LR energy+forces on periodic water boxes, float32, "
+          f"{len(points)} points (each in its own process)", flush=True)
+    for k, (t, s) in enumerate(points, 1):
+        env["OMP_NUM_THREADS"] = str(t)
+        env["MKL_NUM_THREADS"] = str(t)
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--n-side", str(s),
+               "--threads", str(t), "--repeats", str(args.repeats), "--min-time", str(args.min_time)]
+        if args.script:
+            cmd.append("--script")
+        print(f"[{k}/{len(points)}] {3 * s ** 3} atoms, {t} thread(s) ...", end=" ", flush=True)
+        need = predicted_peak_mb([r for r in rows if r["threads"] == t] or rows, 3 * s ** 3)
+        limit = args.max_memory_mb or 0.5 * mem_available_mb()
+        if need > limit:
+            msg = f"skipped: predicted peak {need:.0f} MB > {limit:.0f} MB allowed"
+            print(msg, flush=True)
+            failures.append({"atoms": 3 * s ** 3, "threads": t, "error": msg})
+            continue
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
+        except subprocess.TimeoutExpired:
+            print(f"timed out after {args.timeout:.0f} s", flush=True)
+            failures.append({"atoms": 3 * s ** 3, "threads": t, "error": "timeout"})
+            continue
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+        if proc.returncode != 0 or not lines:
+            err = (proc.stderr.strip().splitlines() or ["exit code %d" % proc.returncode])[-1]
+            if proc.returncode in (-9, 137):
+                err = "killed (out of memory?)"
+            print(f"FAILED: {err}", flush=True)
+            failures.append({"atoms": 3 * s ** 3, "threads": t, "error": err})
+            continue
+        r = json.loads(lines[-1])
+        rows.append(r)
+        print(f"{r['ms_per_atom']:.3f} ms/atom ({r['time_s']:.2f} s/call, nl {r['neighbor_list_local_s']:.2f}"
+              f"+{r['neighbor_list_lr_s']:.2f} s, peak {r['peak_rss_mb']:.0f} MB) "
+              f"[{time.perf_counter() - t0:.0f} s]", flush=True)
+
+    print()
+    hdr = (f"{'atoms':>7} {'thr':>3} {'edges':>9} {'edges_lr':>10} {'s/call':>8} {'ms/atom':>8} "
+           f"{'nl s':>6} {'nl_lr s':>7} {'peak MB':>8}")
+    print(hdr)
+    print("-" * len(hdr))
+    for r in rows:
+        print(f"{r['atoms']:>7} {r['threads']:>3} {r['edges_local']:>9} {r['edges_lr']:>10} "
+              f"{r['time_s']:>8.2f} {r['ms_per_atom']:>8.3f} {r['neighbor_list_local_s']:>6.2f} "
+              f"{r['neighbor_list_lr_s']:>7.2f} {r['peak_rss_mb']:>8.0f}")
+    exponents = {}
+    for t in threads:
+        sel = [r for r in rows if r["threads"] == t]
+        exponents[str(t)] = fit_exponent(sel)
+        print(f"scaling exponent (time ~ atoms^x), {t} thread(s): x = {exponents[str(t)]:.2f} "
+              f"over {len(sel)} sizes")
+    for f in failures:
+        print(f"failed: {f}")
+
+    import torch
+    result = {
+        "benchmark": "model_speed", "model": "So3kratesConfig.so3lr() (random weights)",
+        "system": "periodic water box, 1 g/cm^3", "dtype": "float32", "quantity": "energy+forces",
+        "scripted": bool(args.script), "torch": torch.__version__, "python": platform.python_version(),
+        "machine": platform.machine(), "cpu_count": os.cpu_count(),
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "results": rows, "scaling_exponent": exponents, "failures": failures,
+    }
+    os.makedirs(os.path.dirname(out_path), exist_ok=True)
+    with open(out_path, "w") as fh:
+        json.dump(result, fh, indent=1)
+    print(f"wrote {out_path}")
+
+
+if __name__ == "__main__":
+    main()

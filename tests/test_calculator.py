@@ -1,0 +1,289 @@
+"""So3kratesPotential: autograd forces/stress against finite differences, invariances, errors.
+
+Uses a small pairwise model (Morse + smooth long-range tail) with the So3krates.forward
+signature, so the wrapper is tested independently of the real model.
+"""
+import math
+from typing import Dict, List
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor, nn
+
+from so3krates.potential.calculator import So3kratesPotential
+
+
+class PairModel(nn.Module):
+    """Morse on the local graph (smooth cosine cutoff) + -C6/(r^6 + a^6) on the long-range graph."""
+
+    def __init__(self, cutoff: float = 4.0, cutoff_lr: float = 0.0, species=(1, 6, 8),
+                 long_range=None):
+        super().__init__()
+        self.cutoff = cutoff
+        self.cutoff_lr = cutoff_lr  # <= 0: all pairs (no cutoff)
+        # default: long-range term when cutoff_lr != 0 (cutoff_lr < 0: all pairs)
+        self.long_range: bool = cutoff_lr != 0.0 if long_range is None else bool(long_range)
+        self.species: List[int] = list(species)
+        self.D = nn.Parameter(torch.tensor(0.3))
+        self.alpha = nn.Parameter(torch.tensor(1.7))
+        self.r0 = nn.Parameter(torch.tensor(1.6))
+        self.c6 = nn.Parameter(torch.tensor(2.0))
+        self.shift = nn.Parameter(torch.tensor([0.0, -13.6, 0.0, 0.0, 0.0, 0.0, -1030.0, 0.0,
+                                                -2040.0]))
+
+    def forward(self, positions: Tensor, atomic_numbers: Tensor, edge_vectors: Tensor,
+                idx_i: Tensor, idx_j: Tensor, edge_vectors_lr: Tensor, idx_i_lr: Tensor,
+                idx_j_lr: Tensor, batch: Tensor, num_graphs: int, total_charge: Tensor,
+                num_unpaired_electrons: Tensor, cell: Tensor, pbc: Tensor) -> Dict[str, Tensor]:
+        r = torch.linalg.norm(edge_vectors, dim=1)
+        fc = 0.5 * (torch.cos(math.pi * r / self.cutoff) + 1.0) * (r < self.cutoff)
+        x = torch.exp(-self.alpha * (r - self.r0))
+        e_pair = self.D * (x * x - 2.0 * x) * fc
+        e = self.shift[atomic_numbers] + 0.5 * torch.zeros_like(positions[:, 0]).index_add(
+            0, idx_i, e_pair)
+        if self.long_range:
+            rl = torch.linalg.norm(edge_vectors_lr, dim=1)
+            sw = torch.ones_like(rl)
+            if self.cutoff_lr > 0.0:
+                sw = 0.5 * (torch.cos(math.pi * rl / self.cutoff_lr) + 1.0) * (rl < self.cutoff_lr)
+            e_lr = -self.c6 / (rl ** 6 + 3.0 ** 6) * sw
+            e = e + 0.5 * torch.zeros_like(e).index_add(0, idx_i_lr, e_lr)
+        return {"atomic_energies": e, "partial_charges": torch.zeros_like(e)}
+
+
+def reference_energy(pos, cell, pbc, z, model):
+    """Brute-force numpy energy of PairModel (explicit periodic images)."""
+    D, a, r0, c6 = (float(p.detach()) for p in (model.D, model.alpha, model.r0, model.c6))
+    shift = model.shift.detach().numpy()
+    e = float(shift[z].sum())
+    rmax = max(model.cutoff, model.cutoff_lr)
+    pbc = np.asarray(pbc)
+    if pbc.any():
+        heights = abs(np.linalg.det(cell)) / np.linalg.norm(
+            np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
+        nmax = [int(math.ceil(rmax / h)) + 2 if p else 0 for h, p in zip(heights, pbc)]
+    else:
+        nmax = [0, 0, 0]
+    for s in np.ndindex(*[2 * m + 1 for m in nmax]):
+        s = np.array(s) - np.array(nmax)
+        vec = pos[None] - pos[:, None] + s @ cell
+        r = np.linalg.norm(vec, axis=-1)
+        if not s.any():
+            np.fill_diagonal(r, 1e6)
+        fc = 0.5 * (np.cos(np.pi * r / model.cutoff) + 1) * (r < model.cutoff)
+        x = np.exp(-a * (r - r0))
+        e += 0.5 * np.sum(D * (x * x - 2 * x) * fc)
+        if model.long_range:
+            sw = np.where(r < 1e5, 1.0, 0.0)
+            if model.cutoff_lr > 0:
+                sw = 0.5 * (np.cos(np.pi * r / model.cutoff_lr) + 1) * (r < model.cutoff_lr)
+            e += 0.5 * np.sum(-c6 / (r ** 6 + 3.0 ** 6) * sw)
+    return e
+
+
+CELL = np.array([[6.0, 0.0, 0.0], [1.5, 5.5, 0.0], [-1.0, 0.8, 6.2]])
+
+
+def structure(n=24, seed=0, cell=CELL):
+    """Random structure without close contacts (rejection sampling), fractional -> Cartesian."""
+    rng = np.random.default_rng(seed)
+    pts = []
+    while len(pts) < n:
+        p = rng.uniform(0, 1, 3) @ cell
+        ok = True
+        for q in pts:
+            for s in np.ndindex(3, 3, 3):
+                if np.linalg.norm(p - q + (np.array(s) - 1) @ cell) < 1.2:
+                    ok = False
+        if ok:
+            pts.append(p)
+    z = rng.choice([1, 6, 8], size=n)
+    return np.array(pts), z
+
+
+def calc(potential, pos, z, cell, pbc, **kw):
+    return potential(torch.tensor(pos), torch.tensor(z), torch.tensor(cell),
+                     torch.tensor(pbc), **kw)
+
+
+@pytest.fixture(params=["eager", "script"])
+def make_potential(request):
+    def make(**kw):
+        p = So3kratesPotential(PairModel(**kw)).double().eval()
+        return torch.jit.script(p) if request.param == "script" else p
+    return make
+
+
+@pytest.mark.parametrize("pbc", [[True] * 3, [False] * 3, [True, True, False]])
+def test_energy_matches_bruteforce_and_forces_match_finite_differences(make_potential, pbc):
+    pot = make_potential(cutoff=4.0, cutoff_lr=9.0)
+    model = PairModel(cutoff=4.0, cutoff_lr=9.0).double()
+    pos, z = structure()
+    cell = CELL if any(pbc) else np.zeros((3, 3))
+    out = calc(pot, pos, z, cell, pbc)
+    assert out["energy"].shape == () and out["forces"].shape == (len(pos), 3)
+    assert out["atomic_energies"].shape == (len(pos),)
+    assert torch.allclose(out["atomic_energies"].sum(), out["energy"])
+    assert "partial_charges" in out
+    e_ref = reference_energy(pos, CELL, pbc, z, model)
+    assert abs(float(out["energy"]) - e_ref) < 1e-9 * max(1.0, abs(e_ref))
+    h = 1e-5
+    forces = out["forces"].numpy()
+    for a in (0, 5, 17):
+        for d in range(3):
+            p1, p2 = pos.copy(), pos.copy()
+            p1[a, d] += h
+            p2[a, d] -= h
+            e1 = float(calc(pot, p1, z, cell, pbc, compute_forces=False)["energy"])
+            e2 = float(calc(pot, p2, z, cell, pbc, compute_forces=False)["energy"])
+            assert abs(-(e1 - e2) / (2 * h) - forces[a, d]) < 1e-6
+
+
+def test_long_range_all_pairs_without_cutoff(make_potential):
+    pot = make_potential(cutoff=4.0, cutoff_lr=-1.0)
+    model = PairModel(cutoff=4.0, cutoff_lr=-1.0).double()
+    pos, z = structure(n=10, seed=8, cell=CELL * 2)
+    out = calc(pot, pos, z, np.zeros((3, 3)), [False] * 3)
+    e_ref = reference_energy(pos, CELL, [False] * 3, z, model)
+    assert abs(float(out["energy"]) - e_ref) < 1e-9 * max(1.0, abs(e_ref))
+    with pytest.raises((ValueError, torch.jit.Error), match="no long-range cutoff"):
+        calc(pot, pos, z, CELL * 2, [True] * 3)
+    # a purely local model ignores cutoff_lr
+    local = So3kratesPotential(PairModel(cutoff=4.0, cutoff_lr=6.0, long_range=False)).double()
+    model.long_range = False
+    out = calc(local, pos, z, CELL * 2, [True] * 3)
+    e_ref = reference_energy(pos, CELL * 2, [True] * 3, z, model)
+    assert abs(float(out["energy"]) - e_ref) < 1e-9 * max(1.0, abs(e_ref))
+
+
+@pytest.mark.parametrize("cell", [CELL, np.diag([3.0, 3.2, 3.5])])
+def test_stress_matches_finite_differences(make_potential, cell):
+    pot = make_potential(cutoff=4.0, cutoff_lr=7.0)
+    pos, z = structure(n=12 if cell is CELL else 4, seed=1, cell=cell)
+    pbc = [True] * 3
+    out = calc(pot, pos, z, cell, pbc, compute_stress=True)
+    stress = out["stress"].numpy()
+    assert stress.shape == (3, 3)
+    assert np.allclose(stress, stress.T, atol=1e-12)
+    vol = abs(np.linalg.det(cell))
+    h = 1e-6
+    for a in range(3):
+        for b in range(3):
+            eps = np.zeros((3, 3))
+            eps[a, b] = h
+            es = []
+            for sign in (1, -1):
+                deform = np.eye(3) + sign * eps
+                es.append(float(calc(pot, pos @ deform, z, cell @ deform, pbc,
+                                     compute_forces=False)["energy"]))
+            assert abs((es[0] - es[1]) / (2 * h) / vol - stress[a, b]) < 1e-7
+
+
+def test_stress_sign_ase_convention(make_potential):
+    # compressed Morse crystal: the energy decreases on expansion -> negative stress (ASE)
+    pot = make_potential(cutoff=4.0)
+    cell = np.eye(3) * 0.9
+    out = calc(pot, np.zeros((1, 3)), np.array([6]), cell, [True] * 3, compute_stress=True)
+    assert float(torch.trace(out["stress"])) < 0
+
+
+def test_wrapping_invariance(make_potential):
+    pot = make_potential(cutoff=4.0, cutoff_lr=8.0)
+    pos, z = structure(seed=2)
+    out = calc(pot, pos, z, CELL, [True] * 3, compute_stress=True)
+    moved = pos.copy()
+    moved[3] += CELL[0] - 2 * CELL[2]
+    moved[7] -= CELL[1]
+    out2 = calc(pot, moved, z, CELL, [True] * 3, compute_stress=True)
+    for key in ("energy", "forces", "stress", "atomic_energies"):
+        assert torch.allclose(out[key], out2[key], atol=1e-10), key
+
+
+def test_float32_model():
+    pot = So3kratesPotential(PairModel(cutoff=4.0)).float()
+    pos, z = structure(seed=3)
+    out = pot(torch.tensor(pos), torch.tensor(z), torch.tensor(CELL), torch.tensor([True] * 3))
+    assert out["energy"].dtype == torch.float32 and out["forces"].dtype == torch.float32
+    ref = So3kratesPotential(PairModel(cutoff=4.0)).double()(
+        torch.tensor(pos), torch.tensor(z), torch.tensor(CELL), torch.tensor([True] * 3))
+    assert torch.allclose(out["forces"].double(), ref["forces"], atol=1e-4)
+
+
+def test_training_mode_keeps_graph():
+    pot = So3kratesPotential(PairModel(cutoff=4.0)).double().train()
+    pos, z = structure(seed=4)
+    out = calc(pot, pos, z, CELL, [True] * 3)
+    loss = (out["forces"] ** 2).sum()
+    loss.backward()
+    assert pot.model.alpha.grad is not None
+
+
+def test_no_grad_context():
+    pot = So3kratesPotential(PairModel(cutoff=4.0)).double()
+    pos, z = structure(seed=4)
+    with torch.no_grad():
+        out = calc(pot, pos, z, CELL, [True] * 3, compute_stress=True)
+    assert torch.isfinite(out["forces"]).all() and float(out["forces"].abs().max()) > 0
+
+
+def _raises(pot, match, pos, z, cell, pbc, **kw):
+    with pytest.raises((ValueError, torch.jit.Error), match=match):
+        pot(pos, z, cell, pbc, **kw)
+
+
+def test_error_messages(make_potential):
+    pot = make_potential(cutoff=4.0)
+    pos, z = structure(n=6, seed=5)
+    P, Z, C = torch.tensor(pos), torch.tensor(z), torch.tensor(CELL)
+    T = torch.tensor([True] * 3)
+    bad = P.clone()
+    bad[4, 1] = float("nan")
+    _raises(pot, r"NaN or inf .* first at index 4.*check the input", bad, Z, C, T)
+    bad = P.clone()
+    bad[2, 0] = float("inf")
+    _raises(pot, "NaN or inf", bad, Z, C, T)
+    zz = Z.clone()
+    zz[3] = 17
+    _raises(pot, r"unknown element Cl \(atomic number 17\) at atom index 3.*only knows H, C, O",
+            P, zz, C, T)
+    zz[3] = 200
+    _raises(pot, "unknown element", P, zz, C, T)
+    close = P.clone()
+    close[5] = close[2] + torch.tensor([0.05, 0.0, 0.0], dtype=torch.float64)
+    _raises(pot, r"atoms (2 and 5|5 and 2) are 0\.0500 Å apart, closer than 0\.10 Å", close, Z, C, T)
+    # close through a periodic image
+    img = P.clone()
+    img[5] = img[2] + C[0] + torch.tensor([0.0, 0.03, 0.0], dtype=torch.float64)
+    _raises(pot, r"atoms (2 and 5|5 and 2) \(periodic image .*\) are 0\.0300 Å apart", img, Z, C, T)
+    flat = torch.tensor([[3.0, 0, 0], [0, 3.0, 0], [3.0, 3.0, 0]], dtype=torch.float64)
+    _raises(pot, "zero volume.*independent lattice vectors", P, Z, flat, T)
+    _raises(pot, r"zero lattice vector c", P, Z, torch.diag(torch.tensor([3.0, 3.0, 0.0],
+                                                                         dtype=torch.float64)), T)
+    _raises(pot, r"positions must have shape \[N, 3\]", P[:, :2], Z, C, T)
+    _raises(pot, r"atomic_numbers must have shape \[N\]", P, Z[:3], C, T)
+    _raises(pot, "atomic_numbers must be an integer tensor", P, Z.double(), C, T)
+    _raises(pot, r"cell must have shape \[3, 3\]", P, Z, C[:2], T)
+    _raises(pot, r"pbc must have shape \[3\]", P, Z, C, T[:2])
+    _raises(pot, "positions must be a floating-point", P.long(), Z, C, T)
+    _raises(pot, "stress needs a periodic cell", P, Z, torch.zeros(3, 3, dtype=torch.float64),
+            torch.tensor([False] * 3), compute_stress=True)
+
+
+def test_open_cell_zero_with_pbc_true_is_open(make_potential):
+    pot = make_potential(cutoff=4.0)
+    pos, z = structure(n=8, seed=6)
+    a = calc(pot, pos, z, np.zeros((3, 3)), [True] * 3)
+    b = calc(pot, pos, z, np.zeros((3, 3)), [False] * 3)
+    assert torch.allclose(a["energy"], b["energy"])
+
+
+def test_scripted_module_is_saveable(tmp_path):
+    pot = torch.jit.script(So3kratesPotential(PairModel(cutoff=4.0, cutoff_lr=6.0)).double())
+    f = tmp_path / "m.pt"
+    torch.jit.save(pot, str(f))
+    loaded = torch.jit.load(str(f))
+    pos, z = structure(n=8, seed=7)
+    a = calc(loaded, pos, z, CELL, [True] * 3, compute_stress=True)
+    b = calc(pot, pos, z, CELL, [True] * 3, compute_stress=True)
+    assert torch.allclose(a["stress"], b["stress"])
