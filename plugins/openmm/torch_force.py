@@ -1,0 +1,287 @@
+"""Build an ``openmmtorch.TorchForce`` from an exported so3krates model file.
+
+Units: OpenMM works in nm and kJ/mol, the model in Å and eV. The wrapper converts
+positions and box vectors nm → Å (×10), energies eV → kJ/mol (×96.48533212331002) and forces
+eV/Å → kJ/mol/nm (×964.8533212331002). The eV → kJ/mol factor is e·N_A/1000 with the exact
+SI-2019 (CODATA 2018) values e = 1.602176634e-19 C, N_A = 6.02214076e23 /mol; it equals
+``openmm.unit`` and ``ase.units.create_units('2018')`` (ASE's default ``ase.units`` is CODATA
+2014: 96.48533288..., 8e-9 relative difference).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+from . import _torch_first  # noqa: F401  (import torch first, repair the Torch plugins)
+
+import torch
+from torch import Tensor, nn
+import openmm
+import openmm.app
+
+# 1 eV in kJ/mol: e * N_A / 1000 with exact SI-2019 constants (CODATA 2018).
+EV_TO_KJ_PER_MOL: float = 1.602176634e-19 * 6.02214076e23 / 1000.0  # 96.48533212331002
+NM_TO_ANGSTROM: float = 10.0
+# Forces: eV/Å → kJ/mol/nm
+EV_PER_A_TO_KJ_PER_MOL_NM: float = EV_TO_KJ_PER_MOL * NM_TO_ANGSTROM
+
+METADATA_FILE = "so3krates/metadata.json"
+_DTYPES = {"float64": torch.float64, "float32": torch.float32, "double": torch.float64,
+           "single": torch.float32}
+
+ModelSource = Union[str, os.PathLike, bytes]
+
+
+def import_openmmtorch():
+    """``import openmmtorch`` without its "importing 'simtk.openmm' is deprecated" log line
+    (openmmtorch 1.5 imports the old ``simtk`` alias; nothing the user can fix)."""
+    import logging
+
+    class _DropSimtk(logging.Filter):
+        def filter(self, record):
+            return "simtk.openmm" not in record.getMessage()
+
+    root = logging.getLogger()
+    drop = _DropSimtk()
+    root.addFilter(drop)
+    try:
+        import openmmtorch
+    finally:
+        root.removeFilter(drop)
+    return openmmtorch
+
+
+# ----------------------------------------------------------------------------- loading
+def read_model_bytes(model_path: ModelSource) -> bytes:
+    """The raw bytes of a model file (``bytes`` are returned unchanged)."""
+    if isinstance(model_path, (bytes, bytearray)):
+        return bytes(model_path)
+    path = os.fspath(model_path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"so3krates model file {path!r} does not exist; export one with "
+            f"`so3krates export run/best.ckpt -o model.pt` and pass its path")
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def load_model(model_path: ModelSource, map_location: Union[str, torch.device] = "cpu"
+               ) -> Tuple[torch.jit.ScriptModule, dict]:
+    """Load an exported model (path or file bytes) and its metadata dict.
+
+    Raises ``ValueError`` when the file is not a TorchScript archive or lacks
+    ``so3krates/metadata.json``.
+    """
+    data = read_model_bytes(model_path)
+    name = "<bytes>" if isinstance(model_path, (bytes, bytearray)) else os.fspath(model_path)
+    extra = {METADATA_FILE: ""}
+    try:
+        module = torch.jit.load(io.BytesIO(data), map_location=map_location, _extra_files=extra)
+    except Exception as exc:  # not a zip / not TorchScript
+        raise ValueError(
+            f"{name} is not a so3krates model file (torch.jit.load failed: "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+            f"create one with `so3krates export`") from exc
+    raw = extra[METADATA_FILE]
+    if not raw:
+        raise ValueError(
+            f"{name} is a TorchScript file but not a so3krates model: it has no extra file "
+            f"{METADATA_FILE!r}; create it with `so3krates export`")
+    metadata = json.loads(raw if isinstance(raw, str) else raw.decode())
+    for key in ("species", "cutoff"):
+        if key not in metadata:
+            raise ValueError(f"{name}: metadata lacks {key!r}; re-export the model with `so3krates export`")
+    if not hasattr(module, "forward"):
+        raise ValueError(f"{name}: module has no forward(); re-export the model")
+    module.eval()
+    return module, metadata
+
+
+def resolve_dtype(dtype: Union[str, torch.dtype, None], metadata: dict) -> torch.dtype:
+    """``None`` → the model's own dtype (metadata ``dtype``, default float64)."""
+    if dtype is None:
+        dtype = metadata.get("dtype", "float64")
+    if isinstance(dtype, torch.dtype):
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+        return dtype
+    key = str(dtype).replace("torch.", "")
+    if key not in _DTYPES:
+        raise ValueError(f"dtype must be 'float64' or 'float32' (or None for the model's own), got {dtype!r}")
+    return _DTYPES[key]
+
+
+def cast_model(module: torch.jit.ScriptModule, dtype: torch.dtype, metadata: dict):
+    """Cast parameters/buffers to ``dtype`` when it differs from the exported dtype."""
+    if resolve_dtype(None, metadata) != dtype:
+        module = module.to(dtype)
+    return module
+
+
+# ----------------------------------------------------------------------------- topology
+def _element_symbol(z: int) -> str:
+    try:
+        return openmm.app.Element.getByAtomicNumber(int(z)).symbol
+    except Exception:
+        return f"Z={z}"
+
+
+def select_atoms(topology: openmm.app.Topology, atoms: Optional[Sequence[int]]) -> Optional[List[int]]:
+    """Validate the ML subset; ``None`` means every atom of the topology."""
+    if atoms is None:
+        return None
+    n = topology.getNumAtoms()
+    idx = [int(i) for i in atoms]
+    if len(idx) == 0:
+        raise ValueError("atoms is empty: pass the indices of the atoms the model should act on, or None for all")
+    if len(set(idx)) != len(idx):
+        raise ValueError("atoms contains duplicate indices")
+    bad = [i for i in idx if i < 0 or i >= n]
+    if bad:
+        raise ValueError(f"atoms contains indices outside the topology (0..{n - 1}): {bad[:10]}")
+    if idx == list(range(n)):
+        return None
+    return idx
+
+
+def atomic_numbers_from_topology(topology: openmm.app.Topology, atoms: Optional[Sequence[int]],
+                                 metadata: dict) -> List[int]:
+    """Atomic numbers of the ML atoms; clear error for missing or unknown elements."""
+    all_atoms = list(topology.atoms())
+    chosen = all_atoms if atoms is None else [all_atoms[i] for i in atoms]
+    missing = [a for a in chosen if a.element is None]
+    if missing:
+        names = ", ".join(f"{a.index} ({a.residue.name} {a.name})" for a in missing[:5])
+        raise ValueError(
+            f"{len(missing)} atom(s) in the ML region have no element (virtual sites / extra "
+            f"particles such as TIP4P's EP): {names}; exclude them with `atoms=`")
+    numbers = [a.element.atomic_number for a in chosen]
+    species = [int(z) for z in metadata["species"]]
+    unknown = sorted(set(numbers) - set(species))
+    if unknown:
+        counts = {z: numbers.count(z) for z in unknown}
+        listed = ", ".join(f"{_element_symbol(z)} (Z={z}, {counts[z]} atoms)" for z in unknown)
+        known = ", ".join(f"{_element_symbol(z)}" for z in species)
+        raise ValueError(
+            f"the model does not know element(s) {listed}; it was trained for: {known}. "
+            f"Model those atoms with a classical force field (createMixedSystem / `atoms=`) "
+            f"or use a model trained on these elements")
+    return numbers
+
+
+def topology_is_periodic(topology: openmm.app.Topology) -> bool:
+    return topology.getPeriodicBoxVectors() is not None
+
+
+# ----------------------------------------------------------------------------- wrapper
+class OpenMMWrapper(nn.Module):
+    """TorchScript wrapper: OpenMM (nm, kJ/mol) ↔ exported so3krates module (Å, eV).
+
+    ``forward(positions [Ntot,3] nm, boxvectors [3,3] nm or None) -> (energy kJ/mol,
+    forces [Ntot,3] kJ/mol/nm)``; only the ``indices`` subset is passed to the model and its
+    forces are scattered back (zero on the other atoms).
+    """
+
+    def __init__(self, model: torch.jit.ScriptModule, atomic_numbers: Sequence[int],
+                 indices: Optional[Sequence[int]], periodic: bool, total_charge: float,
+                 num_unpaired_electrons: float, dtype: torch.dtype):
+        super().__init__()
+        self.model = model
+        self.register_buffer("atomic_numbers", torch.tensor(list(atomic_numbers), dtype=torch.long))
+        self.use_subset = indices is not None
+        self.register_buffer("indices", torch.tensor(list(indices) if indices is not None else [],
+                                                     dtype=torch.long))
+        self.periodic = bool(periodic)
+        self.register_buffer("pbc", torch.tensor([periodic] * 3, dtype=torch.bool))
+        self.register_buffer("open_cell", torch.zeros((3, 3), dtype=dtype))
+        self.total_charge = float(total_charge)
+        self.num_unpaired_electrons = float(num_unpaired_electrons)
+        self.dtype = dtype
+        self.length_scale = NM_TO_ANGSTROM
+        self.energy_scale = EV_TO_KJ_PER_MOL
+        self.force_scale = EV_PER_A_TO_KJ_PER_MOL_NM
+
+    def forward(self, positions: Tensor, boxvectors: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        pos_all = positions.detach()
+        if self.use_subset:
+            pos = pos_all.index_select(0, self.indices)
+        else:
+            pos = pos_all
+        pos = (pos * self.length_scale).to(self.dtype)  # scale in OpenMM's precision, then cast
+        if self.periodic and boxvectors is not None:
+            cell = (boxvectors.detach() * self.length_scale).to(self.dtype)
+        else:
+            cell = self.open_cell
+        out = self.model.forward(pos, self.atomic_numbers, cell, self.pbc, self.total_charge,
+                                 self.num_unpaired_electrons, True, False)
+        energy = out["energy"].to(torch.float64) * self.energy_scale
+        forces = out["forces"].detach().to(pos_all.dtype) * self.force_scale
+        if self.use_subset:
+            full = torch.zeros_like(pos_all)
+            full.index_copy_(0, self.indices, forces)
+            forces = full
+        return energy.detach(), forces
+
+
+def build_wrapper(model_path: ModelSource, topology: openmm.app.Topology,
+                  atoms: Optional[Sequence[int]] = None, charge: float = 0.0,
+                  num_unpaired_electrons: float = 0.0, dtype: Union[str, torch.dtype, None] = None,
+                  periodic: Optional[bool] = None) -> Tuple[torch.jit.ScriptModule, dict]:
+    """Load the model and return the scripted :class:`OpenMMWrapper` and the metadata."""
+    model, metadata = load_model(model_path)
+    tdtype = resolve_dtype(dtype, metadata)
+    model = cast_model(model, tdtype, metadata)
+    indices = select_atoms(topology, atoms)
+    numbers = atomic_numbers_from_topology(topology, indices, metadata)
+    if periodic is None:
+        periodic = topology_is_periodic(topology)
+    wrapper = OpenMMWrapper(model, numbers, indices, periodic, charge, num_unpaired_electrons, tdtype)
+    return torch.jit.script(wrapper), metadata
+
+
+def torch_force(model_path: ModelSource, topology: openmm.app.Topology,
+                atoms: Optional[Sequence[int]] = None, charge: float = 0.0,
+                num_unpaired_electrons: float = 0.0, dtype: Union[str, torch.dtype, None] = "float64",
+                force_group: int = 0, use_cuda_graphs: bool = False,
+                periodic: Optional[bool] = None, cuda_graph_warmup_steps: Optional[int] = None,
+                properties: Optional[Dict[str, str]] = None):
+    """Create an ``openmmtorch.TorchForce`` computing the so3krates model's energy and forces.
+
+    Parameters
+    ----------
+    model_path: path (or bytes) of a file written by ``so3krates export`` (TorchScript with
+        ``so3krates/metadata.json``).
+    topology: the OpenMM Topology of the whole System (elements give the species; its periodic
+        box vectors, if any, make the force periodic).
+    atoms: indices (into the whole System) of the atoms the model acts on; ``None`` = all.
+        Only those are passed to the model; the other atoms get zero force.
+    charge: total charge of the ML atoms (e); num_unpaired_electrons: their number of unpaired
+        electrons (multiplicity − 1). Used by SO3LR-type models, ignored by purely local ones.
+    dtype: 'float64' (default), 'float32', or None for the dtype the model was exported in.
+    force_group: OpenMM force group of the new force.
+    use_cuda_graphs: set the TorchForce property ``useCUDAGraphs`` (CUDA platform only);
+        ``cuda_graph_warmup_steps`` sets ``CUDAGraphWarmupSteps``.
+    periodic: override periodicity (default: topology has periodic box vectors).
+    properties: further TorchForce properties, passed to ``setProperty`` unchanged.
+
+    Units: OpenMM side nm, kJ/mol, kJ/mol/nm; model side Å, eV, eV/Å (see module docstring).
+    """
+    openmmtorch = import_openmmtorch()
+
+    module, metadata = build_wrapper(model_path, topology, atoms, charge, num_unpaired_electrons,
+                                     dtype, periodic)
+    force = openmmtorch.TorchForce(module)
+    force.setOutputsForces(True)
+    force.setUsesPeriodicBoundaryConditions(bool(module.periodic))
+    force.setForceGroup(int(force_group))
+    force.setName("so3krates")
+    if use_cuda_graphs:
+        force.setProperty("useCUDAGraphs", "true")
+    if cuda_graph_warmup_steps is not None:
+        force.setProperty("CUDAGraphWarmupSteps", str(int(cuda_graph_warmup_steps)))
+    for key, value in (properties or {}).items():
+        force.setProperty(str(key), str(value))
+    return force
