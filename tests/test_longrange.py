@@ -416,8 +416,8 @@ def test_empty_pair_lists():
 
 
 # ----------------------------------------------------------------------------- SO3LR weights
-@pytest.mark.skipif(not PARAMS_PKL.exists(), reason="SO3LR params.pkl not available")
 def test_load_flax_params_so3lr():
+    assert PARAMS_PKL.exists(), f"SO3LR reference weights missing: {PARAMS_PKL} (CI provides ../shared)"
     with open(PARAMS_PKL, "rb") as f:
         p = pickle.load(f)
     sub = p["params"]["observables_0"]["zbl_repulsion"]

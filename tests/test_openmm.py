@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-openmm = pytest.importorskip("openmm")
-pytest.importorskip("openmmtorch")
+import torch  # noqa: E402  (real, pinned dependencies: a missing one fails, never skips)
+import openmm  # noqa: E402
+import openmmtorch  # noqa: E402,F401
 
 import openmm.app as app  # noqa: E402
 import openmm.unit as unit  # noqa: E402

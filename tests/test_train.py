@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-ase = pytest.importorskip("ase")
+import ase  # noqa: E402  (pinned dependency: missing is a failure)
 import ase.io  # noqa: E402
 from ase import Atoms  # noqa: E402
 from ase.calculators.singlepoint import SinglePointCalculator  # noqa: E402
@@ -322,7 +322,7 @@ def test_stress_and_forces_match_finite_differences():
 
 
 def test_evaluate_exported_model_matches_checkpoint(trained_run, dataset, tmp_path):
-    exporter = pytest.importorskip("so3krates.export.exporter")
+    import so3krates.export.exporter as exporter
     pt = tmp_path / "model.pt"
     exporter.export_checkpoint(str(trained_run / "best.ckpt"), str(pt), dtype="float64")
     from so3krates.potential.evaluate import predict_frames
