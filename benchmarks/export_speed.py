@@ -1,0 +1,127 @@
+"""First-call (warm-up) and steady-state time of an exported TorchScript model vs the eager model.
+
+    python benchmarks/export_speed.py [--quick] [--checkpoint examples/models/so3krates_demo.ckpt]
+
+For each system size (periodic water boxes) and dtype, a fresh subprocess loads the model and
+times energy+forces calls: the first call (TorchScript profiling/optimisation happens here), the
+next few (profiling executor warm-up), and the steady state (median of the last calls). Eager =
+the So3kratesPotential from the checkpoint; exported = the file written by `so3krates export`.
+Prints a table and writes benchmarks/results/export_speed.json. One thread (OMP_NUM_THREADS=1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CKPT = ROOT / "examples" / "models" / "so3krates_demo.ckpt"
+
+
+def water_box(n_side: int, seed: int = 0):
+    """n_side³ randomly oriented waters on a 3.1 Å lattice (≈1 g/cm³), periodic; Å."""
+    import numpy as np
+    from ase import Atoms
+    rng = np.random.default_rng(seed)
+    mol = np.array([[0.0, 0.0, 0.0], [0.9572, 0.0, 0.0], [-0.2400, 0.9266, 0.0]])
+    pos = []
+    for a in range(n_side):
+        for b in range(n_side):
+            for c in range(n_side):
+                q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+                pos.extend((np.array([a, b, c]) + 0.5) * 3.1 + mol @ q.T)
+    return Atoms("OHH" * n_side ** 3, positions=np.array(pos), cell=np.eye(3) * 3.1 * n_side, pbc=True)
+
+
+def worker(args) -> dict:
+    """Runs in a fresh process: load, then time calls."""
+    import torch
+    torch.set_num_threads(1)
+    from so3krates.export.metadata import load_exported
+    from so3krates.export.exporter import potential_from_checkpoint
+    atoms = water_box(args.n_side)
+    dtype = getattr(torch, args.dtype)
+    t0 = time.perf_counter()
+    if args.kind == "eager":
+        module = potential_from_checkpoint(args.checkpoint, dtype=args.dtype)
+    else:
+        module, _ = load_exported(args.model)
+    load_s = time.perf_counter() - t0
+    pos = torch.tensor(atoms.positions, dtype=dtype)
+    z = torch.tensor(atoms.numbers)
+    cell = torch.tensor(atoms.cell.array, dtype=dtype)
+    pbc = torch.tensor(atoms.pbc)
+    times = []
+    for k in range(args.calls):
+        p = pos.clone()
+        p[0, 0] += 1e-4 * k
+        t0 = time.perf_counter()
+        out = module(p, z, cell, pbc, 0.0, 0.0, True, False)
+        out["forces"].sum().item()
+        times.append(time.perf_counter() - t0)
+    return {"kind": args.kind, "dtype": args.dtype, "atoms": len(atoms), "load_s": load_s,
+            "first_s": times[0], "second_s": times[1], "third_s": times[2],
+            "steady_s": statistics.median(times[-max(1, args.calls // 2):])}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", default=str(DEFAULT_CKPT))
+    p.add_argument("--quick", action="store_true", help="one small system, float32 only")
+    p.add_argument("--calls", type=int, default=8)
+    p.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "export_speed.json"))
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--kind", default="exported", help=argparse.SUPPRESS)
+    p.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
+    p.add_argument("--n-side", type=int, default=6, help=argparse.SUPPRESS)
+    p.add_argument("--model", default="", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return 0
+
+    from so3krates.export.exporter import export_checkpoint
+    sizes = [6] if args.quick else [6, 10]          # 648 and 3000 atoms
+    dtypes = ["float32"] if args.quick else ["float32", "float64"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {}
+        for dt in dtypes:
+            files[dt] = os.path.join(tmp, f"model_{dt}.pt")
+            export_checkpoint(args.checkpoint, files[dt], dtype=dt)
+        jobs = [(n, dt, kind) for n in sizes for dt in dtypes for kind in ("eager", "exported")]
+        for k, (n, dt, kind) in enumerate(jobs, 1):
+            print(f"[{k}/{len(jobs)}] {kind} {dt} {3 * n ** 3} atoms ...", flush=True)
+            cmd = [sys.executable, __file__, "--worker", "--kind", kind, "--dtype", dt, "--n-side", str(n),
+                   "--checkpoint", args.checkpoint, "--model", files[dt], "--calls", str(args.calls)]
+            res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+            rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    print(f"\n{'model':9s} {'dtype':8s} {'atoms':>6s} {'load s':>7s} {'1st call s':>10s} {'2nd s':>7s} "
+          f"{'3rd s':>7s} {'steady s':>9s} {'1st/steady':>10s}")
+    for r in rows:
+        print(f"{r['kind']:9s} {r['dtype']:8s} {r['atoms']:6d} {r['load_s']:7.2f} {r['first_s']:10.3f} "
+              f"{r['second_s']:7.3f} {r['third_s']:7.3f} {r['steady_s']:9.3f} {r['first_s'] / r['steady_s']:10.2f}")
+    ratios = {}
+    for n in sizes:
+        for dt in dtypes:
+            e = next(r for r in rows if r["kind"] == "eager" and r["dtype"] == dt and r["atoms"] == 3 * n ** 3)
+            x = next(r for r in rows if r["kind"] == "exported" and r["dtype"] == dt and r["atoms"] == 3 * n ** 3)
+            ratios[f"{dt}_{3 * n ** 3}"] = x["steady_s"] / e["steady_s"]
+            print(f"exported/eager steady-state time, {dt}, {3 * n ** 3} atoms: {ratios[f'{dt}_{3 * n ** 3}']:.2f}")
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps({"benchmark": "export_speed", "checkpoint": args.checkpoint,
+                                             "threads": 1, "rows": rows, "exported_over_eager": ratios}, indent=1))
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
