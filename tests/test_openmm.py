@@ -425,8 +425,7 @@ print('ENERGY', ctx.getState(getEnergy=True).getPotentialEnergy().value_in_unit(
 def example_model(model_path):
     """MD needs a physically sensible model: the stand-in, or a trained model given by
     SO3KRATES_EXAMPLE_MODEL (an untrained exported model collapses atoms while minimising)."""
-    return os.environ.get("SO3KRATES_EXAMPLE_MODEL") or (
-        model_path if not os.environ.get("SO3KRATES_TEST_MODEL") else None)
+    return os.environ.get("SO3KRATES_EXAMPLE_MODEL") or str(ROOT / "examples" / "models" / "so3krates_demo.pt")
 
 
 def test_peptide_example_short_run(example_model, tmp_path):

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Ace-Ala3-Nme in a TIP3P water box with a so3krates model in OpenMM.
 
-    python examples/openmm/run_peptide.py --model model.pt --steps 10000
-    python examples/openmm/run_peptide.py --steps 500            # stand-in model (no real one)
+    python examples/openmm/run_peptide.py --steps 10000                  # the shipped model
+    python examples/openmm/run_peptide.py --model model.pt --ml-region all  # any exported model
 
 The peptide is built from ideal internal coordinates (examples/openmm/peptide.py), protonated
 and solvated with OpenMM's Modeller (amber14 + TIP3P). ``--ml-region peptide`` (default) models
@@ -14,9 +14,7 @@ LangevinMiddleIntegrator. Output in ``--out``:
 ``trajectory.dcd``, ``topology.pdb``, ``log.csv`` (StateDataReporter with progress) and
 ``summary.json`` (temperatures, finite check, speed).
 
-Without ``--model`` a non-physical TorchScript stand-in with the exported-file interface
-(pairwise Morse, so3krates.openmm.standin) is written and used: it exercises the whole pipeline
-but its dynamics mean nothing.
+``--model`` defaults to the project's shipped model (examples/models/so3krates_demo.pt).
 """
 
 from __future__ import annotations
@@ -43,7 +41,8 @@ from peptide import build_peptide, solvate  # noqa: E402
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", help="exported so3krates model (default: write and use the stand-in)")
+    p.add_argument("--model", default=str(Path(__file__).resolve().parents[1] / "models" / "so3krates_demo.pt"),
+                   help="exported so3krates model (default: the shipped examples/models/so3krates_demo.pt)")
     p.add_argument("--steps", type=int, default=5000, help="MD steps (default 5000)")
     p.add_argument("--report-interval", type=int, default=100, help="steps between reports")
     p.add_argument("--timestep", type=float, default=None,
@@ -69,14 +68,6 @@ def main(argv=None):
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if args.model is None:
-        from so3krates.openmm.standin import make_standin_model
-        args.model = make_standin_model(out / "standin.pt", species=(1, 6, 7, 8), cutoff=5.0)
-        stand_in = True
-        print("NOTE: no --model given: using the non-physical Morse stand-in model "
-              f"({args.model}); pass --model model.pt from `so3krates export` for real dynamics")
-    else:
-        stand_in = False
     timestep = args.timestep or (1.0 if args.ml_region == "peptide" else 0.5)
 
     forcefield = app.ForceField("amber14-all.xml", "amber14/tip3p.xml")
@@ -148,7 +139,7 @@ def main(argv=None):
                   and all(map(math.isfinite, temps + epots)))
     ns_per_day = args.steps * timestep * 1e-6 / (wall / 86400.0)
     summary = {
-        "model": os.fspath(args.model), "stand_in": stand_in, "ml_region": args.ml_region,
+        "model": os.fspath(args.model), "ml_region": args.ml_region,
         "implementation": args.implementation, "dtype": args.dtype,
         "platform": simulation.context.getPlatform().getName(), "atoms": top.getNumAtoms(),
         "ml_atoms": len(ml_atoms), "steps": args.steps, "timestep_fs": timestep,
