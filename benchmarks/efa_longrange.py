@@ -1,0 +1,382 @@
+"""Does EFA learn interactions beyond the local receptive field? Local So3krates vs So3krates+EFA.
+
+    python benchmarks/efa_longrange.py            # full run (~11 min on one CPU core)
+    python benchmarks/efa_longrange.py --quick    # ~3 min on one CPU core
+    python benchmarks/efa_longrange.py --datasets two_atoms --seeds 0 1 2 --steps 300   # custom
+    python benchmarks/efa_longrange.py --quick --datasets cluster32 --cutoff 5   # other cutoff
+
+Two data sets of the EFA paper (Frank et al., arXiv 2412.08541), npz files in ``--data-dir``
+(default ``$SO3KRATES_EFA_DATA`` or ``../shared/reference/efa`` next to the repository):
+
+* ``cluster32`` — ``3D_cluster_32_atoms_radius_5.npz``: 2500 random clusters of 32 H atoms in a
+  sphere of radius 5 Å (pair distances 1.25 … 10 Å); the energy is (to ~0.3 eV) a sum of pair terms
+  with a slowly decaying (≈ −2/r eV·Å) tail: 44 % of the pairs are farther apart than 5 Å and carry
+  ~28 % of the energy (~73 % comes from pairs beyond 2.5 Å).
+* ``two_atoms`` — ``two_atoms.npz``: 10000 H–He pairs at 1 … 10 Å, E(r) ≈ −1/r tail; for r beyond
+  the cutoff a local model can only predict a constant.
+
+Both models are the same So3krates (2 layers, as in the paper) with a local cutoff chosen so that
+the receptive field 2·r_c is smaller than the largest pair distance (``cluster32``: 2.5 Å,
+``two_atoms``: 5 Å; ``cluster32_rc5`` is the paper's setting, 5 Å, full run only); the EFA model adds EFA to
+both layers (``efa_layers: [true, true]``, Lebedev grid ``efa_grid``, ``efa_max_frequency`` = the
+grid's limit π for 50 points, ``efa_max_length`` ≥ the largest pair distance). The local model gets
+more features so that both have (nearly) the same number of parameters; both are trained with
+``so3krates.potential.train.train_main`` for the same number of steps, from the same seed, on the
+same split, with the same optimiser/schedule. Test errors are those of ``train_main``'s final test
+evaluation (best checkpoint, EMA weights, float64); for ``two_atoms`` the energy MAE on the test
+pairs beyond the cutoff is reported too.
+
+Prints a table and writes ``benchmarks/results/efa_longrange.json`` (``--quick``:
+``efa_longrange_quick.json``). :func:`compare` is what ``tests/test_efa_longrange.py`` runs.
+Threads: one (``OMP_NUM_THREADS=1``) unless ``--threads`` says otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+
+# --------------------------------------------------------------------------------------------
+# Settings. Lengths Å, energies eV.
+# --------------------------------------------------------------------------------------------
+#: the shared model (both variants); the local variant's num_features is raised to match parameters
+BASE_MODEL: Dict[str, Any] = {
+    "num_layers": 2,
+    "num_features": 32,
+    "num_heads": 2,
+    "degrees": [1, 2],
+    "num_radial_basis_fn": 16,
+    "radial_basis_fn": "bernstein",
+    "cutoff_fn": "cosine",
+    "energy_regression_dim": 32,
+    "energy_learn_atomic_type_scales": True,
+    "energy_learn_atomic_type_shifts": True,
+}
+#: EFA settings (both layers); max_length per data set below
+EFA: Dict[str, Any] = {
+    "efa_grid": 50,
+    "efa_max_frequency": math.pi,  # the 50-point grid's limit (as in the paper)
+    "efa_num_heads": 1,
+    "efa_qk_features": 16,
+    "efa_v_features": 32,
+}
+
+DATASETS: Dict[str, Dict[str, Any]] = {
+    "cluster32": {
+        "file": "3D_cluster_32_atoms_radius_5.npz",
+        "what": "32 H atoms in a 5 Å sphere, pair energy with ~1/r tail (pair distances up to 10 Å)",
+        "cutoff": 2.5,  # receptive field 2 x 2.5 = 5 Å < 10 Å diameter
+        "efa_max_length": 12.0,  # >= largest pair distance (10 Å)
+        "loss_weights": {"energy": 1.0, "forces": 10.0},
+        "energy_loss": "per_atom",
+        "quick": {"train": 400, "valid": 50, "test": 200, "steps": 150, "batch_size": 8, "eval_every": 50},
+        "full": {"train": 1500, "valid": 100, "test": 500, "steps": 1000, "batch_size": 8, "eval_every": 125},
+    },
+    "cluster32_rc5": {
+        # the paper's setting: cutoff 5 Å, 2 layers (receptive field 10 Å = the largest pair distance,
+        # but a far pair is only reached through an atom within 5 Å of both)
+        "file": "3D_cluster_32_atoms_radius_5.npz",
+        "what": "as cluster32, with the paper's 5 Å cutoff",
+        "cutoff": 5.0,
+        "efa_max_length": 12.0,
+        "loss_weights": {"energy": 1.0, "forces": 10.0},
+        "energy_loss": "per_atom",
+        "quick": {"train": 400, "valid": 50, "test": 200, "steps": 150, "batch_size": 8, "eval_every": 50},
+        "full": {"train": 1500, "valid": 100, "test": 500, "steps": 1000, "batch_size": 8, "eval_every": 125},
+    },
+    "two_atoms": {
+        "file": "two_atoms.npz",
+        "what": "H-He pair at 1-10 Å, E(r) with ~1/r tail",
+        "cutoff": 5.0,  # as in the paper's example; a local model sees nothing beyond 5 Å
+        "efa_max_length": 11.0,  # >= largest pair distance (10 Å)
+        "loss_weights": {"energy": 10.0, "forces": 1.0},
+        "energy_loss": "total",
+        "quick": {"train": 1000, "valid": 100, "test": 1000, "steps": 800, "batch_size": 32, "eval_every": 100},
+        "full": {"train": 2000, "valid": 200, "test": 2000, "steps": 1200, "batch_size": 32, "eval_every": 150},
+    },
+}
+
+TRAINING: Dict[str, Any] = {
+    "optimizer": "amsgrad",
+    "lr": 2.0e-3,
+    "lr_decay": "cosine",
+    "min_lr_ratio": 0.02,
+    "warmup_steps": 20,
+    "ema_decay": 0.99,
+    "gradient_clip": 10.0,
+    "valid_batch_size": 50,
+    "dtype": "float32",
+    "eval_dtype": "float64",
+    "device": "cpu",
+    "overwrite": True,
+}
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("SO3KRATES_EFA_DATA")
+    if env:
+        return Path(env)
+    return ROOT.parent / "shared" / "reference" / "efa"
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------
+def model_config(dataset: str, efa: bool, num_features: Optional[int] = None,
+                 cutoff: Optional[float] = None) -> Dict[str, Any]:
+    """``model:`` section of the training config (So3kratesConfig fields)."""
+    ds = DATASETS[dataset]
+    m = copy.deepcopy(BASE_MODEL)
+    m["cutoff"] = float(ds["cutoff"] if cutoff is None else cutoff)
+    if num_features is not None:
+        m["num_features"] = int(num_features)
+        m["energy_regression_dim"] = int(num_features)
+    if efa:
+        m.update(copy.deepcopy(EFA))
+        m["efa_layers"] = [True] * int(m["num_layers"])
+        m["efa_max_length"] = float(ds["efa_max_length"])
+    return m
+
+
+def count_parameters(model_cfg: Dict[str, Any], species: List[int]) -> int:
+    from so3krates.potential.config import So3kratesConfig
+    from so3krates.potential.model import So3krates
+
+    cfg = So3kratesConfig.from_dict({**model_cfg, "species": species})
+    return int(sum(p.numel() for p in So3krates(cfg).parameters()))
+
+
+def matched_local_features(dataset: str, species: List[int]) -> Dict[str, Any]:
+    """num_features of the local model whose parameter count is closest to the EFA model's
+    (the parameter count does not depend on the cutoff)."""
+    p_efa = count_parameters(model_config(dataset, True), species)
+    step = int(BASE_MODEL["num_heads"]) * len(BASE_MODEL["degrees"])
+    f0 = int(BASE_MODEL["num_features"])
+    best = None
+    for f in range(f0, 4 * f0 + 1, step):
+        p = count_parameters(model_config(dataset, False, f), species)
+        if best is None or abs(p - p_efa) < abs(best[1] - p_efa):
+            best = (f, p)
+        if p > p_efa:
+            break
+    return {"num_features": best[0], "params_local": best[1], "params_efa": p_efa}
+
+
+# --------------------------------------------------------------------------------------------
+# One training run
+# --------------------------------------------------------------------------------------------
+def _species(path: Path) -> List[int]:
+    import numpy as np
+
+    with np.load(path) as d:
+        z = np.asarray(d["atomic_numbers"]).astype(int)
+        if "node_mask" in d.files:
+            z = z[np.broadcast_to(np.asarray(d["node_mask"]).astype(bool), z.shape)]
+    return sorted(int(v) for v in np.unique(z) if v > 0)
+
+
+def train_one(dataset: str, efa: bool, seed: int, mode: str, run_dir: Path, data_dir: Path,
+              steps: Optional[int] = None, num_features: Optional[int] = None,
+              progress: bool = True, lr: Optional[float] = None,
+              cutoff: Optional[float] = None) -> Dict[str, Any]:
+    """Train one model with ``train_main``; returns test metrics, parameter count, wall time."""
+    from so3krates.potential.train import train_main
+
+    ds = DATASETS[dataset]
+    sz = ds[mode]
+    n_steps = int(steps if steps is not None else sz["steps"])
+    training = {**copy.deepcopy(TRAINING),
+                "batch_size": int(sz["batch_size"]), "epochs": 10**6, "max_steps": n_steps,
+                "eval_every": int(sz["eval_every"]), "loss_weights": dict(ds["loss_weights"]),
+                "energy_loss": ds["energy_loss"], "progress": bool(progress)}
+    if lr is not None:
+        training["lr"] = float(lr)
+    cfg = {
+        "run_dir": str(run_dir),
+        "seed": int(seed),
+        "model": model_config(dataset, efa, num_features, cutoff),
+        "data": {"path": str(data_dir / ds["file"]),
+                 # same split for both models and every seed (the model seed varies)
+                 "split": {"train": int(sz["train"]), "valid": int(sz["valid"]), "test": int(sz["test"]), "seed": 0}},
+        "normalization": {"energy_shifts": "fit", "force_scale": "fit"},
+        "training": training,
+    }
+    t0 = time.perf_counter()
+    train_main(None, overrides=cfg)
+    wall = time.perf_counter() - t0
+    metrics = json.loads((run_dir / "test_metrics.json").read_text())
+    from so3krates.potential.checkpoint import model_from_checkpoint
+
+    model = model_from_checkpoint(run_dir / "best.ckpt")
+    out = {
+        "params": int(sum(p.numel() for p in model.parameters())),
+        "num_features": int(model.config.num_features),
+        "steps": n_steps,
+        "wall_s": round(wall, 1),
+        "test": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+    }
+    if dataset == "two_atoms":
+        out["test_beyond_cutoff"] = _beyond_cutoff_errors(model, data_dir / ds["file"], sz, float(model.config.cutoff))
+    return out
+
+
+def _beyond_cutoff_errors(model, path: Path, sz: Dict[str, Any], cutoff: float) -> Dict[str, float]:
+    """Energy/force errors on the test pairs with r > cutoff (a local model can only predict a
+    constant there)."""
+    import numpy as np
+    import torch
+
+    from so3krates.potential.data import attach_neighbors, read_frames, split_indices
+    from so3krates.potential.train import evaluate_frames
+
+    frames = read_frames(path)
+    idx = split_indices(len(frames), train=int(sz["train"]), valid=int(sz["valid"]), test=int(sz["test"]), seed=0)
+    test = [frames[i] for i in idx["test"]]
+    far = [f for f in test if float(np.linalg.norm(f.positions[1] - f.positions[0])) > cutoff]
+    attach_neighbors(far, cutoff, None, False, False)
+    model = model.to(dtype=torch.float64)
+    res = evaluate_frames(model, far, 100, torch.float64, "cpu", None, "total", progress=False)
+    return {"num_frames": len(far), "energy_mae": float(res["energy_mae"]), "energy_rmse": float(res["energy_rmse"]),
+            "forces_mae": float(res["forces_mae"]), "forces_rmse": float(res["forces_rmse"])}
+
+
+# --------------------------------------------------------------------------------------------
+# Local vs EFA
+# --------------------------------------------------------------------------------------------
+def compare(dataset: str, seed: int = 0, mode: str = "quick", workdir: Optional[Path] = None,
+            data_dir: Optional[Path] = None, steps: Optional[int] = None, progress: bool = True,
+            match_parameters: bool = True, lr: Optional[float] = None, cutoff: Optional[float] = None,
+            log=print) -> Dict[str, Any]:
+    """Train the local and the EFA model on ``dataset`` (same seed, steps, split) and return both
+    results and the error ratios local/EFA."""
+    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    path = data_dir / DATASETS[dataset]["file"]
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found; pass --data-dir (or set SO3KRATES_EFA_DATA) to the folder "
+                                "with the EFA paper's npz files")
+    tmp = None
+    if workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="efa_longrange_")
+        workdir = Path(tmp.name)
+    species = _species(path)
+    match = matched_local_features(dataset, species) if match_parameters else \
+        {"num_features": BASE_MODEL["num_features"]}
+    rc = float(DATASETS[dataset]["cutoff"] if cutoff is None else cutoff)
+    res: Dict[str, Any] = {"dataset": dataset, "file": DATASETS[dataset]["file"], "seed": seed, "mode": mode,
+                           "cutoff": rc, "receptive_field": rc * BASE_MODEL["num_layers"],
+                           "efa_max_length": DATASETS[dataset]["efa_max_length"]}
+    try:
+        for name, efa, nf in (("local", False, match["num_features"]), ("efa", True, None)):
+            log(f"[efa_longrange] {dataset} seed {seed}: training {name} model ...")
+            r = train_one(dataset, efa, seed, mode, Path(workdir) / f"{dataset}_{name}_s{seed}", data_dir,
+                          steps=steps, num_features=nf, progress=progress, lr=lr, cutoff=cutoff)
+            log(f"[efa_longrange] {dataset} seed {seed} {name}: {r['params']} params, {r['wall_s']} s, "
+                f"test E MAE {r['test']['energy_mae']:.4g} eV, F MAE {r['test']['forces_mae']:.4g} eV/Å")
+            res[name] = r
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    ratios = {}
+    for key in ("energy_mae", "energy_rmse", "forces_mae", "forces_rmse"):
+        a, b = res["local"]["test"].get(key), res["efa"]["test"].get(key)
+        if a is not None and b:
+            ratios[key] = a / b
+    if "test_beyond_cutoff" in res["efa"]:
+        a, b = res["local"]["test_beyond_cutoff"], res["efa"]["test_beyond_cutoff"]
+        ratios["beyond_cutoff_energy_mae"] = a["energy_mae"] / b["energy_mae"]
+    res["ratio_local_over_efa"] = ratios
+    return res
+
+
+def _table(results: List[Dict[str, Any]]) -> str:
+    head = (f"{'dataset':<10} {'seed':>4} {'model':<6} {'params':>7} {'steps':>6} {'wall s':>7} "
+            f"{'E MAE':>10} {'E RMSE':>10} {'F MAE':>10} {'F RMSE':>10} {'E MAE r>rc':>11}")
+    lines = [head, "-" * len(head)]
+    for r in results:
+        for name in ("local", "efa"):
+            m = r[name]
+            t = m["test"]
+            far = m.get("test_beyond_cutoff", {}).get("energy_mae")
+            lines.append(f"{r['dataset']:<10} {r['seed']:>4} {name:<6} {m['params']:>7} {m['steps']:>6} "
+                         f"{m['wall_s']:>7.1f} {t['energy_mae']:>10.4g} {t['energy_rmse']:>10.4g} "
+                         f"{t['forces_mae']:>10.4g} {t['forces_rmse']:>10.4g} "
+                         f"{(f'{far:.4g}' if far is not None else '-'):>11}")
+        q = r["ratio_local_over_efa"]
+        lines.append(f"{'':<10} {'':>4} {'ratio':<6} {'':>7} {'':>6} {'':>7} {q.get('energy_mae', float('nan')):>10.3g} "
+                     f"{q.get('energy_rmse', float('nan')):>10.3g} {q.get('forces_mae', float('nan')):>10.3g} "
+                     f"{q.get('forces_rmse', float('nan')):>10.3g} "
+                     f"{(format(q['beyond_cutoff_energy_mae'], '.3g') if 'beyond_cutoff_energy_mae' in q else '-'):>11}")
+    lines.append("units: E eV (per structure), F eV/Å (per component); ratio = local / EFA (> 1: EFA better)")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="short runs (a few minutes on one core)")
+    ap.add_argument("--datasets", nargs="+", default=None, choices=list(DATASETS),
+                    help="default: all for the full run; cluster32 and two_atoms with --quick")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument("--steps", type=int, default=None, help="override the number of training steps")
+    ap.add_argument("--lr", type=float, default=None, help=f"override the learning rate ({TRAINING['lr']})")
+    ap.add_argument("--cutoff", type=float, default=None,
+                    help="override the local cutoff (Å) of both models (default per data set)")
+    ap.add_argument("--no-match", action="store_true", help="same num_features for both (no parameter matching)")
+    ap.add_argument("--data-dir", type=Path, default=None)
+    ap.add_argument("--workdir", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--output", type=Path, default=None, help="JSON output (default benchmarks/results/...)")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(int(args.threads))
+    mode = "quick" if args.quick else "full"
+    if args.datasets is None:
+        args.datasets = ["cluster32", "two_atoms"] if args.quick else ["cluster32", "two_atoms", "cluster32_rc5"]
+    out_path = args.output or (RESULTS / ("efa_longrange_quick.json" if args.quick else "efa_longrange.json"))
+    t0 = time.perf_counter()
+    results = []
+    for ds in args.datasets:
+        for seed in args.seeds:
+            results.append(compare(ds, seed=seed, mode=mode, workdir=args.workdir, data_dir=args.data_dir,
+                                   steps=args.steps, progress=not args.no_progress,
+                                   match_parameters=not args.no_match, lr=args.lr, cutoff=args.cutoff))
+    table = _table(results)
+    print()
+    print(table)
+    total = time.perf_counter() - t0
+    payload = {
+        "benchmark": "efa_longrange",
+        "command": " ".join(["python", "benchmarks/efa_longrange.py"] + (argv if argv is not None else sys.argv[1:])),
+        "mode": mode,
+        "total_wall_s": round(total, 1),
+        "threads": int(args.threads),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "python": platform.python_version(), "torch": torch.__version__},
+        "settings": {"base_model": BASE_MODEL, "efa": EFA, "training": TRAINING,
+                     "datasets": {k: {kk: vv for kk, vv in v.items()} for k, v in DATASETS.items()
+                                  if k in args.datasets}},
+        "results": results,
+    }
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(payload, indent=1))
+    print(f"\ntotal {total:.0f} s; wrote {out_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    sys.exit(main())
