@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from .basis import degree_repeat_index, l0_contraction_matrix
+from .constants import ExactConstants
 
 
 def activation(x: Tensor, name: str) -> Tensor:
@@ -32,7 +33,7 @@ def activation(x: Tensor, name: str) -> Tensor:
     raise ValueError("unknown activation function")
 
 
-class AttentionBlock(nn.Module):
+class AttentionBlock(ExactConstants):
     """Two attention heads families on the local graph:
 
     alpha1_ij^h = <q1_i^h, w1_ij^h, k1_j^h> / nc * cut_ij   (H heads, invariant update)
@@ -80,7 +81,7 @@ class AttentionBlock(nn.Module):
             raise ValueError(f"message normalization {normalization!r} is not supported")
         self.nc1 = nc1
         self.nc2 = nc2
-        self.register_buffer("contraction", l0_contraction_matrix(degrees), persistent=False)
+        self.register_constant("contraction", l0_contraction_matrix(degrees))
         self.register_buffer("repeat_index", degree_repeat_index(degrees), persistent=False)
 
     def forward(self, x: Tensor, ev: Tensor, rbf: Tensor, ylm: Tensor, cut: Tensor,
@@ -119,7 +120,7 @@ class AttentionBlock(nn.Module):
         return x_att.reshape(n, f), ev_att
 
 
-class ExchangeBlock(nn.Module):
+class ExchangeBlock(ExactConstants):
     """Per-atom mixing of invariant features and Euclidean-variable norms:
     [cx, cev] = W [x, contract_l0(ev)] + b;  x += cx,  ev_l += cev_l * ev_l."""
 
@@ -128,7 +129,7 @@ class ExchangeBlock(nn.Module):
         nd = len(degrees)
         self.num_features = num_features
         self.mlp_layer_2 = nn.Linear(num_features + nd, num_features + nd)
-        self.register_buffer("contraction", l0_contraction_matrix(degrees), persistent=False)
+        self.register_constant("contraction", l0_contraction_matrix(degrees))
         self.register_buffer("repeat_index", degree_repeat_index(degrees), persistent=False)
 
     def forward(self, x: Tensor, ev: Tensor) -> Tuple[Tensor, Tensor]:

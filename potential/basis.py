@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .constants import ExactConstants
+
 # mlff stores the Bernstein decay rate as float32 even in float64 runs; keep that value.
 BERNSTEIN_GAMMA = float(np.float32(0.9448630629184640))
 
@@ -77,7 +79,7 @@ class CutoffFunction(nn.Module):
 
 
 # ----------------------------------------------------------------------------- radial bases
-class RadialBasis(nn.Module):
+class RadialBasis(ExactConstants):
     """Radial basis expansion [E] -> [E, K]: 'bernstein' (SO3LR), 'physnet', 'fourier'."""
 
     def __init__(self, name: str, num_basis: int, cutoff: float):
@@ -92,11 +94,11 @@ class RadialBasis(nn.Module):
         # log binomial(n-1, k) from sums of logs in float64, as mlff
         logb = np.array([np.sum(np.log(np.arange(1, n))) - np.sum(np.log(np.arange(1, k + 1)))
                          - np.sum(np.log(np.arange(1, n - k))) for k in range(n)], dtype=np.float64)
-        self.register_buffer("log_binom", torch.from_numpy(logb), persistent=False)
-        self.register_buffer("k", torch.arange(n, dtype=torch.float64), persistent=False)
-        self.register_buffer("k_rev", torch.arange(n - 1, -1, -1, dtype=torch.float64), persistent=False)
+        self.register_constant("log_binom", logb)
+        self.register_constant("k", torch.arange(n, dtype=torch.float64))
+        self.register_constant("k_rev", torch.arange(n - 1, -1, -1, dtype=torch.float64))
         offsets = np.linspace(np.exp(-self.cutoff), 1.0, n)
-        self.register_buffer("physnet_offsets", torch.from_numpy(offsets), persistent=False)
+        self.register_constant("physnet_offsets", offsets)
         self.physnet_coeff = float(abs(((2.0 / n) * (1.0 - math.exp(-self.cutoff))) ** (-2)))
 
     def forward(self, r: Tensor) -> Tensor:

@@ -72,6 +72,7 @@ import torch
 from torch import Tensor, nn
 
 from . import lebedev
+from .constants import ExactConstants
 
 __all__ = ["EuclideanFastAttention", "PeriodicEuclideanFastAttention", "EFABlock"]
 
@@ -171,7 +172,7 @@ def _smooth_cutoff(x: Tensor) -> Tensor:
     return 0.5 * (torch.cos(math.pi * x.clamp(0.0, 1.0)) + 1.0)
 
 
-class EuclideanFastAttention(nn.Module):
+class EuclideanFastAttention(ExactConstants):
     """Euclidean fast attention for open systems (Lebedev-grid ERoPE).
 
     Args:
@@ -260,10 +261,10 @@ class EuclideanFastAttention(nn.Module):
         if trainable_frequencies:
             self.omega = nn.Parameter(omega.to(torch.get_default_dtype()))
         else:
-            self.register_buffer("omega", omega.to(torch.get_default_dtype()))
+            self.register_constant("omega", omega, persistent=True)
         u, w = lebedev.lebedev_grid(grid)
-        self.register_buffer("grid_u", torch.from_numpy(u).to(torch.float64))
-        self.register_buffer("grid_w", torch.from_numpy(w).to(torch.float64))
+        self.register_constant("grid_u", u, persistent=True)
+        self.register_constant("grid_w", w, persistent=True)
 
     # ----------------------------------------------------------------------------- pieces
     def _qkv(self, h: Tensor, vectors: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:

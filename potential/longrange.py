@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .constants import ExactConstants
 from .dispersion_data import FREE_ATOM_ALPHA, FREE_ATOM_C6, MAX_Z
 
 # CODATA-2014 values, identical to ase.units (ASE default) used by the reference code.
@@ -363,7 +364,7 @@ class ElectrostaticEnergy(nn.Module):
 
 
 # ----------------------------------------------------------------------------- dispersion
-class DispersionEnergy(nn.Module):
+class DispersionEnergy(ExactConstants):
     """Pairwise vdW-QDO dispersion with Hirshfeld-scaled free-atom data (mlff ``DispersionEnergySparse``).
 
     Per atom (Z, Hirshfeld ratio h): α_i = α0[Z_i]·h_i (Bohr³), C6_i = C6_0[Z_i]·h_i² (Ha·Bohr⁶),
@@ -402,8 +403,8 @@ class DispersionEnergy(nn.Module):
         self.use_cutoff = cutoff_lr is not None
         self.cutoff_lr = float(cutoff_lr) if cutoff_lr is not None else 0.0
         self.damping = float(damping) if damping is not None else 0.0
-        self.register_buffer("alpha0", torch.tensor(FREE_ATOM_ALPHA, dtype=torch.float64), persistent=False)
-        self.register_buffer("c6_0", torch.tensor(FREE_ATOM_C6, dtype=torch.float64), persistent=False)
+        self.register_constant("alpha0", torch.tensor(FREE_ATOM_ALPHA, dtype=torch.float64))
+        self.register_constant("c6_0", torch.tensor(FREE_ATOM_C6, dtype=torch.float64))
         self.max_z = MAX_Z
 
     def pair_coefficients(self, hirshfeld_ratios: Tensor, atomic_numbers: Tensor,

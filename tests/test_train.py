@@ -154,8 +154,8 @@ def test_resume_continues_the_same_run(dataset, tmp_path):
 
 def test_checkpoint_round_trip(trained_run, dataset):
     ck = load_checkpoint(trained_run / "best.ckpt")
-    model = model_from_checkpoint(trained_run / "best.ckpt").double()
-    raw = model_from_checkpoint(trained_run / "best.ckpt", use_ema=False).double()
+    model = model_from_checkpoint(trained_run / "best.ckpt", dtype=torch.float64)
+    raw = model_from_checkpoint(trained_run / "best.ckpt", dtype=torch.float64, use_ema=False)
     for k, v in ck["ema_state_dict"].items():
         torch.testing.assert_close(model.state_dict()[k], v.double())
     frames = D.read_frames(dataset)[:5]
