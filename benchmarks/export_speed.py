@@ -1,11 +1,14 @@
-"""First-call (warm-up) and steady-state time of an exported TorchScript model vs the eager model.
+"""First-call (warm-up) and steady-state time of exported models (TorchScript, pt2) vs the eager model.
 
-    python benchmarks/export_speed.py [--quick] [--checkpoint examples/models/so3krates_demo.ckpt]
+    python benchmarks/export_speed.py [--quick] [--no-pt2] [--checkpoint examples/models/so3krates_demo.ckpt]
 
 For each system size (periodic water boxes) and dtype, a fresh subprocess loads the model and
 times energy+forces calls: the first call (TorchScript profiling/optimisation happens here), the
 next few (profiling executor warm-up), and the steady state (median of the last calls). Eager =
-the So3kratesPotential from the checkpoint; exported = the file written by `so3krates export`.
+the So3kratesPotential from the checkpoint; exported = the TorchScript file of `so3krates export`;
+pt2 = the torch.export/AOTInductor package of `so3krates export --format pt2` (compiled once per
+dtype before the timings; local models only). Steady state = median of the second half of the
+calls, reported with the min and max of that half (the spread on this noisy machine).
 Prints a table and writes benchmarks/results/export_speed.json. One thread (OMP_NUM_THREADS=1).
 """
 
@@ -66,16 +69,19 @@ def worker(args) -> dict:
         out = module(p, z, cell, pbc, 0.0, 0.0, True, False)
         out["forces"].sum().item()
         times.append(time.perf_counter() - t0)
+    tail = times[-max(1, args.calls // 2):]
     return {"kind": args.kind, "dtype": args.dtype, "atoms": len(atoms), "load_s": load_s,
             "first_s": times[0], "second_s": times[1], "third_s": times[2],
-            "steady_s": statistics.median(times[-max(1, args.calls // 2):])}
+            "steady_s": statistics.median(tail), "steady_min_s": min(tail), "steady_max_s": max(tail),
+            "calls": args.calls}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default=str(DEFAULT_CKPT))
     p.add_argument("--quick", action="store_true", help="one small system, float32 only")
-    p.add_argument("--calls", type=int, default=8)
+    p.add_argument("--calls", type=int, default=16, help="energy+forces calls per run (default 16)")
+    p.add_argument("--no-pt2", action="store_true", help="skip the pt2 (AOTInductor) package (compiling takes minutes)")
     p.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "export_speed.json"))
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--kind", default="exported", help=argparse.SUPPRESS)
@@ -94,31 +100,43 @@ def main(argv=None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         files = {}
+        kinds = ["eager", "exported"] + ([] if args.no_pt2 else ["pt2"])
         for dt in dtypes:
-            files[dt] = os.path.join(tmp, f"model_{dt}.pt")
-            export_checkpoint(args.checkpoint, files[dt], dtype=dt)
-        jobs = [(n, dt, kind) for n in sizes for dt in dtypes for kind in ("eager", "exported")]
+            files[("exported", dt)] = os.path.join(tmp, f"model_{dt}.pt")
+            export_checkpoint(args.checkpoint, files[("exported", dt)], dtype=dt)
+            files[("eager", dt)] = ""
+            if "pt2" in kinds:
+                print(f"compiling the pt2 package ({dt}) ...", flush=True)
+                t0 = time.perf_counter()
+                files[("pt2", dt)] = os.path.join(tmp, f"model_{dt}.pt2")
+                export_checkpoint(args.checkpoint, files[("pt2", dt)], dtype=dt, fmt="pt2")
+                print(f"  compiled in {time.perf_counter() - t0:.0f} s", flush=True)
+        jobs = [(n, dt, kind) for n in sizes for dt in dtypes for kind in kinds]
         for k, (n, dt, kind) in enumerate(jobs, 1):
             print(f"[{k}/{len(jobs)}] {kind} {dt} {3 * n ** 3} atoms ...", flush=True)
             cmd = [sys.executable, __file__, "--worker", "--kind", kind, "--dtype", dt, "--n-side", str(n),
-                   "--checkpoint", args.checkpoint, "--model", files[dt], "--calls", str(args.calls)]
+                   "--checkpoint", args.checkpoint, "--model", files[(kind, dt)], "--calls", str(args.calls)]
             res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
             rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
     print(f"\n{'model':9s} {'dtype':8s} {'atoms':>6s} {'load s':>7s} {'1st call s':>10s} {'2nd s':>7s} "
-          f"{'3rd s':>7s} {'steady s':>9s} {'1st/steady':>10s}")
+          f"{'3rd s':>7s} {'steady s':>9s} {'(min-max)':>13s} {'1st/steady':>10s}")
     for r in rows:
         print(f"{r['kind']:9s} {r['dtype']:8s} {r['atoms']:6d} {r['load_s']:7.2f} {r['first_s']:10.3f} "
-              f"{r['second_s']:7.3f} {r['third_s']:7.3f} {r['steady_s']:9.3f} {r['first_s'] / r['steady_s']:10.2f}")
+              f"{r['second_s']:7.3f} {r['third_s']:7.3f} {r['steady_s']:9.3f} "
+              f"{r['steady_min_s']:6.3f}-{r['steady_max_s']:<6.3f} {r['first_s'] / r['steady_s']:10.2f}")
     ratios = {}
     for n in sizes:
         for dt in dtypes:
             e = next(r for r in rows if r["kind"] == "eager" and r["dtype"] == dt and r["atoms"] == 3 * n ** 3)
-            x = next(r for r in rows if r["kind"] == "exported" and r["dtype"] == dt and r["atoms"] == 3 * n ** 3)
-            ratios[f"{dt}_{3 * n ** 3}"] = x["steady_s"] / e["steady_s"]
-            print(f"exported/eager steady-state time, {dt}, {3 * n ** 3} atoms: {ratios[f'{dt}_{3 * n ** 3}']:.2f}")
+            for kind in kinds[1:]:
+                x = next(r for r in rows if r["kind"] == kind and r["dtype"] == dt and r["atoms"] == 3 * n ** 3)
+                key = f"{kind}_{dt}_{3 * n ** 3}"
+                ratios[key] = x["steady_s"] / e["steady_s"]
+                print(f"{kind}/eager steady-state time, {dt}, {3 * n ** 3} atoms: {ratios[key]:.2f}")
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps({"benchmark": "export_speed", "checkpoint": args.checkpoint,
-                                             "threads": 1, "rows": rows, "exported_over_eager": ratios}, indent=1))
+                                             "threads": 1, "rows": rows, "over_eager": ratios,
+                                             "load_average": os.getloadavg()}, indent=1))
     print(f"wrote {args.output}")
     return 0
 

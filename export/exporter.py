@@ -96,6 +96,7 @@ def export_potential(potential, output: str | os.PathLike, dtype: str = "float64
     potential = potential.to(getattr(torch, dtype)).to(device).eval()
     meta = build_metadata(potential, dtype)
     meta["device"] = device
+    meta["format"] = "torchscript"
     if extra_metadata:
         meta.update(extra_metadata)
     scripted = torch.jit.script(ExportedPotential(potential))
@@ -105,9 +106,22 @@ def export_potential(potential, output: str | os.PathLike, dtype: str = "float64
     return meta
 
 
-def export_checkpoint(checkpoint: str, output: str, dtype: str = "float64", device: str = "cpu") -> Dict[str, Any]:
-    """Export a checkpoint (``.ckpt`` from ``so3krates train`` or ``so3krates convert``)."""
+def export_checkpoint(checkpoint: str, output: str, dtype: str = "float64", device: str = "cpu",
+                      fmt: str = "torchscript") -> Dict[str, Any]:
+    """Export a checkpoint (``.ckpt`` from ``so3krates train`` or ``so3krates convert``).
+
+    ``fmt``: ``"torchscript"`` (default; what OpenMM's TorchForce and the LAMMPS pair style load) or
+    ``"pt2"`` (torch.export + AOTInductor package, see :mod:`so3krates.export.pt2`)."""
     if not os.path.exists(checkpoint):
         raise FileNotFoundError(f"checkpoint '{checkpoint}' does not exist")
-    return export_potential(potential_from_checkpoint(checkpoint, dtype), output, dtype=dtype, device=device,
-                            extra_metadata={"source_checkpoint": os.path.basename(checkpoint)})
+    if fmt not in ("torchscript", "pt2"):
+        raise ValueError(f"unknown export format '{fmt}'; use torchscript or pt2")
+    extra = {"source_checkpoint": os.path.basename(checkpoint)}
+    potential = potential_from_checkpoint(checkpoint, dtype)
+    if fmt == "pt2":
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError("--device cuda requested but no CUDA device is visible; export on a GPU machine or "
+                             "use --device cpu")
+        from so3krates.export.pt2 import export_pt2
+        return export_pt2(potential, output, dtype=dtype, device=device, metadata=extra)
+    return export_potential(potential, output, dtype=dtype, device=device, extra_metadata=extra)

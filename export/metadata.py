@@ -15,6 +15,7 @@ from typing import Any, Dict, Tuple
 import torch
 
 METADATA_NAME = "so3krates/metadata.json"
+PT2_METADATA_NAME = "so3krates_metadata.json"  # extra file of a --format pt2 package (so3krates.export.pt2)
 FORMAT_VERSION = 1
 ENTRY_POINTS = ("forward", "atomic_energies_from_edges", "global_partials")
 
@@ -45,11 +46,14 @@ def read_metadata(path: str | os.PathLike) -> Dict[str, Any]:
             "re-export it with `so3krates export CHECKPOINT -o model.pt`")
     with zipfile.ZipFile(path) as zf:
         names = [n for n in zf.namelist() if n.endswith("extra/" + METADATA_NAME)]
+        if not names:  # a torch.export/AOTInductor package (so3krates export --format pt2)?
+            names = [n for n in zf.namelist() if n.endswith("extra/" + PT2_METADATA_NAME)]
         if not names:
             raise ModelFileError(
                 f"'{path}' is a TorchScript/PyTorch file but not a so3krates model (no {METADATA_NAME}); "
                 "export the model with `so3krates export` (foreign TorchScript files cannot be used)")
         meta = json.loads(zf.read(names[0]).decode("utf-8"))
+        meta.setdefault("format", "torchscript")
     check_format(meta, path)
     return meta
 
@@ -66,8 +70,14 @@ def check_format(meta: Dict[str, Any], path: str = "<model>") -> None:
 
 
 def load_exported(path: str | os.PathLike, device: str | torch.device = "cpu") -> Tuple[torch.jit.ScriptModule, Dict[str, Any]]:
-    """Load an exported model and its metadata (validated). Returns (module, metadata)."""
+    """Load an exported model and its metadata (validated). Returns (module, metadata).
+
+    A TorchScript file gives the scripted module; a ``--format pt2`` package gives a
+    :class:`so3krates.export.pt2.So3kratesPT2` with the same call signature."""
     meta = read_metadata(path)
+    if meta.get("format") == "pt2":
+        from so3krates.export.pt2 import So3kratesPT2
+        return So3kratesPT2(path, device=str(device)), meta
     extra = {METADATA_NAME: ""}
     try:
         module = torch.jit.load(os.fspath(path), map_location=device, _extra_files=extra)

@@ -1,4 +1,5 @@
-"""ASE calculator for so3krates models (exported ``.pt`` files or training checkpoints ``.ckpt``).
+"""ASE calculator for so3krates models (exported ``.pt`` files, ``--format pt2`` packages, or training
+checkpoints ``.ckpt``).
 
 Units: ASE's own (Å, eV, eV/Å, stress eV/Å³ in Voigt order xx yy zz yz xz xy).
 Total charge and unpaired electrons come from ``atoms.info['charge']`` (or ``'total_charge'``) and
@@ -23,6 +24,9 @@ def _load_model(path: str, dtype: Optional[str], device: str):
         potential = potential_from_checkpoint(path, dtype=dtype or "float64").to(device)
         return potential, build_metadata(potential)
     module, meta = load_exported(path, device=device)
+    if dtype is not None and dtype != meta.get("dtype") and meta.get("format") == "pt2":
+        raise ValueError(f"'{path}' is a pt2 package compiled for {meta.get('dtype')}; it cannot run in {dtype}. "
+                         f"Re-export with --format pt2 --dtype {dtype}, or drop the dtype argument")
     if dtype is not None and dtype != meta.get("dtype"):
         module = module.to(getattr(torch, dtype))
         meta = dict(meta, dtype=dtype)

@@ -27,7 +27,7 @@ def _cmd_export(args) -> None:
     from so3krates.export.exporter import export_checkpoint
     from so3krates.export.metadata import summary_line
     t0 = time.perf_counter()
-    meta = export_checkpoint(args.checkpoint, args.output, dtype=args.dtype, device=args.device)
+    meta = export_checkpoint(args.checkpoint, args.output, dtype=args.dtype, device=args.device, fmt=args.format)
     print(f"wrote {args.output} in {time.perf_counter() - t0:.1f} s")
     print(summary_line(meta))
 
@@ -39,7 +39,7 @@ def _cmd_info(args) -> None:
         print(json.dumps(meta, indent=1))
         return
     print(summary_line(meta))
-    for key in ("format_version", "package_version", "torch_version", "dtype", "device", "cutoff", "cutoff_lr",
+    for key in ("format", "format_version", "package_version", "torch_version", "dtype", "device", "cutoff", "cutoff_lr",
                 "num_layers", "receptive_field", "num_globals", "efa", "long_range", "units", "entry_points",
                 "source_checkpoint"):
         if key in meta:
@@ -54,8 +54,8 @@ def _cmd_train(args) -> None:
 
 
 def _cmd_evaluate(args) -> None:
-    from so3krates.potential.evaluate import evaluate_main
-    evaluate_main(args.model, args.data, args.output)
+    from so3krates.potential.evaluate import evaluate_cli
+    evaluate_cli(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dtype", choices=["float32", "float64"], default="float32",
                    help="float32 for production MD, float64 for reference checks (default float32)")
     e.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device the file is saved for")
+    e.add_argument("--format", choices=["torchscript", "pt2"], default="torchscript",
+                   help="torchscript (default: OpenMM TorchForce, LAMMPS, ASE) or pt2 (torch.export + "
+                        "AOTInductor package for local models; ASE and Python; needs the so3krates package)")
     e.set_defaults(func=_cmd_export)
 
     i = sub.add_parser("info", help="print the metadata of an exported model")
@@ -97,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("model", help="exported model (.pt) or checkpoint (.ckpt)")
     v.add_argument("data", help="extxyz (or anything ASE reads) or npz with reference energies/forces")
     v.add_argument("-o", "--output", default=None, help="write predictions to this extxyz")
+    v.add_argument("--indices", default=None, metavar="FILE",
+                   help="evaluate only these frames (index file .txt/.npy/.json, e.g. a test split)")
+    v.add_argument("--batch-size", type=int, default=16, help="frames per batch for checkpoints (default 16)")
     v.set_defaults(func=_cmd_evaluate)
     return p
 
