@@ -27,6 +27,7 @@ def parse_args(argv=None):
     p.add_argument("--model", default=str(DEFAULT_MODEL), help="exported model (default: the shipped one)")
     p.add_argument("--steps", type=int, default=200, help="MD steps per engine (0.5 fs each; default 200)")
     p.add_argument("--padding", type=float, default=0.6, help="water padding around the peptide, nm (default 0.6)")
+    p.add_argument("--minimize", type=int, default=50, help="minimisation iterations before MD (default 50)")
     p.add_argument("--out", default=str(ROOT / "runs" / "main_job"), help="output folder")
     return p.parse_args(argv)
 
@@ -73,10 +74,10 @@ def single_point(model: str) -> dict:
             "first_call_ms": first_s * 1e3, "steady_ms": min(times) * 1e3}
 
 
-def md(engine: str, model: str, steps: int, padding: float, out: Path, mpi: int = 1) -> dict:
+def md(engine: str, model: str, steps: int, padding: float, out: Path, mpi: int = 1, minimize: int = 50) -> dict:
     cmd = [sys.executable, str(ROOT / "examples" / "gems" / "ala3.py"), "--engine", engine, "--model", model,
            "--steps", str(steps), "--padding", str(padding), "--report", str(max(1, steps // 10)),
-           "--minimize", "50", "--mpi", str(mpi), "--out", str(out)]
+           "--minimize", str(minimize), "--mpi", str(mpi), "--out", str(out)]
     print("$ " + " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     summaries = sorted(out.glob("*summary.json"))
@@ -102,10 +103,11 @@ def main(argv=None) -> int:
     results["single_point"] = single_point(model)
 
     banner(f"OpenMM: solvated Ac-Ala3-NHMe, {args.steps} Langevin steps")
-    results["openmm"] = md("openmm", model, args.steps, args.padding, out / "openmm")
+    results["openmm"] = md("openmm", model, args.steps, args.padding, out / "openmm", minimize=args.minimize)
     for ranks in (1, 2):
         banner(f"LAMMPS: same system, {args.steps} Langevin steps, {ranks} MPI rank(s)")
-        results[f"lammps_{ranks}"] = md("lammps", model, args.steps, args.padding, out / f"lammps_np{ranks}", ranks)
+        results[f"lammps_{ranks}"] = md("lammps", model, args.steps, args.padding, out / f"lammps_np{ranks}", ranks,
+                                        minimize=args.minimize)
 
     (out / "main_job.json").write_text(json.dumps(results, indent=1, default=str))
     banner("done")
