@@ -435,13 +435,7 @@ def main(argv=None):
 
 
 # ============================================================================ peers (optional)
-PEER_VENVS = HERE / ".peer_venvs"
-TORCH_CPU_WHEEL = Path("/opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl")
-PEERS = {  # name: pip requirements (each in its own venv on the CPU torch 2.13 wheel)
-    "torchmd-net": ["torchmd-net==3.1.0"],
-    "mace": ["mace-torch==0.3.16"],
-    "nequip": ["nequip==0.19.1", "nequip-allegro==0.8.3"],
-}
+from _peers import PEER_VENVS, PEERS, ensure_peer as _peer_python  # noqa: E402  (shared with accuracy.py)
 PEER_WORKER = r"""
 import json, resource, sys, time
 import numpy as np
@@ -499,21 +493,6 @@ for k in range(calls + 1):
 print("RESULT " + json.dumps(dict(atoms=len(z), ms_per_step=1000 * min(times[1:]), model=model,
                                    peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
 """
-
-
-def _peer_python(name: str) -> Path:
-    """Create (once) benchmarks/.peer_venvs/<name> with the CPU torch 2.13 wheel and the peer package."""
-    venv = PEER_VENVS / name
-    py = venv / "bin" / "python"
-    if (venv / ".installed").exists():
-        return py
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    torch_req = str(TORCH_CPU_WHEEL) if TORCH_CPU_WHEEL.exists() else "torch==2.13.0"
-    pip = [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    subprocess.run(pip + [torch_req], check=True)
-    subprocess.run(pip + PEERS[name] + ["ase", "numpy"], check=True)
-    (venv / ".installed").write_text("ok\n")
-    return py
 
 
 def run_peers(sizes: List[int], calls: int, tmpdir: Path, timeout: float) -> List[dict]:

@@ -15,6 +15,8 @@ Reading
 
 Splitting
     :func:`split_indices` — seeded random split by fractions or counts, or index files.
+    :func:`split_by_trajectory` — held-out time blocks: the last part of every trajectory (by the
+    ``frame_id`` labels of the project's data) is the test set, with a gap to the training frames.
 
 Neighbour lists
     :func:`attach_neighbors` precomputes the local (``cutoff``) and, if needed, long-range
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -48,6 +51,7 @@ __all__ = [
     "frames_to_atoms",
     "read_npz",
     "split_indices",
+    "split_by_trajectory",
     "attach_neighbors",
     "frame_neighbors",
     "collate",
@@ -310,6 +314,55 @@ def split_indices(
     out["valid"] = perm[n_train : n_train + n_valid]
     out["test"] = perm[n_train + n_valid : n_train + n_valid + n_test]
     return out
+
+
+_TIME_POINT = re.compile(r"^[fs]\d+$")
+
+
+def split_by_trajectory(
+    frame_ids: Sequence[str], valid: float = 0.05, test: float = 0.10, gap: int = 1, min_points: int = 8
+) -> Dict[str, np.ndarray]:
+    """Train/valid/test indices that hold out the *end of every trajectory* instead of random frames.
+
+    Frames 50 fs apart in one MD trajectory are nearly copies of each other, so a random split
+    measures interpolation between neighbours. Here every ``frame_id`` ``a/b/.../<time point>`` is
+    read as a series (everything before the last component that looks like ``f00012`` — an MD frame —
+    or ``s003`` — a snapshot whose cut-outs ``c...`` share one time point) and a time point. In each
+    series with at least ``min_points`` time points, the last ``test`` fraction of the time points
+    (at least one) goes to test, the ``valid`` fraction before it to validation, and ``gap`` time
+    points before each held-out block are dropped; all the rest is training. Frames whose id has no
+    time point, and short series, are training frames. Returns ``{"train", "valid", "test", "dropped"}``
+    index arrays into ``frame_ids``.
+    """
+    series: Dict[str, Dict[str, List[int]]] = {}
+    loose: List[int] = []
+    for k, fid in enumerate(frame_ids):
+        parts = str(fid).split("/")
+        pos = [i for i, p in enumerate(parts) if _TIME_POINT.match(p)]
+        if not pos:
+            loose.append(k)
+            continue
+        key, time_point = "/".join(parts[: pos[-1]]), parts[pos[-1]]
+        series.setdefault(key, {}).setdefault(time_point, []).append(k)
+    out: Dict[str, List[int]] = {"train": list(loose), "valid": [], "test": [], "dropped": []}
+    for key in sorted(series):
+        points = [series[key][tp] for tp in sorted(series[key])]
+        n = len(points)
+        if n < min_points:
+            out["train"] += [i for p in points for i in p]
+            continue
+        n_test = max(1, int(round(test * n)))
+        n_valid = max(1, int(round(valid * n))) if valid > 0 else 0
+        end_train = n - n_test - n_valid - (2 * gap if n_valid else gap)
+        if end_train < 1:
+            raise ValueError(f"series {key!r} has {n} time points: too few for valid={valid}, test={test}, gap={gap}")
+        labels = ["train"] * end_train + ["dropped"] * gap
+        if n_valid:
+            labels += ["valid"] * n_valid + ["dropped"] * gap
+        labels += ["test"] * n_test
+        for lab, p in zip(labels, points):
+            out[lab] += p
+    return {k: np.array(sorted(v), dtype=np.int64) for k, v in out.items()}
 
 
 # --------------------------------------------------------------------------------------------

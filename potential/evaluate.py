@@ -23,7 +23,8 @@ import torch
 
 from .data import Frame, attach_neighbors, frames_to_atoms, read_frames
 
-__all__ = ["evaluate_main", "predict_frames", "error_metrics", "format_metrics", "add_evaluate_arguments"]
+__all__ = ["evaluate_main", "evaluate_cli", "predict_frames", "error_metrics", "format_metrics",
+           "add_evaluate_arguments"]
 
 
 def _is_checkpoint(path: Path) -> bool:
@@ -56,7 +57,7 @@ def predict_frames(model_path: str, frames: Sequence[Frame], batch_size: int = 1
         from .train import evaluate_frames
 
         dtype = dtype or torch.float64
-        model = model_from_checkpoint(path).to(device=device, dtype=dtype)
+        model = model_from_checkpoint(path, dtype=dtype).to(device=device)
         cfg = model.config
         long_range = bool(cfg.electrostatic_energy_bool or cfg.dispersion_energy_bool)
         attach_neighbors(frames, float(cfg.cutoff), cfg.cutoff_lr, long_range, progress=progress)
@@ -134,8 +135,11 @@ def format_metrics(m: Dict[str, Any]) -> str:
 
 
 def evaluate_main(model_path: str, data_path: str, out: Optional[str] = None, batch_size: int = 16,
-                  progress: bool = True, index: str = ":") -> Dict[str, Any]:
+                  progress: bool = True, index: str = ":", indices: Optional[str] = None) -> Dict[str, Any]:
     """Evaluate ``model_path`` (.ckpt or exported .pt) on ``data_path`` (extxyz / ASE / npz).
+
+    ``indices``: an index file (``.txt``/``.npy``/``.json``, the format of ``data.index_files`` in a
+    training config) selecting frames of ``data_path`` — e.g. the test split of a training run.
 
     Prints the metrics table, writes predictions to ``out`` (extxyz) when given (and the metrics
     next to it as ``<out>.metrics.json``), returns the metrics dict (keys ``energy_mae``,
@@ -145,13 +149,26 @@ def evaluate_main(model_path: str, data_path: str, out: Optional[str] = None, ba
     frames = read_frames(data_path, index=index)
     if not frames:
         raise ValueError(f"{data_path} holds no frames")
+    if indices is not None:
+        from .data import _read_index_file
+
+        if not Path(indices).exists():
+            raise FileNotFoundError(f"index file {indices} does not exist")
+        idx = _read_index_file(indices)
+        if idx.size == 0:
+            raise ValueError(f"index file {indices} is empty")
+        if idx.min() < 0 or idx.max() >= len(frames):
+            raise ValueError(f"index file {indices} has indices outside [0, {len(frames)}) of {data_path}")
+        frames = [frames[int(i)] for i in idx]
     if not any(f.energy is not None or f.forces is not None for f in frames) and out is None:
         raise ValueError(f"{data_path} has no reference energies or forces; pass -o to just write predictions")
     preds = predict_frames(model_path, frames, batch_size=batch_size, progress=progress)
     metrics = error_metrics(frames, preds)
     metrics["model"] = str(model_path)
     metrics["data"] = str(data_path)
-    print(f"evaluate {model_path} on {data_path}")
+    if indices is not None:
+        metrics["indices"] = str(indices)
+    print(f"evaluate {model_path} on {data_path}" + (f" (frames of {indices})" if indices else ""))
     print(format_metrics(metrics))
     if out:
         import ase.io
@@ -185,3 +202,12 @@ def add_evaluate_arguments(parser) -> None:
     parser.add_argument("model", help="exported model (.pt) or checkpoint (.ckpt)")
     parser.add_argument("data", help="extxyz (or anything ASE reads) or npz with reference energies/forces")
     parser.add_argument("-o", "--output", default=None, help="write predictions to this extxyz")
+    parser.add_argument("--indices", default=None, metavar="FILE",
+                        help="evaluate only these frames (index file .txt/.npy/.json, e.g. a test split)")
+    parser.add_argument("--batch-size", type=int, default=16, help="frames per batch for checkpoints (default 16)")
+
+
+def evaluate_cli(args) -> Dict[str, Any]:
+    """Run :func:`evaluate_main` from parsed :func:`add_evaluate_arguments` arguments."""
+    return evaluate_main(args.model, args.data, args.output, batch_size=getattr(args, "batch_size", 16),
+                         indices=getattr(args, "indices", None))

@@ -33,6 +33,11 @@ Config (YAML; every key optional except ``data.path``; defaults in :data:`DEFAUL
       batch_size: 8; valid_batch_size: 32
       epochs: 100; max_steps: null          # stop at whichever comes first
       stop_after_steps: null    # stop this invocation after N more steps (job time limits); --resume continues
+      time_budget_s: null       # stop the run (as finished) once the training loop (steps + validations) has
+                                # used this many seconds; a cosine decay then runs over the budget
+                                # (progress = max(step fraction, time fraction)); not bitwise reproducible
+      time_budget_clock: wall   # wall | cpu (process CPU time of all threads: immune to other jobs on a
+                                # shared machine; equals wall time for one thread on an idle core)
       loss_weights: {energy: 1.0, forces: 10.0, stress: 0.0}
       energy_loss: per_atom     # per_atom: MSE of (E_pred-E_ref)/N_atoms; total: MSE of E
       optimizer: amsgrad        # amsgrad | adam | adamw
@@ -98,6 +103,8 @@ __all__ = [
     "fit_energy_shifts",
     "force_rms",
     "apply_normalization",
+    "make_eval_model",
+    "evaluate_frames",
     "EMA",
     "make_lr_lambda",
     "save_checkpoint",
@@ -131,6 +138,8 @@ DEFAULTS: Dict[str, Any] = {
         "epochs": 100,
         "max_steps": None,
         "stop_after_steps": None,
+        "time_budget_s": None,
+        "time_budget_clock": "wall",
         "loss_weights": {"energy": 1.0, "forces": 10.0, "stress": 0.0},
         "energy_loss": "per_atom",
         "optimizer": "amsgrad",
@@ -235,6 +244,10 @@ def load_config(config_path: Optional[str] = None, overrides: Optional[Dict[str,
         raise ValueError(f"training.lr_decay={t['lr_decay']!r} is unknown; use exponential, cosine or none")
     if t["energy_loss"] not in ("per_atom", "total"):
         raise ValueError(f"training.energy_loss={t['energy_loss']!r} is unknown; use per_atom or total")
+    if t.get("time_budget_clock", "wall") not in ("wall", "cpu"):
+        raise ValueError(f"training.time_budget_clock={t['time_budget_clock']!r} is unknown; use wall or cpu")
+    if t.get("time_budget_s") is not None and not float(t["time_budget_s"]) > 0:
+        raise ValueError(f"training.time_budget_s={t['time_budget_s']!r} must be a positive number of seconds (or null)")
     for k in ("dtype", "eval_dtype"):
         if t[k] not in _DTYPES:
             raise ValueError(f"training.{k}={t[k]!r} is unknown; use float32 or float64")
@@ -409,6 +422,19 @@ def apply_normalization(model: torch.nn.Module, energy_shifts: Optional[Dict[int
             scale.fill_(float(force_scale))
 
 
+def make_eval_model(model: torch.nn.Module, dtype: torch.dtype = torch.float64,
+                    device: Optional[str] = None) -> torch.nn.Module:
+    """A copy of ``model`` for evaluation in ``dtype`` (float32 training, float64 evaluation).
+
+    ``copy.deepcopy(model).to(float64)`` keeps the weights as trained (float32 values, exactly
+    representable in float64) and rebuilds the constant buffers (radial-basis binomials, Lebedev
+    grids, free-atom dispersion tables, ...) from their float64 originals (``ExactConstants`` in
+    ``potential/constants.py``), so the copy equals the trained weights loaded into a model built in
+    float64. The per-element energy shifts are weights: they keep their float32 rounding (about 1e-6 eV
+    per atom), exactly as in an exported float64 model. The original model is not touched."""
+    return copy.deepcopy(model).to(device=device, dtype=dtype).eval()
+
+
 # --------------------------------------------------------------------------------------------
 # EMA, schedules, optimizers
 # --------------------------------------------------------------------------------------------
@@ -448,8 +474,13 @@ class EMA:
             self.shadow[k].copy_(v)
 
 
-def make_lr_lambda(t: Dict[str, Any], total_steps: int) -> Callable[[int], float]:
-    """Multiplier of the base learning rate at optimizer step ``step`` (0-based)."""
+def make_lr_lambda(t: Dict[str, Any], total_steps: int,
+                   time_fraction: Optional[Callable[[], float]] = None) -> Callable[[int], float]:
+    """Multiplier of the base learning rate at optimizer step ``step`` (0-based).
+
+    ``time_fraction`` (used with ``training.time_budget_s``) returns the fraction of the time budget
+    used so far; the cosine decay then progresses by ``max(step fraction, time fraction)``, so it
+    reaches its floor when the budget runs out even if ``total_steps`` is never reached."""
     warm = int(t.get("warmup_steps") or 0)
     kind = t.get("lr_decay") or "none"
     rate = float(t.get("lr_decay_rate", 0.5))
@@ -464,7 +495,10 @@ def make_lr_lambda(t: Dict[str, Any], total_steps: int) -> Callable[[int], float
             d = rate ** (s / dsteps)
         elif kind == "cosine":
             span = max(1, total - warm)
-            d = min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / span)))
+            prog = s / span
+            if time_fraction is not None and s > 0:
+                prog = max(prog, float(time_fraction()))
+            d = min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, prog)))
         else:
             d = 1.0
         return w * d
@@ -696,17 +730,21 @@ _CSV_FIELDS = [
     "step", "epoch", "lr", "time_s", "train_loss", "train_energy_mae", "train_energy_per_atom_mae",
     "train_forces_mae", "train_forces_rmse", "valid_loss", "valid_energy_mae", "valid_energy_rmse",
     "valid_energy_per_atom_mae", "valid_energy_per_atom_rmse", "valid_forces_mae", "valid_forces_rmse",
-    "valid_stress_mae", "best_valid_loss",
+    "valid_stress_mae", "best_valid_loss", "budget_used_s",
 ]
 
 
 def _append_csv(path: Path, row: Dict[str, Any]) -> None:
     new = not path.exists()
+    fields = _CSV_FIELDS
+    if not new:  # keep the columns of an existing file (a run started by an older version)
+        with open(path, newline="") as fh:
+            fields = next(csv.reader(fh), None) or _CSV_FIELDS
     with open(path, "a", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=_CSV_FIELDS, extrasaction="ignore")
+        w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
         if new:
             w.writeheader()
-        w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in _CSV_FIELDS})
+        w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in fields})
 
 
 def _truncate_csv(path: Path, step: int) -> None:
@@ -824,7 +862,20 @@ def train_main(config_path: Optional[str], resume: bool = False, overrides: Opti
     if t.get("max_steps"):
         total_steps = min(total_steps, int(t["max_steps"]))
     optimizer = _make_optimizer(model, t)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, make_lr_lambda(t, total_steps))
+    # time budget (training.time_budget_s): seconds of the training loop, validations included, on the
+    # chosen clock; kept across --resume in the checkpoint ("budget_used_s")
+    budget = float(t["time_budget_s"]) if t.get("time_budget_s") else None
+    clock = time.process_time if t.get("time_budget_clock", "wall") == "cpu" else time.perf_counter
+    budget_state = {"used0": float(resume_payload.get("budget_used_s", 0.0)) if resume_payload else 0.0,
+                    "start": None}
+
+    def budget_used() -> float:
+        if budget_state["start"] is None:
+            return budget_state["used0"]
+        return budget_state["used0"] + clock() - budget_state["start"]
+
+    time_fraction = (lambda: budget_used() / budget) if budget else None
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, make_lr_lambda(t, total_steps, time_fraction))
     ema = EMA(model, float(t["ema_decay"])) if t.get("ema_decay") else None
     weights = dict(t["loss_weights"])
     use_stress = _needs_stress(weights, splits["train"])
@@ -840,14 +891,20 @@ def train_main(config_path: Optional[str], resume: bool = False, overrides: Opti
         step = int(resume_payload["step"])
         best_loss = float(resume_payload.get("best_valid_loss", math.inf))
         bad_evals = int(resume_payload.get("bad_evals", 0))
-        finished = bool(resume_payload.get("finished", False)) and step >= total_steps
+        prev_stop = resume_payload.get("stopped_by")
+        if prev_stop == "time_budget":  # a larger time_budget_s continues the run
+            finished = budget is not None and budget_state["used0"] >= budget
+        elif prev_stop == "early_stopping":
+            finished = True
+        else:
+            finished = bool(resume_payload.get("finished", False)) and step >= total_steps
         normalization = resume_payload.get("normalization", normalization)
         _set_rng_state(resume_payload["rng"])
         _truncate_csv(csv_path, step)
         print(f"[train] resumed {run_dir} at step {step} (epoch {step // steps_per_epoch})")
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 
-    eval_model = copy.deepcopy(model).to(dtype=eval_dtype)
+    eval_model = make_eval_model(model, eval_dtype, device)
     valid_frames = splits["valid"] or []
     stop_after = t.get("stop_after_steps")
     stop_at = min(total_steps, step + int(stop_after)) if stop_after else total_steps
@@ -879,6 +936,8 @@ def train_main(config_path: Optional[str], resume: bool = False, overrides: Opti
             steps_per_epoch=steps_per_epoch,
             total_steps=total_steps,
             train_running=running,
+            budget_used_s=budget_used(),
+            stopped_by=stopped_by,
         )
 
     def validate(train_acc, train_loss_sum, train_n) -> Dict[str, Any]:
@@ -888,6 +947,8 @@ def train_main(config_path: Optional[str], resume: bool = False, overrides: Opti
         if train_n:
             row["train_loss"] = train_loss_sum / train_n
             row.update(_summarise(train_acc, "train"))
+        if budget is not None:
+            row["budget_used_s"] = round(budget_used(), 3)
         if valid_frames:
             eval_model.load_state_dict(inference_state())
             res = evaluate_frames(eval_model, valid_frames, int(t["valid_batch_size"]), eval_dtype, device, weights,
@@ -908,7 +969,9 @@ def train_main(config_path: Optional[str], resume: bool = False, overrides: Opti
     # ---- loop
     t_start = time.perf_counter() - (float(resume_payload.get("elapsed_s", 0.0)) if resume_payload else 0.0)
     stopped_early = False
+    stopped_by: Optional[str] = resume_payload.get("stopped_by") if resume_payload else None
     if not finished and step < stop_at:
+        budget_state["start"], stopped_by = clock(), None
         first_epoch = step // steps_per_epoch
         n_epochs = (total_steps + steps_per_epoch - 1) // steps_per_epoch
         epoch_bar = tqdm(range(first_epoch, n_epochs), desc="epochs", disable=not progress, initial=first_epoch,
@@ -937,13 +1000,17 @@ def train_main(config_path: Optional[str], resume: bool = False, overrides: Opti
                 running["n"] += batch.num_graphs
                 _accumulate(running["acc"], stats)
                 bar.set_postfix(loss=f"{float(loss.detach()):.4g}", refresh=False)
-                if step % eval_every == 0 or step == total_steps:
+                out_of_time = budget is not None and budget_used() >= budget
+                if step % eval_every == 0 or step == total_steps or out_of_time:
                     row = validate(running["acc"], running["loss_sum"], running["n"])
                     running.update(acc={}, loss_sum=0.0, n=0)
                     epoch_bar.set_postfix(valid=f"{row.get('valid_loss', row.get('train_loss', float('nan'))):.4g}",
                                           refresh=False)
                     if patience is not None and bad_evals >= patience:
-                        stopped_early = True
+                        stopped_early, stopped_by = True, "early_stopping"
+                        break
+                    if out_of_time:
+                        stopped_early, stopped_by = True, "time_budget"
                         break
                     save(last_path, is_finished=step >= total_steps)
                 if step >= stop_at:
@@ -952,10 +1019,16 @@ def train_main(config_path: Optional[str], resume: bool = False, overrides: Opti
             if stopped_early or step >= stop_at:
                 break
         epoch_bar.close()
+        budget_state.update(used0=budget_used(), start=None)  # the budget counts the loop only
+    if stopped_by is None and step >= total_steps:
+        stopped_by = "max_steps" if t.get("max_steps") and total_steps == int(t["max_steps"]) else "epochs"
     finished = finished or stopped_early or step >= total_steps
     save(last_path, is_finished=finished)
-    if stopped_early:
+    if stopped_by == "early_stopping" and stopped_early:
         print(f"[train] early stopping at step {step}: no improvement in {patience} validations")
+    if stopped_by == "time_budget" and stopped_early:
+        print(f"[train] time budget used up at step {step}: {budget_used():.1f} s of {budget:.1f} s "
+              f"({t.get('time_budget_clock', 'wall')} clock)")
     print(f"[train] step {step}/{total_steps}; checkpoints in {run_dir}")
     if not finished:
         print(f"[train] stopped after training.stop_after_steps; continue with `so3krates train {config_path or 'CONFIG'} --resume`")
@@ -978,12 +1051,18 @@ def _final_evaluation(run_dir: Path, ckpt: Path, splits, t, device, eval_dtype, 
     name = "test" if splits["test"] else "valid"
     if not frames:
         return
-    model = model_from_checkpoint(ckpt).to(device=device, dtype=eval_dtype)
+    from .evaluate import error_metrics
+
+    model = model_from_checkpoint(ckpt, dtype=eval_dtype).to(device=device)
     res, preds = evaluate_frames(model, frames, int(t["valid_batch_size"]), eval_dtype, device, None,
                                  t["energy_loss"], compute_stress=use_stress, progress=progress,
                                  desc=f"{name} set", return_predictions=True)
     res = {k: v for k, v in res.items() if k != "loss"}
-    (run_dir / f"{name}_metrics.json").write_text(json.dumps({"set": name, "checkpoint": ckpt.name, **res}, indent=1))
+    per_element = error_metrics(frames, preds).get("per_element")
+    doc = {"set": name, "checkpoint": ckpt.name, "num_frames": len(frames), **res}
+    if per_element:
+        doc["per_element"] = per_element  # force-component MAE/RMSE per element (eV/Å)
+    (run_dir / f"{name}_metrics.json").write_text(json.dumps(doc, indent=1))
     print(f"[train] {name} set ({len(frames)} frames, {ckpt.name}): "
           + ", ".join(f"{k} {v:.4g}" for k, v in res.items()))
     try:

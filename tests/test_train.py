@@ -333,3 +333,153 @@ def test_evaluate_exported_model_matches_checkpoint(trained_run, dataset, tmp_pa
     for a, b in zip(p_pt, p_ck):
         assert a["energy"] == pytest.approx(b["energy"], abs=1e-8)
         np.testing.assert_allclose(a["forces"], b["forces"], atol=1e-8)
+
+
+# ---------------------------------------------------------------------------------------------
+def _cu_frames(n, seed=0):
+    """Rattled, randomly strained fcc Cu cells (8 atoms, periodic) labelled with ASE's EMT:
+    energy (eV), forces (eV/Å) and stress (eV/Å³)."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n):
+        a = bulk("Cu", "fcc", a=3.61, cubic=True) * (2, 1, 1)
+        eps = rng.uniform(-0.03, 0.03, (3, 3))
+        eps = 0.5 * (eps + eps.T)
+        a.set_cell(a.cell.array @ (np.eye(3) + eps), scale_atoms=True)
+        a.rattle(0.05, seed=int(rng.integers(1 << 30)))
+        a.calc = EMT()
+        e, f, s = a.get_potential_energy(), a.get_forces(), a.get_stress()
+        a.calc = SinglePointCalculator(a, energy=e, forces=f, stress=s)
+        out.append(a)
+    return out
+
+
+def test_stress_training_lowers_the_stress_error(tmp_path):
+    path = tmp_path / "cu.extxyz"
+    ase.io.write(path, _cu_frames(20))
+    frames = D.read_frames(path)
+    assert all(f.stress is not None and f.pbc.all() for f in frames)
+    assert np.std([f.stress[0, 0] for f in frames]) > 5e-3  # the strains give a real stress signal (eV/Å³)
+    cfg = {"run_dir": str(tmp_path / "run"), "seed": 0, "model": dict(TINY_MODEL),
+           "data": {"path": str(path), "split": {"train": 14, "valid": 6, "test": 0, "seed": 0}},
+           "training": {"batch_size": 4, "lr": 5e-3, "progress": False, "max_steps": 96, "eval_every": 8,
+                        "ema_decay": None, "lr_decay": "none",
+                        "loss_weights": {"energy": 1.0, "forces": 1.0, "stress": 1000.0}}}
+    run = T.train_main(_write_cfg(tmp_path, cfg))
+    rows = _rows(run)
+    s_mae = [float(r["valid_stress_mae"]) for r in rows]
+    assert len(s_mae) == 12 and all(math.isfinite(x) for x in s_mae)
+    assert min(s_mae[-3:]) < 0.65 * s_mae[0], s_mae  # eV/Å³; 0.018 -> 0.008 here
+    # the stress term is in the training loss: same batch, loss with and without the stress weight
+    model = model_from_checkpoint(run / "last.ckpt", dtype=torch.float64)
+    D.attach_neighbors(frames[:4], TINY_MODEL["cutoff"], progress=False)
+    batch = D.collate(frames[:4])
+    pred = T.predict(model, batch, compute_stress=True)
+    l_with, st = T.loss_and_metrics(pred, batch, {"energy": 1.0, "forces": 1.0, "stress": 1000.0})
+    l_without, _ = T.loss_and_metrics(pred, batch, {"energy": 1.0, "forces": 1.0, "stress": 0.0})
+    mse = float((pred["stress"] - batch.stress).pow(2).mean())
+    assert float((l_with - l_without).detach()) == pytest.approx(1000.0 * mse, rel=1e-9)
+    assert st["s_n"] == 4 * 9
+
+
+def test_time_budget_stops_the_run_and_can_be_extended(dataset, tmp_path):
+    cfg = _cfg(dataset, tmp_path / "tb", epochs=100000, time_budget_s=2.0, time_budget_clock="wall",
+               lr_decay="cosine", min_lr_ratio=0.05, eval_every=20)
+    path = _write_cfg(tmp_path, cfg)
+    run = T.train_main(path)
+    ck = load_checkpoint(run / "last.ckpt")
+    assert ck["finished"] and ck["stopped_by"] == "time_budget"
+    assert 2.0 <= ck["budget_used_s"] < 2.0 + 5.0
+    rows = _rows(run)
+    assert int(rows[-1]["step"]) == ck["step"] > 4  # a validation row at the step where the budget ran out
+    assert float(rows[-1]["lr"]) == pytest.approx(3e-3 * 0.05, rel=1e-6)  # the cosine ends with the budget
+    assert (run / "test_metrics.json").is_file()
+    # resuming with the same budget does nothing; a larger budget continues the run
+    T.train_main(path, resume=True)
+    assert load_checkpoint(run / "last.ckpt")["step"] == ck["step"]
+    T.train_main(path, resume=True, overrides={"training.time_budget_s": 3.0})
+    ck2 = load_checkpoint(run / "last.ckpt")
+    assert ck2["step"] > ck["step"] and ck2["stopped_by"] == "time_budget" and ck2["budget_used_s"] >= 3.0
+    with pytest.raises(ValueError, match="time_budget_clock"):
+        T.load_config(path, {"training.time_budget_clock": "sundial"})
+
+
+def test_float32_training_float64_evaluation(trained_run, dataset):
+    """The validation copy (float64) of a float32-trained model equals the same weights in a model
+    built in float64: exact constants, no float32 rounding; the validation loss in metrics.csv is
+    what a float64 evaluation of best.ckpt gives."""
+    from so3krates.potential.config import So3kratesConfig
+    from so3krates.potential.model import So3krates
+
+    ck = load_checkpoint(trained_run / "best.ckpt")
+    model32 = model_from_checkpoint(trained_run / "best.ckpt")
+    assert next(model32.parameters()).dtype == torch.float32
+    ev = T.make_eval_model(model32, torch.float64)
+    assert next(model32.parameters()).dtype == torch.float32  # the training model is untouched
+    direct = So3krates(So3kratesConfig.from_dict(ck["config"])).double()
+    direct.load_state_dict(ck["ema_state_dict"])
+    for (name, a), (_, b) in zip(direct.named_buffers(), ev.named_buffers()):
+        assert a.dtype == b.dtype and (b.dtype == torch.float64 or not b.is_floating_point()), name
+        assert torch.equal(a, b), name
+    for (name, a), (_, b) in zip(direct.named_parameters(), ev.named_parameters()):
+        assert torch.equal(a, b), name
+    rows = _rows(trained_run)
+    best = [r for r in rows if float(r["valid_loss"]) == float(r["best_valid_loss"])][-1]
+    idx = D.split_indices(24, 16, 4, 4, seed=1)["valid"]
+    frames = [D.read_frames(dataset)[i] for i in idx]
+    D.attach_neighbors(frames, TINY_MODEL["cutoff"], progress=False)
+    res = T.evaluate_frames(ev, frames, 32, torch.float64, weights={"energy": 1.0, "forces": 10.0, "stress": 0.0},
+                            progress=False)
+    assert res["loss"] == pytest.approx(float(best["valid_loss"]), rel=1e-12)
+    res32 = T.evaluate_frames(model32, frames, 32, torch.float32, weights={"energy": 1.0, "forces": 10.0, "stress": 0.0},
+                              progress=False)
+    assert res32["loss"] != pytest.approx(float(best["valid_loss"]), rel=1e-12)  # float32 would be different
+
+
+def test_evaluate_on_an_index_file(trained_run, dataset, tmp_path):
+    np.savetxt(tmp_path / "idx.txt", [3, 0, 7], fmt="%d")
+    m = evaluate_main(str(trained_run / "best.ckpt"), str(dataset), progress=False, indices=str(tmp_path / "idx.txt"))
+    frames = D.read_frames(dataset)
+    assert m["num_frames"] == 3 and m["num_atoms"] == sum(frames[i].num_atoms for i in (3, 0, 7))
+    np.savetxt(tmp_path / "bad.txt", [0, 24], fmt="%d")
+    with pytest.raises(ValueError, match="outside"):
+        evaluate_main(str(trained_run / "best.ckpt"), str(dataset), progress=False, indices=str(tmp_path / "bad.txt"))
+
+
+def test_split_by_trajectory_holds_out_the_end_of_each_trajectory():
+    ids = [f"gas/t{t:02d}/f{k:05d}" for t in range(2) for k in range(20)]
+    ids += [f"cut/s{s:03d}/c{c:03d}" for s in range(10) for c in range(3)]  # snapshots with 3 cut-outs each
+    ids += ["short/t00/f00000", "short/t00/f00001", "no_time_label"]
+    sp = D.split_by_trajectory(ids, valid=0.05, test=0.10, gap=1)
+    name = {i: k for k, v in sp.items() for i in v.tolist()}
+    assert sorted(name) == list(range(len(ids)))  # every frame exactly once
+    traj0 = [name[i] for i in range(20)]
+    assert traj0 == ["train"] * 15 + ["dropped", "valid", "dropped", "test", "test"]
+    cut = [name[40 + 3 * s] for s in range(10)]
+    assert cut == ["train"] * 6 + ["dropped", "valid", "dropped", "test"]
+    for s in range(10):  # the cut-outs of one snapshot share a time point: never split apart
+        assert len({name[40 + 3 * s + c] for c in range(3)}) == 1
+    assert {name[70], name[71], name[72]} == {"train"}  # short series and unlabelled frames train
+
+
+def test_split_by_trajectory_script_writes_index_files(tmp_path):
+    import importlib.util
+
+    from helpers import ROOT
+
+    images = make_molecules(30, seed=4)
+    for k, a in enumerate(images):
+        a.info["frame_id"] = f"mol/t{k // 15:02d}/f{k % 15:05d}"
+        a.info["subset"] = "mol"
+    ase.io.write(tmp_path / "d.extxyz", images)
+    spec = importlib.util.spec_from_file_location("split_script", ROOT / "examples" / "training" / "split_by_trajectory.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main([str(tmp_path / "d.extxyz"), "-o", str(tmp_path / "s")]) == 0
+    idx = {k: np.loadtxt(tmp_path / "s" / f"{k}.txt", dtype=int, ndmin=1).tolist() for k in ("train", "valid", "test")}
+    assert idx["test"] == [13, 14, 28, 29] and idx["valid"] == [11, 26]
+    split = D.split_indices(30, index_files={k: tmp_path / "s" / f"{k}.txt" for k in idx})
+    assert split["train"].tolist() == idx["train"] == list(range(10)) + list(range(15, 25))
