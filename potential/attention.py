@@ -33,6 +33,23 @@ def activation(x: Tensor, name: str) -> Tensor:
     raise ValueError("unknown activation function")
 
 
+def _block_diagonal_t(w: Tensor) -> Tensor:
+    """[H, n, n] per-head matrices -> [H n, H n] block-diagonal B with x @ B = per head x_h @ w[h]^T
+    (the einsum "hij,nhj->nhi" as one matrix product)."""
+    h = w.shape[0]
+    n = w.shape[1]
+    eye = torch.eye(h, dtype=w.dtype, device=w.device)
+    return torch.einsum("hg,hba->hagb", eye, w).reshape(h * n, h * n)
+
+
+def _segment_matrix(num_segments: int, size: int, scale: float) -> Tensor:
+    """[num_segments * size, num_segments] matrix summing consecutive blocks of `size` columns, times scale."""
+    m = torch.zeros(num_segments * size, num_segments, dtype=torch.float64)
+    for s in range(num_segments):
+        m[s * size:(s + 1) * size, s] = scale
+    return m
+
+
 class AttentionBlock(ExactConstants):
     """Two attention heads families on the local graph:
 
@@ -41,6 +58,10 @@ class AttentionBlock(ExactConstants):
     x_i  += sum_j alpha1_ij^h (Wv1^h x_j^h)
     ev_i += sum_j alpha2_ij^{l} Y_l(r_ij / |r_ij|)
     with filters w_ij = MLP(rbf_ij) + MLP(contract_l0(ev_j - ev_i)).
+
+    The computation is split so that callers can process the edges in chunks (see
+    ``So3krates.energy_and_gradients``): ``project`` (per atom) -> gather -> ``edge_messages``
+    (per edge) -> segment sum over the centre atom i (``forward`` does all of it at once).
     """
 
     def __init__(self, num_features: int, num_heads: int, degrees: List[int], num_radial_basis_fn: int,
@@ -83,41 +104,84 @@ class AttentionBlock(ExactConstants):
         self.nc2 = nc2
         self.register_constant("contraction", l0_contraction_matrix(degrees))
         self.register_buffer("repeat_index", degree_repeat_index(degrees), persistent=False)
+        # per-head sums with the normalisation folded in: (q*w*k) [E, F] @ seg -> [E, heads] / nc
+        self.register_constant("head_sum1", _segment_matrix(num_heads, fh1, 1.0 / nc1))
+        self.register_constant("head_sum2", _segment_matrix(nd, fh2, 1.0 / nc2))
+        parity: List[float] = []
+        for l in degrees:
+            parity += [float((-1) ** l)] * (2 * l + 1)
+        self.register_constant("parity", torch.tensor(parity, dtype=torch.float64))
+
+    def project(self, x: Tensor) -> List[Tensor]:
+        """Per-atom queries, keys and values from one matrix product: x [N, F] -> [q1, q2, k1, k2, v1],
+        each [N, F] and contiguous (for row gathers; q*, k* after the qk non-linearity)."""
+        f = self.num_features
+        w = torch.cat([_block_diagonal_t(self.Wq1), _block_diagonal_t(self.Wq2), _block_diagonal_t(self.Wk1),
+                       _block_diagonal_t(self.Wk2), _block_diagonal_t(self.Wv1)], dim=1)  # [F, 5F]
+        y = torch.matmul(x, w)
+        qk = activation(y[:, :4 * f], self.qk_non_linearity)
+        return [qk[:, :f].contiguous(), qk[:, f:2 * f].contiguous(), qk[:, 2 * f:3 * f].contiguous(),
+                qk[:, 3 * f:].contiguous(), y[:, 4 * f:].contiguous()]
+
+    def filters(self, rbf: Tensor, dev: Tensor) -> Tuple[Tensor, Tensor]:
+        """Filters (w1, w2) [E, F] from rbf [E, K] and dev = ev[idx_j] - ev[idx_i] [E, m_tot]; symmetric
+        under i <-> j (dev enters squared)."""
+        act = self.activation_fn
+        c = torch.matmul(dev * dev, self.contraction.to(dev.dtype))  # [E, D]
+        w1 = self.radial_filter1_layer_2(activation(self.radial_filter1_layer_1(rbf), act)) \
+            + self.spherical_filter1_layer_2(activation(self.spherical_filter1_layer_1(c), act))
+        w2 = self.radial_filter2_layer_2(activation(self.radial_filter2_layer_1(rbf), act)) \
+            + self.spherical_filter2_layer_2(activation(self.spherical_filter2_layer_1(c), act))
+        return w1, w2
+
+    def messages(self, q1_i: Tensor, q2_i: Tensor, k1_j: Tensor, k2_j: Tensor, v1_j: Tensor, w1: Tensor,
+                 w2: Tensor, ylm: Tensor, cut: Tensor) -> Tuple[Tensor, Tensor]:
+        """Messages i <- j from the gathered rows of ``project`` and the filters."""
+        e = q1_i.shape[0]
+        f = self.num_features
+        h = self.num_heads
+        cut_ = cut.unsqueeze(-1)
+        # per-head sums (1/nc folded into the summation matrices)
+        alpha1 = torch.matmul(q1_i * w1 * k1_j, self.head_sum1.to(w1.dtype)) * cut_  # [E, H]
+        alpha2 = torch.matmul(q2_i * w2 * k2_j, self.head_sum2.to(w2.dtype)) * cut_  # [E, D]
+        msg = (alpha1.unsqueeze(-1) * v1_j.view(e, h, f // h)).view(e, f)
+        ev_msg = alpha2.index_select(1, self.repeat_index) * ylm
+        return msg, ev_msg
+
+    def edge_messages(self, q1_i: Tensor, q2_i: Tensor, k1_j: Tensor, k2_j: Tensor, v1_j: Tensor, dev: Tensor,
+                      rbf: Tensor, ylm: Tensor, cut: Tensor) -> Tuple[Tensor, Tensor]:
+        """Messages of E edges i <- j from the rows of ``project`` gathered at the centre i (q1, q2) and
+        the neighbour j (k1, k2, v1), each [E, F]; dev = ev[idx_j] - ev[idx_i] [E, m_tot], rbf [E, K],
+        ylm [E, m_tot], cut [E] -> (invariant messages [E, F], Euclidean messages [E, m_tot]), summed over
+        j by the caller. (No E-sized tensor is sliced: slices of tensors that need gradients cost a
+        full-size zero tensor each in the backward pass.)"""
+        w1, w2 = self.filters(rbf, dev)
+        return self.messages(q1_i, q2_i, k1_j, k2_j, v1_j, w1, w2, ylm, cut)
+
+    def pair_messages(self, p_i: List[Tensor], p_j: List[Tensor], dev: Tensor, rbf: Tensor, ylm: Tensor,
+                      cut: Tensor) -> List[Tensor]:
+        """Both directions of P pairs (i, j) at once, the filters computed once per pair: p_i / p_j are the
+        five rows of ``project`` gathered at i / j, dev = ev[j] - ev[i], rbf, ylm, cut of r_ij.
+        Returns [messages i <- j [P, F], [P, m_tot], messages j <- i [P, F], [P, m_tot]]
+        (Y_l(-r) = (-1)^l Y_l(r))."""
+        w1, w2 = self.filters(rbf, dev)
+        m_ij, e_ij = self.messages(p_i[0], p_i[1], p_j[2], p_j[3], p_j[4], w1, w2, ylm, cut)
+        m_ji, e_ji = self.messages(p_j[0], p_j[1], p_i[2], p_i[3], p_i[4], w1, w2,
+                                   ylm * self.parity.to(ylm.dtype), cut)
+        return [m_ij, e_ij, m_ji, e_ji]
 
     def forward(self, x: Tensor, ev: Tensor, rbf: Tensor, ylm: Tensor, cut: Tensor,
                 idx_i: Tensor, idx_j: Tensor) -> Tuple[Tensor, Tensor]:
         """x [N, F], ev [N, m_tot], rbf [E, K], ylm [E, m_tot], cut [E] -> (dx [N, F], dev [N, m_tot])."""
         n = x.shape[0]
-        e = idx_i.shape[0]
-        f = self.num_features
-        h = self.num_heads
-        nd = self.num_degrees
-        act = self.activation_fn
-        w1 = self.radial_filter1_layer_2(activation(self.radial_filter1_layer_1(rbf), act))
-        w2 = self.radial_filter2_layer_2(activation(self.radial_filter2_layer_1(rbf), act))
-        c = torch.matmul((ev[idx_j] - ev[idx_i]) ** 2, self.contraction.to(ev.dtype))  # [E, D]
-        w1 = w1 + self.spherical_filter1_layer_2(activation(self.spherical_filter1_layer_1(c), act))
-        w2 = w2 + self.spherical_filter2_layer_2(activation(self.spherical_filter2_layer_1(c), act))
-        w1 = w1.view(e, h, f // h)
-        w2 = w2.view(e, nd, f // nd)
-
-        x1 = x.view(n, h, f // h)
-        x2 = x.view(n, nd, f // nd)
-        q1 = activation(torch.einsum("hij,nhj->nhi", self.Wq1, x1), self.qk_non_linearity)
-        k1 = activation(torch.einsum("hij,nhj->nhi", self.Wk1, x1), self.qk_non_linearity)
-        q2 = activation(torch.einsum("hij,nhj->nhi", self.Wq2, x2), self.qk_non_linearity)
-        k2 = activation(torch.einsum("hij,nhj->nhi", self.Wk2, x2), self.qk_non_linearity)
-        v1 = torch.einsum("hij,nhj->nhi", self.Wv1, x1)
-
-        cut_ = cut.unsqueeze(-1)
-        alpha1 = (q1[idx_i] * w1 * k1[idx_j]).sum(-1) / self.nc1 * cut_  # [E, H]
-        alpha2 = (q2[idx_i] * w2 * k2[idx_j]).sum(-1) / self.nc2 * cut_  # [E, D]
-
-        msg = alpha1.unsqueeze(-1) * v1[idx_j]  # [E, H, F/H]
-        x_att = torch.zeros(n, h, f // h, dtype=x.dtype, device=x.device).index_add(0, idx_i, msg)
-        ev_msg = alpha2.index_select(1, self.repeat_index) * ylm  # [E, m_tot]
+        p = self.project(x)
+        dev = ev.index_select(0, idx_j) - ev.index_select(0, idx_i)
+        msg, ev_msg = self.edge_messages(p[0].index_select(0, idx_i), p[1].index_select(0, idx_i),
+                                         p[2].index_select(0, idx_j), p[3].index_select(0, idx_j),
+                                         p[4].index_select(0, idx_j), dev, rbf, ylm, cut)
+        x_att = torch.zeros(n, self.num_features, dtype=x.dtype, device=x.device).index_add(0, idx_i, msg)
         ev_att = torch.zeros(n, ev.shape[1], dtype=ev.dtype, device=ev.device).index_add(0, idx_i, ev_msg)
-        return x_att.reshape(n, f), ev_att
+        return x_att, ev_att
 
 
 class ExchangeBlock(ExactConstants):

@@ -60,6 +60,11 @@ class So3kratesLayer(nn.Module):
                 cell: Tensor, pbc: Tensor) -> Tuple[Tensor, Tensor]:
         """x [N, F], ev [N, m_tot]; positions/batch/cell/pbc are used by the EFA block only."""
         x_att, ev_att = self.attention_block(x, ev, rbf, ylm, cut, idx_i, idx_j)
+        return self.update(x, ev, x_att, ev_att, positions, batch, num_graphs, cell, pbc)
+
+    def update(self, x: Tensor, ev: Tensor, x_att: Tensor, ev_att: Tensor, positions: Tensor, batch: Tensor,
+               num_graphs: int, cell: Tensor, pbc: Tensor) -> Tuple[Tensor, Tensor]:
+        """Everything after the attention sums (per atom): (x, ev, x_att, ev_att) -> new (x, ev)."""
         x = self.efa(x, x_att, positions, batch, num_graphs, cell, pbc)
         ev = ev + ev_att
         if self.use_ln1:

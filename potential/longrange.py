@@ -47,7 +47,8 @@ KE: float = 14.399645351950548  # Coulomb constant e²/(4π ε0) in eV·Å/e² (
 
 __all__ = [
     "BOHR", "HARTREE", "FINE_STRUCTURE", "KE",
-    "smooth_switch", "cutoff_phys_local", "charge_equilibration",
+    "smooth_switch", "smooth_switch_derivative", "cutoff_phys_local", "charge_equilibration",
+    "attach_pair_gradients",
     "ZBLRepulsion", "ChargeEquilibration", "ElectrostaticEnergy", "DispersionEnergy",
 ]
 
@@ -70,6 +71,58 @@ def smooth_switch(x: Tensor, x_on: float, x_off: float) -> Tensor:
     a = _bump(1.0 - c)
     b = _bump(c)
     return a / (a + b)
+
+
+def smooth_switch_derivative(x: Tensor, x_on: float, x_off: float) -> Tensor:
+    """d/dx of :func:`smooth_switch` (1/unit of x); 0 outside (x_on, x_off)."""
+    return _switch_and_derivative(x, x_on, x_off)[1]
+
+
+def _switch_and_derivative(x: Tensor, x_on: float, x_off: float) -> List[Tensor]:
+    """[smooth_switch(x), its derivative] with the exponentials computed once."""
+    c = (x - x_on) / (x_off - x_on)
+    inside = (c > 0) & (c < 1)
+    cs = torch.where(inside, c, torch.full_like(c, 0.5))
+    a = torch.exp(-1.0 / (1.0 - cs))
+    b = torch.exp(-1.0 / cs)
+    ab = a + b
+    fa = a / ab
+    d = -fa * (b / ab) * (1.0 / ((1.0 - cs) * (1.0 - cs)) + 1.0 / (cs * cs)) / (x_off - x_on)
+    f = torch.where(inside, fa, torch.where(c <= 0, torch.ones_like(x), torch.zeros_like(x)))
+    return [f, torch.where(inside, d, torch.zeros_like(x))]
+
+
+# Long-range pair lists are processed in chunks of this many directed pairs when the analytic
+# derivatives are formed (bounds the temporary memory, ~40 arrays of this length).
+PAIR_CHUNK: int = 262144
+
+
+def attach_pair_gradients(energies: Tensor, distances: Tensor, de_dr: Tensor, values: Tensor,
+                          de_dv_centre: Tensor, de_dv_neighbour: Tensor, idx_i: Tensor, idx_j: Tensor) -> Tensor:
+    """Per-atom pair energies (no graph) with their exact first derivatives attached for autograd.
+
+    ``energies`` [N] are E_i = sum over pairs e = (i -> j) of E_e(r_e, v_i, v_j), computed without
+    a graph; ``de_dr`` [E] = dE_e/dr_e, ``de_dv_centre`` [N] = sum_{e at i} dE_e/dv_i and
+    ``de_dv_neighbour`` [E] = dE_e/dv_j (v: per-atom charges or Hirshfeld ratios). Returns
+    E_i + (zero-valued first-order terms): the same values, and autograd gives the exact first
+    derivatives of every E_i w.r.t. ``distances`` and ``values`` while storing only the two [E]
+    coefficient arrays (not the ~40 [E] intermediates of the pair formula). Second derivatives
+    through these terms are not those of E (the coefficients are constants): for Hessians or
+    force training use the modules in training mode (exact autograd formula).
+    """
+    dv = values - values.detach()
+    t = de_dr * (distances - distances.detach()) + de_dv_neighbour * dv.index_select(0, idx_j)
+    return energies + de_dv_centre * dv + torch.zeros_like(energies).index_add(0, idx_i, t)
+
+
+def _chunks(n: int, size: int) -> List[int]:
+    bounds: List[int] = []
+    a = 0
+    while a < n:
+        bounds.append(a)
+        a += size
+    bounds.append(n)
+    return bounds
 
 
 def cutoff_phys_local(r: Tensor, cutoff: float) -> Tensor:
@@ -310,6 +363,7 @@ class ElectrostaticEnergy(nn.Module):
         self.use_cutoff = cutoff_lr is not None
         self.cutoff_lr = float(cutoff_lr) if cutoff_lr is not None else 0.0
         self.cuton_factor = float(cuton_factor)
+        self.chunk_size: int = PAIR_CHUNK  # pairs per chunk in energies_and_derivatives
 
     def forward(self, charges: Tensor, distances_lr: Tensor, idx_i_lr: Tensor, idx_j_lr: Tensor,
                 cutoff_lr: Optional[float] = None) -> Tensor:
@@ -324,20 +378,26 @@ class ElectrostaticEnergy(nn.Module):
         Returns:
             [N] eV (dtype of ``charges``/``distances_lr``).
         """
-        dtype = distances_lr.dtype
-        n = charges.shape[0]
-        q = charges.to(dtype)
-        r = distances_lr
-        sigma = self.scale
-        qq = q[idx_i_lr] * q[idx_j_lr]
-        pot = torch.erf(r / sigma) / r
-
+        q = charges.to(distances_lr.dtype)
         use_cut = self.use_cutoff
         rc = self.cutoff_lr
         if cutoff_lr is not None:
             use_cut = True
             rc = cutoff_lr
+        needs_grad = torch.is_grad_enabled() and (q.requires_grad or distances_lr.requires_grad)
+        if self.training or not needs_grad:
+            e = self.pair_energies(q.index_select(0, idx_i_lr), q.index_select(0, idx_j_lr), distances_lr,
+                                   use_cut, rc)
+            return _segment_sum(e, idx_i_lr, q.shape[0])
+        # inference with gradients: exact values and first derivatives, O(E) scalars stored
+        d = self.energies_and_derivatives(q, distances_lr, idx_i_lr, idx_j_lr, use_cut, rc)
+        return attach_pair_gradients(d[0], distances_lr, d[1], q, d[2], d[3], idx_i_lr, idx_j_lr)
 
+    def pair_energies(self, q_i: Tensor, q_j: Tensor, r: Tensor, use_cut: bool, rc: float) -> Tensor:
+        """E_ij [E] (eV) of directed pairs with charges q_i, q_j (e) at distances r (Å); 0 for r >= rc."""
+        sigma = self.scale
+        qq = q_i * q_j
+        pot = torch.erf(r / sigma) / r
         if use_cut:
             rc_t = torch.full_like(r, rc)
             shift = torch.erf(rc_t / sigma) / rc_t
@@ -347,10 +407,58 @@ class ElectrostaticEnergy(nn.Module):
             shifted = pot - shift
             shifted_force = shifted - force_shift * (r - rc)
             pair = f * shifted + (1.0 - f) * shifted_force
-            e = torch.where(r < rc, 0.5 * self.ke * qq * pair, torch.zeros_like(r))
-        else:
-            e = 0.5 * self.ke * qq * pot
-        return _segment_sum(e, idx_i_lr, n)
+            return torch.where(r < rc, 0.5 * self.ke * qq * pair, torch.zeros_like(r))
+        return 0.5 * self.ke * qq * pot
+
+    def energies_and_derivatives(self, charges: Tensor, distances_lr: Tensor, idx_i_lr: Tensor,
+                                 idx_j_lr: Tensor, use_cut: bool, rc: float, half: bool = False) -> List[Tensor]:
+        """Without a graph, in chunks of ``chunk_size`` pairs: [E_i [N] eV, dE/dr_e [E] eV/Å,
+        sum_{e at i} dE/dq_i [N] eV/e, dE/dq_j [E] eV/e] (E_e: energy of directed pair e = (i -> j),
+        credited to atom i). Same values as ``forward``; the derivatives are analytic.
+        ``half``: the list holds each unordered pair once (e stands for i -> j and j -> i: its energy
+        is credited to both atoms and the derivatives are those of both directions)."""
+        with torch.no_grad():
+            q = charges.detach().to(distances_lr.dtype)
+            r_all = distances_lr.detach()
+            n = q.shape[0]
+            energies = torch.zeros_like(q)
+            g_centre = torch.zeros_like(q)
+            de_dr = torch.empty_like(r_all)
+            de_dqj = torch.empty_like(r_all)
+            sigma = self.scale
+            b = _chunks(r_all.shape[0], self.chunk_size)
+            for k in range(len(b) - 1):
+                ii = idx_i_lr[b[k]:b[k + 1]]
+                jj = idx_j_lr[b[k]:b[k + 1]]
+                r = r_all[b[k]:b[k + 1]]
+                qi = q.index_select(0, ii)
+                qj = q.index_select(0, jj)
+                pot = torch.erf(r / sigma) / r
+                dpot = (2.0 / (math.sqrt(math.pi) * sigma)) * torch.exp(-(r / sigma) ** 2) / r - pot / r
+                if use_cut:
+                    shift = math.erf(rc / sigma) / rc
+                    force_shift = (2.0 * rc * math.exp(-(rc / sigma) ** 2) / (math.sqrt(math.pi) * sigma)
+                                   - math.erf(rc / sigma)) / rc ** 2
+                    sw = _switch_and_derivative(r, self.cuton_factor * rc, rc)
+                    f = sw[0]
+                    inside = r < rc
+                    shifted = pot - shift
+                    pair = f * shifted + (1.0 - f) * (shifted - force_shift * (r - rc))  # as pair_energies
+                    pair = torch.where(inside, pair, torch.zeros_like(r))
+                    dpair = torch.where(inside, dpot + sw[1] * force_shift * (r - rc) - (1.0 - f) * force_shift,
+                                        torch.zeros_like(r))
+                else:
+                    pair = pot
+                    dpair = dpot
+                e = 0.5 * self.ke * (qi * qj) * pair
+                pref = self.ke if half else 0.5 * self.ke
+                energies.index_add_(0, ii, e)
+                if half:
+                    energies.index_add_(0, jj, e)
+                de_dr[b[k]:b[k + 1]] = pref * qi * qj * dpair
+                g_centre.index_add_(0, ii, pref * qj * pair)
+                de_dqj[b[k]:b[k + 1]] = pref * qi * pair
+        return [energies, de_dr, g_centre, de_dqj]
 
     @torch.jit.unused
     def load_flax_params(self, p: Dict) -> None:
@@ -403,6 +511,7 @@ class DispersionEnergy(ExactConstants):
         self.use_cutoff = cutoff_lr is not None
         self.cutoff_lr = float(cutoff_lr) if cutoff_lr is not None else 0.0
         self.damping = float(damping) if damping is not None else 0.0
+        self.chunk_size: int = PAIR_CHUNK  # pairs per chunk in energies_and_derivatives
         self.register_constant("alpha0", torch.tensor(FREE_ATOM_ALPHA, dtype=torch.float64))
         self.register_constant("c6_0", torch.tensor(FREE_ATOM_C6, dtype=torch.float64))
         self.max_z = MAX_Z
@@ -440,22 +549,58 @@ class DispersionEnergy(ExactConstants):
         Returns:
             [N] eV (dtype of ``distances_lr``).
         """
-        dtype = distances_lr.dtype
-        n = atomic_numbers.shape[0]
-        h = hirshfeld_ratios.to(dtype)
-        coeffs = self.pair_coefficients(h, atomic_numbers, idx_i_lr, idx_j_lr)
-        alpha_ij = coeffs[0]
-        c6 = coeffs[1]
+        h = hirshfeld_ratios.to(distances_lr.dtype)
+        use_cut = self.use_cutoff
+        rc = self.cutoff_lr
+        dmp = self.damping
+        if cutoff_lr is not None:
+            use_cut = True
+            rc = cutoff_lr
+        if damping is not None:
+            dmp = damping
+        if use_cut and dmp <= 0.0:
+            raise ValueError("DispersionEnergy: a cutoff needs a positive damping width (Å)")
+        needs_grad = torch.is_grad_enabled() and (h.requires_grad or distances_lr.requires_grad)
+        if self.training or not needs_grad:
+            e = self.pair_energies(h.index_select(0, idx_i_lr), h.index_select(0, idx_j_lr),
+                                   atomic_numbers.index_select(0, idx_i_lr), atomic_numbers.index_select(0, idx_j_lr),
+                                   distances_lr, use_cut, rc, dmp)
+            return _segment_sum(e, idx_i_lr, atomic_numbers.shape[0])
+        # inference with gradients: exact values and first derivatives, O(E) scalars stored
+        d = self.energies_and_derivatives(h, atomic_numbers, distances_lr, idx_i_lr, idx_j_lr, use_cut, rc, dmp)
+        return attach_pair_gradients(d[0], distances_lr, d[1], h, d[2], d[3], idx_i_lr, idx_j_lr)
 
+    def _qdo(self, h_i: Tensor, h_j: Tensor, z_i: Tensor, z_j: Tensor) -> List[Tensor]:
+        """Pair quantities [alpha_ij, C6_ij, C8_ij, C10_ij, rho_ij, s] (atomic units; s: the cubic fit)."""
+        dtype = h_i.dtype
+        alpha0 = self.alpha0.to(dtype)
+        c60 = self.c6_0.to(dtype)
+        a_i = alpha0[z_i] * h_i
+        a_j = alpha0[z_j] * h_j
+        c_i = c60[z_i] * h_i * h_i
+        c_j = c60[z_j] * h_j * h_j
+        alpha_ij = (a_i + a_j) / 2.0
+        c6 = 2.0 * c_i * c_j * a_j * a_i / (a_i * a_i * c_j + a_j * a_j * c_i)
         # gamma from the cubic fit of the QDO parameters
-        r_vdw = (self.fine_structure ** (-4.0 / 21.0)) * torch.pow(alpha_ij, 1.0 / 7.0)
+        a17 = torch.pow(alpha_ij, 1.0 / 7.0)
+        r_vdw = (self.fine_structure ** (-4.0 / 21.0)) * a17
         s = (-0.00078893 * r_vdw ** 3 + 0.04125273 * r_vdw ** 2 + 0.24428889 * r_vdw - 0.00433008)
         gamma = 0.5 / (s * s)
-
         c8 = 5.0 / gamma * c6
         c10 = 245.0 / 8.0 / gamma ** 2 * c6
-        rho = self.scale * 2.0 * 2.54 * torch.pow(alpha_ij, 1.0 / 7.0)
-        R = distances_lr / self.bohr
+        rho = self.scale * 2.0 * 2.54 * a17
+        return [alpha_ij, c6, c8, c10, rho, s, r_vdw]
+
+    def pair_energies(self, h_i: Tensor, h_j: Tensor, z_i: Tensor, z_j: Tensor, r: Tensor, use_cut: bool,
+                      rc: float, dmp: float) -> Tensor:
+        """E_ij [E] (eV) of directed pairs with Hirshfeld ratios h_i, h_j, atomic numbers z_i, z_j at
+        distances r (Å)."""
+        co = self._qdo(h_i, h_j, z_i, z_j)
+        c6 = co[1]
+        c8 = co[2]
+        c10 = co[3]
+        rho = co[4]
+        R = r / self.bohr
         R2 = R * R
         R6 = R2 * R2 * R2
         R8 = R6 * R2
@@ -466,22 +611,105 @@ class DispersionEnergy(ExactConstants):
         rho10 = rho8 * rho2
         v = -c6 / (R6 + rho6) - c8 / (R8 + rho8) - c10 / (R10 + rho10)
         e = 0.5 * v * self.hartree
-
-        use_cut = self.use_cutoff
-        rc = self.cutoff_lr
-        dmp = self.damping
-        if cutoff_lr is not None:
-            use_cut = True
-            rc = cutoff_lr
-        if damping is not None:
-            dmp = damping
         if use_cut:
-            if dmp <= 0.0:
-                raise ValueError("DispersionEnergy: a cutoff needs a positive damping width (Å)")
-            w = smooth_switch(distances_lr, rc - dmp, rc)
-            w = torch.where(distances_lr > 0, w, torch.zeros_like(w))
+            w = smooth_switch(r, rc - dmp, rc)
+            w = torch.where(r > 0, w, torch.zeros_like(w))
             e = e * w
-        return _segment_sum(e, idx_i_lr, n)
+        return e
+
+    def energies_and_derivatives(self, hirshfeld_ratios: Tensor, atomic_numbers: Tensor, distances_lr: Tensor,
+                                 idx_i_lr: Tensor, idx_j_lr: Tensor, use_cut: bool, rc: float,
+                                 dmp: float, half: bool = False) -> List[Tensor]:
+        """Without a graph, in chunks of ``chunk_size`` pairs: [E_i [N] eV, dE_e/dr_e [E] eV/Å,
+        sum_{e at i} dE_e/dh_i [N] eV, dE_e/dh_j [E] eV] (E_e: energy of directed pair e = (i -> j),
+        credited to atom i; h: Hirshfeld ratios). Same values as ``forward``; analytic derivatives
+        (C6_ij is bilinear in h_i h_j; C8, C10, rho depend on alpha_ij = (alpha_i + alpha_j) / 2).
+        ``half``: each unordered pair once, as in ``ElectrostaticEnergy.energies_and_derivatives``."""
+        with torch.no_grad():
+            h = hirshfeld_ratios.detach().to(distances_lr.dtype)
+            r_all = distances_lr.detach()
+            dtype = h.dtype
+            alpha0 = self.alpha0.to(dtype)
+            c60 = self.c6_0.to(dtype)
+            energies = torch.zeros_like(h)
+            g_centre = torch.zeros_like(h)
+            de_dr = torch.empty_like(r_all)
+            de_dhj = torch.empty_like(r_all)
+            b = _chunks(r_all.shape[0], self.chunk_size)
+            for k in range(len(b) - 1):
+                ii = idx_i_lr[b[k]:b[k + 1]]
+                jj = idx_j_lr[b[k]:b[k + 1]]
+                r = r_all[b[k]:b[k + 1]]
+                hi = h.index_select(0, ii)
+                hj = h.index_select(0, jj)
+                zi = atomic_numbers.index_select(0, ii)
+                zj = atomic_numbers.index_select(0, jj)
+                co = self._qdo(hi, hj, zi, zj)
+                alpha = co[0]
+                c6 = co[1]
+                c8 = co[2]
+                c10 = co[3]
+                rho = co[4]
+                sfit = co[5]
+                R = r / self.bohr
+                R2 = R * R
+                R6 = R2 * R2 * R2
+                R8 = R6 * R2
+                R10 = R8 * R2
+                rho2 = rho * rho
+                rho6 = rho2 * rho2 * rho2
+                rho8 = rho6 * rho2
+                rho10 = rho8 * rho2
+                d6 = R6 + rho6
+                d8 = R8 + rho8
+                d10 = R10 + rho10
+                v = -c6 / d6 - c8 / d8 - c10 / d10  # as pair_energies
+                i6 = 1.0 / d6
+                i8 = 1.0 / d8
+                i10 = 1.0 / d10
+                R5 = R2 * R2 * R
+                R7 = R5 * R2
+                R9 = R7 * R2
+                rho5 = rho2 * rho2 * rho
+                rho7 = rho5 * rho2
+                rho9 = rho7 * rho2
+                dv_dR = (6.0 * c6 * R5 * i6 * i6 + 8.0 * c8 * R7 * i8 * i8 + 10.0 * c10 * R9 * i10 * i10)
+                dv_drho = (6.0 * c6 * rho5 * i6 * i6 + 8.0 * c8 * rho7 * i8 * i8 + 10.0 * c10 * rho9 * i10 * i10)
+                # C8 = 10 C6 s^2, C10 = 122.5 C6 s^4 (s: cubic fit of alpha^(1/7)); rho ~ alpha^(1/7)
+                dv_dc6 = -(i6 + 10.0 * sfit * sfit * i8 + 122.5 * sfit ** 4 * i10)
+                rv = co[6]
+                ds_dalpha = (-3.0 * 0.00078893 * rv * rv + 2.0 * 0.04125273 * rv + 0.24428889) * rv / (7.0 * alpha)
+                dv_dalpha = -(20.0 * c6 * sfit * i8 + 490.0 * c6 * sfit ** 3 * i10) * ds_dalpha \
+                    + dv_drho * rho / (7.0 * alpha)
+                # C6_ij = K_ij h_i h_j
+                a0i = alpha0[zi]
+                a0j = alpha0[zj]
+                c0i = c60[zi]
+                c0j = c60[zj]
+                k6 = 2.0 * c0i * c0j * a0i * a0j / (a0i * a0i * c0j + a0j * a0j * c0i)
+                dv_dhi = dv_dc6 * k6 * hj + dv_dalpha * 0.5 * a0i
+                dv_dhj = dv_dc6 * k6 * hi + dv_dalpha * 0.5 * a0j
+                pref = self.hartree if half else 0.5 * self.hartree
+                e = 0.5 * v * self.hartree
+                if use_cut:
+                    sw = _switch_and_derivative(r, rc - dmp, rc)
+                    w = sw[0]
+                    dw = sw[1]
+                    pos = r > 0
+                    w = torch.where(pos, w, torch.zeros_like(w))
+                    dw = torch.where(pos, dw, torch.zeros_like(dw))
+                    e = e * w
+                    dedr = pref * (dw * v + w * dv_dR / self.bohr)
+                else:
+                    w = torch.ones_like(r)
+                    dedr = pref * dv_dR / self.bohr
+                energies.index_add_(0, ii, e)
+                if half:
+                    energies.index_add_(0, jj, e)
+                de_dr[b[k]:b[k + 1]] = dedr
+                g_centre.index_add_(0, ii, pref * w * dv_dhi)
+                de_dhj[b[k]:b[k + 1]] = pref * w * dv_dhj
+        return [energies, de_dr, g_centre, de_dhj]
 
     @torch.jit.unused
     def load_flax_params(self, p: Dict) -> None:

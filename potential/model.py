@@ -20,6 +20,13 @@ from .layer import So3kratesLayer
 from .readout import EnergyHead, HirshfeldHead, PartialChargesHead
 
 
+def _or_zeros(g: Optional[Tensor], like: Tensor) -> Tensor:
+    """A gradient from autograd.grad(..., allow_unused=True), zeros where the input was unused."""
+    if g is None:
+        return torch.zeros_like(like)
+    return g
+
+
 class So3krates(nn.Module):
     """So3krates / SO3LR model.
 
@@ -46,6 +53,7 @@ class So3krates(nn.Module):
         self.degrees: List[int] = [int(d) for d in config.degrees]
         self.m_tot: int = sum(2 * l + 1 for l in self.degrees)
         self.num_layers: int = int(config.num_layers)
+        self.has_efa: bool = any(bool(b) for b in (config.efa_layers or []))
         self.species: List[int] = [int(z) for z in config.species] if config.species is not None \
             else list(range(1, config.zmax + 1))
         f = config.num_features
@@ -95,16 +103,8 @@ class So3krates(nn.Module):
                     damping=config.dispersion_energy_cutoff_lr_damping)
 
     @torch.jit.export
-    def representation(self, positions: Tensor, atomic_numbers: Tensor, edge_vectors: Tensor, idx_i: Tensor,
-                       idx_j: Tensor, batch: Tensor, num_graphs: int, total_charge: Tensor,
-                       num_unpaired_electrons: Tensor, cell: Tensor, pbc: Tensor, nlocal: int = -1
-                       ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Embedding + message passing: invariant features x [N, F], Euclidean variables ev [N, m_tot]
-        (degrees in `config.degrees`, m = -l..l each), edge lengths d [E] Å and cutoff values [E]."""
-        n = atomic_numbers.shape[0]
-        z = atomic_numbers
-
-        # geometry
+    def geometry(self, edge_vectors: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Edge lengths d [E] Å, radial basis [E, K], cutoff values [E] and Y_l(r_ij/|r_ij|) [E, m_tot]."""
         d = safe_norm(edge_vectors)  # [E]
         rbf = self.radial_basis(d)  # [E, K]
         cut = self.cutoff_fn(d)  # [E]
@@ -112,8 +112,13 @@ class So3krates(nn.Module):
         unit = edge_vectors / torch.where(d_pos, d, torch.ones_like(d)).unsqueeze(-1)
         unit = torch.where(d_pos.unsqueeze(-1), unit, torch.zeros_like(unit))
         ylm = spherical_harmonics(unit, self.degrees)  # [E, m_tot]
+        return d, rbf, cut, ylm
 
-        # embeddings
+    @torch.jit.export
+    def embed(self, atomic_numbers: Tensor, total_charge: Tensor, num_unpaired_electrons: Tensor, batch: Tensor,
+              num_graphs: int, nlocal: int = -1) -> Tensor:
+        """Initial invariant features [N, F]: atom-type (+ charge, spin) embeddings."""
+        z = atomic_numbers
         x = self.atom_embedding(z)
         charge_embedding = self.charge_embedding
         if charge_embedding is not None:
@@ -121,8 +126,18 @@ class So3krates(nn.Module):
         spin_embedding = self.spin_embedding
         if spin_embedding is not None:
             x = x + spin_embedding(z, num_unpaired_electrons, batch, num_graphs, nlocal)
-        x = x / math.sqrt(float(self.num_embeddings))
-        ev = torch.zeros(n, self.m_tot, dtype=x.dtype, device=x.device)
+        return x / math.sqrt(float(self.num_embeddings))
+
+    @torch.jit.export
+    def representation(self, positions: Tensor, atomic_numbers: Tensor, edge_vectors: Tensor, idx_i: Tensor,
+                       idx_j: Tensor, batch: Tensor, num_graphs: int, total_charge: Tensor,
+                       num_unpaired_electrons: Tensor, cell: Tensor, pbc: Tensor, nlocal: int = -1
+                       ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Embedding + message passing: invariant features x [N, F], Euclidean variables ev [N, m_tot]
+        (degrees in `config.degrees`, m = -l..l each), edge lengths d [E] Å and cutoff values [E]."""
+        d, rbf, cut, ylm = self.geometry(edge_vectors)
+        x = self.embed(atomic_numbers, total_charge, num_unpaired_electrons, batch, num_graphs, nlocal)
+        ev = torch.zeros(atomic_numbers.shape[0], self.m_tot, dtype=x.dtype, device=x.device)
 
         for layer in self.layers:
             x, ev = layer(x, ev, rbf, ylm, cut, idx_i, idx_j, positions, batch, num_graphs, cell, pbc)
@@ -170,6 +185,228 @@ class So3krates(nn.Module):
 
         out["atomic_energies"] = energy
         return out
+
+    @torch.jit.export
+    def energy_and_gradients(self, positions: Tensor, atomic_numbers: Tensor, edge_vectors: Tensor,
+                             idx_i: Tensor, idx_j: Tensor, edge_vectors_lr: Tensor, idx_i_lr: Tensor,
+                             idx_j_lr: Tensor, batch: Tensor, num_graphs: int, total_charge: Tensor,
+                             num_unpaired_electrons: Tensor, cell: Tensor, pbc: Tensor,
+                             chunk_size: int = 0, half_pairs: bool = False) -> Tuple[Dict[str, Tensor], List[Tensor]]:
+        """``forward``'s outputs (values, no graph) and the gradients of the total energy
+        E = sum(atomic_energies) (eV) w.r.t. the inputs: [dE/d edge_vectors [E,3] eV/Å,
+        dE/d edge_vectors_lr [E',3] eV/Å, dE/d positions [N,3] eV/Å (explicit dependence: EFA),
+        dE/d cell [B,3,3] eV/Å (periodic EFA)]. Forces and stress follow by the chain rule through
+        the edge vectors (``So3kratesPotential`` does this in eval mode).
+
+        Same values as ``forward`` + autograd, with memory O(N·F·layers + chunk·F) instead of
+        O(E·F·layers): the layers run once without a graph keeping only the per-atom features of each
+        layer; the backward pass then recomputes each layer's edge messages in chunks of
+        ``chunk_size`` edges (0: about 2^21 / num_features) and back-propagates through one chunk at a
+        time; the long-range pair terms use their analytic derivatives. First derivatives only (no
+        graph is returned: use ``forward`` + autograd for force training or Hessians).
+
+        ``half_pairs``: both graphs list each unordered pair once (``neighbor_list(..., half=True)``):
+        the edge j -> i with vector -r_ij is implied. The filters, geometry and long-range pair terms
+        are then computed once per pair; the gradients refer to the listed vectors."""
+        n = atomic_numbers.shape[0]
+        z = atomic_numbers
+        f = self.atom_embedding.embedding.weight.shape[1]
+        chunk = chunk_size if chunk_size > 0 else max(1024, 2097152 // f)
+        vec = edge_vectors.detach()
+        vec_lr = edge_vectors_lr.detach()
+        pos = positions.detach()
+        cell_d = cell.detach()
+        n_edges = vec.shape[0]
+        bounds: List[int] = list(range(0, n_edges, chunk)) + [n_edges]
+        grad_was_enabled = torch.is_grad_enabled()
+
+        # 1. layers without a graph; keep the per-atom inputs and attention sums of every layer
+        torch.set_grad_enabled(False)
+        x = self.embed(z, total_charge, num_unpaired_electrons, batch, num_graphs, -1)
+        ev = torch.zeros(n, self.m_tot, dtype=x.dtype, device=x.device)
+        xs: List[Tensor] = []
+        evs: List[Tensor] = []
+        x_atts: List[Tensor] = []
+        ev_atts: List[Tensor] = []
+        for layer in self.layers:
+            att = layer.attention_block
+            p = att.project(x)
+            x_att = torch.zeros_like(x)
+            ev_att = torch.zeros_like(ev)
+            for c in range(len(bounds) - 1):
+                ii = idx_i[bounds[c]:bounds[c + 1]]
+                jj = idx_j[bounds[c]:bounds[c + 1]]
+                d, rbf, cut, ylm = self.geometry(vec[bounds[c]:bounds[c + 1]])
+                dev = ev.index_select(0, jj) - ev.index_select(0, ii)
+                if half_pairs:
+                    m = att.pair_messages([t.index_select(0, ii) for t in p], [t.index_select(0, jj) for t in p],
+                                          dev, rbf, ylm, cut)
+                    x_att.index_add_(0, ii, m[0])
+                    ev_att.index_add_(0, ii, m[1])
+                    x_att.index_add_(0, jj, m[2])
+                    ev_att.index_add_(0, jj, m[3])
+                else:
+                    msg, ev_msg = att.edge_messages(p[0].index_select(0, ii), p[1].index_select(0, ii),
+                                                    p[2].index_select(0, jj), p[3].index_select(0, jj),
+                                                    p[4].index_select(0, jj), dev, rbf, ylm, cut)
+                    x_att.index_add_(0, ii, msg)
+                    ev_att.index_add_(0, ii, ev_msg)
+            xs.append(x)
+            evs.append(ev)
+            x_atts.append(x_att)
+            ev_atts.append(ev_att)
+            x, ev = layer.update(x, ev, x_att, ev_att, pos, batch, num_graphs, cell_d, pbc)
+        torch.set_grad_enabled(True)
+
+        # 2. readouts and physical terms; adjoint of the last features
+        out: Dict[str, Tensor] = {}
+        x_last = x.detach().requires_grad_(True)
+        e_head = self.energy_head(x_last, z)
+        atomic = e_head.detach()
+        scalar = e_head.sum()  # its gradient w.r.t. x_last is the adjoint of the readouts
+        g_vec = torch.zeros_like(vec)
+        zbl = self.zbl
+        if zbl is not None:
+            e_zbl = torch.zeros_like(atomic)
+            for c in range(len(bounds) - 1):
+                ii = idx_i[bounds[c]:bounds[c + 1]]
+                jj = idx_j[bounds[c]:bounds[c + 1]]
+                v = vec[bounds[c]:bounds[c + 1]].requires_grad_(True)
+                d = safe_norm(v)
+                cut = self.cutoff_fn(d)
+                if half_pairs:
+                    e_c = zbl(z, torch.cat([d, d]), torch.cat([ii, jj]), torch.cat([jj, ii]), torch.cat([cut, cut]))
+                else:
+                    e_c = zbl(z, d, ii, jj, cut)
+                g = torch.autograd.grad([e_c.sum()], [v], allow_unused=True)[0]
+                if g is not None:
+                    g_vec[bounds[c]:bounds[c + 1]] = g
+                e_zbl = e_zbl + e_c.detach()
+            atomic = atomic + e_zbl
+        d_lr = safe_norm(vec_lr)
+        de_dr_lr = torch.zeros_like(d_lr)
+        charges_head = self.charges_head
+        if charges_head is not None:
+            q = charges_head(x_last, z, batch, num_graphs, total_charge)
+            out["partial_charges"] = q.detach()
+            electrostatics = self.electrostatics
+            if electrostatics is not None:
+                r = electrostatics.energies_and_derivatives(q, d_lr, idx_i_lr, idx_j_lr, electrostatics.use_cutoff,
+                                                            electrostatics.cutoff_lr, half_pairs)
+                atomic = atomic + r[0]
+                de_dr_lr = de_dr_lr + r[1]
+                de_dq = r[2].index_add(0, idx_j_lr, r[3])
+                scalar = scalar + (de_dq * q).sum()
+        hirshfeld_head = self.hirshfeld_head
+        if hirshfeld_head is not None:
+            h = hirshfeld_head(x_last, z)
+            out["hirshfeld_ratios"] = h.detach()
+            dispersion = self.dispersion
+            if dispersion is not None:
+                r = dispersion.energies_and_derivatives(h, z, d_lr, idx_i_lr, idx_j_lr, dispersion.use_cutoff,
+                                                        dispersion.cutoff_lr, dispersion.damping, half_pairs)
+                atomic = atomic + r[0]
+                de_dr_lr = de_dr_lr + r[1]
+                de_dh = r[2].index_add(0, idx_j_lr, r[3])
+                scalar = scalar + (de_dh * h).sum()
+        out["atomic_energies"] = atomic
+        d_pos = d_lr > 0.0
+        unit_lr = vec_lr / torch.where(d_pos, d_lr, torch.ones_like(d_lr)).unsqueeze(-1)
+        g_vec_lr = torch.where(d_pos.unsqueeze(-1), unit_lr, torch.zeros_like(unit_lr)) * de_dr_lr.unsqueeze(-1)
+        gx = torch.autograd.grad([scalar], [x_last], allow_unused=True)[0]
+        if gx is None:
+            gx = torch.zeros_like(x)
+        gev = torch.zeros_like(ev)
+
+        # 3. back through the layers, last to first (ModuleList: select by index inside the loop)
+        g_pos = torch.zeros_like(pos)
+        g_cell = torch.zeros_like(cell_d)
+        num_layers = len(xs)
+        for step in range(num_layers):
+            k = num_layers - 1 - step
+            for kk, blk in enumerate(self.layers):
+                if kk == k:
+                    inner = k > 0  # layer 0's inputs do not depend on the positions
+                    x_in = xs[k].detach().requires_grad_(inner)
+                    ev_in = evs[k].detach().requires_grad_(inner)
+                    x_att = x_atts[k].detach().requires_grad_(True)
+                    ev_att = ev_atts[k].detach().requires_grad_(True)
+                    pos_l = pos.requires_grad_(True) if self.has_efa else pos
+                    cell_l = cell_d.requires_grad_(True) if self.has_efa else cell_d
+                    x_out, ev_out = blk.update(x_in, ev_in, x_att, ev_att, pos_l, batch, num_graphs, cell_l, pbc)
+                    leaves = [x_att, ev_att]
+                    if inner:
+                        leaves = leaves + [x_in, ev_in]
+                    if self.has_efa:
+                        leaves = leaves + [pos_l, cell_l]
+                    go: List[Optional[Tensor]] = [gx, gev]
+                    gu = torch.autograd.grad([x_out, ev_out], leaves, grad_outputs=go, allow_unused=True)
+                    g_xatt = _or_zeros(gu[0], x_att)
+                    g_evatt = _or_zeros(gu[1], ev_att)
+                    if self.has_efa:
+                        g_pos = g_pos + _or_zeros(gu[len(gu) - 2], pos)
+                        g_cell = g_cell + _or_zeros(gu[len(gu) - 1], cell_d)
+                    # edge messages, one chunk at a time
+                    attb = blk.attention_block
+                    x_p = xs[k].detach().requires_grad_(inner)
+                    p = attb.project(x_p)
+                    pd: List[Tensor] = [t.detach() for t in p]
+                    gp: List[Tensor] = [torch.zeros_like(t) for t in pd]
+                    g_ev_edges = torch.zeros_like(ev)
+                    ev_k = evs[k]
+                    for c in range(len(bounds) - 1):
+                        ii = idx_i[bounds[c]:bounds[c + 1]]
+                        jj = idx_j[bounds[c]:bounds[c + 1]]
+                        v = vec[bounds[c]:bounds[c + 1]].requires_grad_(True)
+                        d, rbf, cut, ylm = self.geometry(v)
+                        dev = (ev_k.index_select(0, jj) - ev_k.index_select(0, ii)).requires_grad_(inner)
+                        if half_pairs:
+                            p_i = [t.index_select(0, ii).requires_grad_(inner) for t in pd]
+                            p_j = [t.index_select(0, jj).requires_grad_(inner) for t in pd]
+                            m = attb.pair_messages(p_i, p_j, dev, rbf, ylm, cut)
+                            ins = [v]
+                            if inner:
+                                ins = ins + p_i + p_j + [dev]
+                            gm: List[Optional[Tensor]] = [g_xatt.index_select(0, ii), g_evatt.index_select(0, ii),
+                                                          g_xatt.index_select(0, jj), g_evatt.index_select(0, jj)]
+                            ge = torch.autograd.grad(m, ins, grad_outputs=gm, allow_unused=True)
+                            g_vec[bounds[c]:bounds[c + 1]] += _or_zeros(ge[0], v)
+                            if inner:
+                                for t in range(5):
+                                    gp[t].index_add_(0, ii, _or_zeros(ge[1 + t], p_i[t]))
+                                    gp[t].index_add_(0, jj, _or_zeros(ge[6 + t], p_j[t]))
+                                g_dev = _or_zeros(ge[11], dev)
+                                g_ev_edges.index_add_(0, jj, g_dev)
+                                g_ev_edges.index_add_(0, ii, -g_dev)
+                        else:
+                            q1 = pd[0].index_select(0, ii).requires_grad_(inner)
+                            q2 = pd[1].index_select(0, ii).requires_grad_(inner)
+                            k1 = pd[2].index_select(0, jj).requires_grad_(inner)
+                            k2 = pd[3].index_select(0, jj).requires_grad_(inner)
+                            v1 = pd[4].index_select(0, jj).requires_grad_(inner)
+                            msg, ev_msg = attb.edge_messages(q1, q2, k1, k2, v1, dev, rbf, ylm, cut)
+                            ins = [v]
+                            if inner:
+                                ins = ins + [q1, q2, k1, k2, v1, dev]
+                            gm2: List[Optional[Tensor]] = [g_xatt.index_select(0, ii), g_evatt.index_select(0, ii)]
+                            ge = torch.autograd.grad([msg, ev_msg], ins, grad_outputs=gm2, allow_unused=True)
+                            g_vec[bounds[c]:bounds[c + 1]] += _or_zeros(ge[0], v)
+                            if inner:
+                                gp[0].index_add_(0, ii, _or_zeros(ge[1], q1))
+                                gp[1].index_add_(0, ii, _or_zeros(ge[2], q2))
+                                gp[2].index_add_(0, jj, _or_zeros(ge[3], k1))
+                                gp[3].index_add_(0, jj, _or_zeros(ge[4], k2))
+                                gp[4].index_add_(0, jj, _or_zeros(ge[5], v1))
+                                g_dev = _or_zeros(ge[6], dev)
+                                g_ev_edges.index_add_(0, jj, g_dev)
+                                g_ev_edges.index_add_(0, ii, -g_dev)
+                    if inner:
+                        gpo: List[Optional[Tensor]] = [gp[0], gp[1], gp[2], gp[3], gp[4]]
+                        g_proj = torch.autograd.grad(p, [x_p], grad_outputs=gpo, allow_unused=True)[0]
+                        gx = _or_zeros(gu[2], x_in) + _or_zeros(g_proj, x_in)
+                        gev = _or_zeros(gu[3], ev_in) + g_ev_edges
+        torch.set_grad_enabled(grad_was_enabled)
+        return out, [g_vec, g_vec_lr, g_pos, g_cell]
 
     @torch.jit.export
     def global_partials(self, positions: Tensor, atomic_numbers: Tensor, edge_vectors: Tensor, idx_i: Tensor,

@@ -131,6 +131,7 @@ def _block_pairs(a_lo: int, a_hi: int, batch: Tensor, cbin: Tensor, n_off: Tenso
                  goff: Tensor, dense: bool, bin_first: Tensor, bin_count: Tensor,
                  sorted_id: Tensor, pos_w: Tensor, C: Tensor, px: Tensor, py: Tensor,
                  pz: Tensor, order: Tensor, wrap_l: Tensor, cutoff: float, chunk_size: int,
+                 half: bool, dtype: torch.dtype,
                  out_i: List[Tensor], out_j: List[Tensor], out_s: List[Tensor]) -> None:
     """Pairs (i, j, shift) of the atoms a_lo..a_hi-1 (appended to out_*)."""
     device = pos_w.device
@@ -204,20 +205,32 @@ def _block_pairs(a_lo: int, a_hi: int, batch: Tensor, cbin: Tensor, n_off: Tenso
         i = i.index_select(0, notself)
         j = j.index_select(0, notself)
         shp = shp.index_select(0, notself) - wrap_l.index_select(0, j) + wrap_l.index_select(0, i)
+        if half:
+            # one direction per pair: i < j, or i == j with the first non-zero shift component > 0
+            s0 = shp[:, 0]
+            s1 = shp[:, 1]
+            s2 = shp[:, 2]
+            pos_shift = (s0 > 0) | ((s0 == 0) & ((s1 > 0) | ((s1 == 0) & (s2 > 0))))
+            keep = torch.nonzero((i < j) | ((i == j) & pos_shift)).squeeze(1)
+            i = i.index_select(0, keep)
+            j = j.index_select(0, keep)
+            shp = shp.index_select(0, keep)
         out_i.append(i)
         out_j.append(j)
-        out_s.append(shp)
+        out_s.append(shp.to(dtype))  # small integers: exact in any float dtype
 
 
 def batched_neighbor_list(positions: Tensor, cutoff: float, cell: Tensor, pbc: Tensor,
                           batch: Tensor, num_graphs: int, bins_per_cutoff: int = 0,
-                          chunk_size: int = 4194304) -> Tuple[Tensor, Tensor, Tensor]:
+                          chunk_size: int = 4194304, half: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
     """Neighbour list of a batch of graphs (see module docstring).
 
     positions [N,3] Å, cutoff Å, cell [B,3,3] Å (rows a, b, c), pbc [B,3] bool,
     batch [N] long (graph of each atom, 0..B-1), num_graphs B.
     bins_per_cutoff: bins per cutoff length m (0: automatic).
     chunk_size: candidate pairs handled at once (bounds the temporary memory).
+    half: return each pair once (the direction with i < j, or for an atom and its own image the
+    shift whose first non-zero component is positive); the other direction is (j, i, -shift).
     Returns idx_i [E] long, idx_j [E] long, shifts [E,3] (integer cell offsets, positions' dtype).
     """
     device = positions.device
@@ -352,22 +365,23 @@ def batched_neighbor_list(positions: Tensor, cutoff: float, cell: Tensor, pbc: T
     for a_lo in range(0, N, block):
         _block_pairs(a_lo, min(N, a_lo + block), batch, cbin, n_off, off_first, off_table, nb,
                      periodic, goff, dense, bin_first, bin_count, sorted_id, pos_w, C, px, py,
-                     pz, order, wrap_l, float(cutoff), chunk_size, out_i, out_j, out_s)
+                     pz, order, wrap_l, float(cutoff), chunk_size, half, dtype, out_i, out_j, out_s)
     if len(out_i) == 0:
         return empty
     idx_i = torch.cat(out_i)
     idx_j = torch.cat(out_j)
-    shifts = torch.cat(out_s).to(dtype)
+    shifts = torch.cat(out_s)
     return idx_i, idx_j, shifts
 
 
-def neighbor_list(positions: Tensor, cutoff: float, cell: Tensor, pbc: Tensor
+def neighbor_list(positions: Tensor, cutoff: float, cell: Tensor, pbc: Tensor, half: bool = False
                   ) -> Tuple[Tensor, Tensor, Tensor]:
     """Neighbour list of one structure (see module docstring).
 
     positions [N,3] Å, cutoff Å, cell [3,3] Å (rows a, b, c; zeros for an open system),
     pbc [3] bool. Returns idx_i [E] long, idx_j [E] long, shifts [E,3] (integer cell offsets in
     the positions' dtype) with ``r_ij = positions[idx_j] - positions[idx_i] + shifts @ cell``.
+    ``half``: each pair once (see ``batched_neighbor_list``).
     """
     if cell.dim() != 2 or cell.shape[0] != 3 or cell.shape[1] != 3:
         raise ValueError("cell must have shape [3, 3] (Å, rows are lattice vectors); got {}"
@@ -378,4 +392,4 @@ def neighbor_list(positions: Tensor, cutoff: float, cell: Tensor, pbc: Tensor
         raise ValueError("positions must have shape [N, 3] (Å); got {}".format(positions.shape))
     batch = torch.zeros(positions.shape[0], dtype=torch.long, device=positions.device)
     return batched_neighbor_list(positions, cutoff, cell.unsqueeze(0), pbc.unsqueeze(0),
-                                 batch, 1)
+                                 batch, 1, 0, 4194304, half)

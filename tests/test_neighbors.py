@@ -281,3 +281,38 @@ def test_against_ase_small_triclinic_cell():
     i, j, S = ase_nl.neighbor_list("ijS", atoms, 6.0)
     ref = {(a, b, *s) for a, b, s in zip(i.tolist(), j.tolist(), S.tolist())}
     assert run(pos, 6.0, cell, [True] * 3) == ref
+
+
+@pytest.mark.parametrize("case", ["periodic", "small_cell", "open", "slab"])
+def test_half_list_holds_each_pair_once(case):
+    """half=True keeps one direction of every pair; with the reversed pairs it is the full list."""
+    if case == "periodic":
+        pos, cell, pbc, cutoff = rng.uniform(0, 1, (60, 3)) @ SKEWED, SKEWED, [True] * 3, 4.5
+    elif case == "small_cell":  # several images of each atom, including an atom and its own images
+        cell = np.array([[2.0, 0, 0], [1.7, 1.5, 0], [0.4, -0.8, 2.2]])
+        pos, pbc, cutoff = rng.uniform(0, 1, (5, 3)) @ cell, [True] * 3, 6.0
+    elif case == "open":
+        pos, cell, pbc, cutoff = rng.uniform(-5, 5, (70, 3)), np.zeros((3, 3)), [False] * 3, 3.5
+    else:
+        pos, cell, pbc, cutoff = rng.uniform(0, 1, (50, 3)) @ SKEWED, SKEWED, [True, False, True], 4.0
+    p = torch.tensor(pos)
+    c = torch.tensor(cell)
+    b = torch.tensor(pbc)
+    full = as_set(*neighbor_list(p, cutoff, c, b))
+    i, j, s = neighbor_list(p, cutoff, c, b, half=True)
+    half = as_set(i, j, s)
+    reverse = {(b_, a, -s0, -s1, -s2) for a, b_, s0, s1, s2 in half}
+    assert half <= full and not (half & reverse)
+    # the full list may hold a pair at |r| = cutoff (to rounding) in one direction only; apart from
+    # those, the half list and its reverse are the full list
+    def length(t):
+        return float(np.linalg.norm(pos[t[1]] - pos[t[0]] + np.array(t[2:]) @ cell))
+    odd = (full - (half | reverse)) | ((half | reverse) - full)
+    assert all(abs(length(t) - cutoff) < 1e-9 for t in odd), sorted(length(t) for t in odd)[:3]
+    assert len(odd) <= 2
+    # the same with several candidate chunks and through TorchScript
+    i2, j2, s2 = batched_neighbor_list(p, cutoff, c[None], b[None], torch.zeros(len(p), dtype=torch.long), 1,
+                                       0, 13, True)
+    assert as_set(i2, j2, s2) == half
+    f = torch.jit.script(neighbor_list)
+    assert as_set(*f(p, cutoff, c, b, True)) == half
