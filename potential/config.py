@@ -14,6 +14,8 @@ _RADIAL_BASES = ("bernstein", "physnet", "fourier")
 _CUTOFF_FNS = ("phys", "cosine", "exponential", "polynomial")
 _ACTIVATIONS = ("silu", "identity", "relu", "tanh", "softplus", "gelu")
 _NORMALISATIONS = ("identity", "sqrt_num_features", "avg_num_neighbors")
+_EFA_QK_ACTIVATIONS = ("identity", "silu", "gelu")  # = potential.efa.QK_ACTIVATIONS
+_EFA_PERIODIC_MODES = ("simplex", "kshell")  # = potential.efa.PERIODIC_MODES
 
 
 @dataclass
@@ -61,14 +63,18 @@ class So3kratesConfig:
     dispersion_energy_cutoff_lr_damping: Optional[float] = None
     # --- Euclidean fast attention (potential/efa.py); efa_layers[k] switches it on in layer k
     efa_layers: List[bool] = field(default_factory=list)
-    efa_grid: int = 86  # Lebedev points
+    # sizes default to the EFA paper's (cost ∝ grid · qk/2 · v: ~10 % of the SO3LR network at these
+    # values, 3-8x it at qk = v = 128, grid 86; docs/efa.md); None = num_features (older checkpoints)
+    efa_grid: int = 50  # Lebedev points
     efa_max_frequency: Optional[float] = None
     efa_max_length: float = 10.0  # Å
     efa_num_heads: int = 1
-    efa_qk_features: Optional[int] = None
-    efa_v_features: Optional[int] = None
-    efa_periodic_kcut: Optional[float] = None  # 1/Å
-    efa_periodic_width: Optional[float] = None  # 1/Å
+    efa_qk_features: Optional[int] = 16
+    efa_v_features: Optional[int] = 32
+    efa_qk_activation: str = "identity"  # identity | gelu (the EFA paper's experiments) | silu
+    efa_periodic_mode: str = "simplex"  # periodic boxes: simplex (linear cost) | kshell (exact k-space shells)
+    efa_periodic_kcut: Optional[float] = None  # 1/Å, kshell mode only
+    efa_periodic_width: Optional[float] = None  # 1/Å, kshell mode only
     # --- metadata: elements the model was trained on (atomic numbers)
     species: Optional[List[int]] = None
 
@@ -104,6 +110,13 @@ class So3kratesConfig:
         if len(self.efa_layers) > self.num_layers:
             raise ValueError(f"efa_layers has {len(self.efa_layers)} entries but num_layers={self.num_layers}; "
                              "give one bool per layer")
+        if self.efa_qk_activation not in _EFA_QK_ACTIVATIONS:
+            raise ValueError(f"efa_qk_activation={self.efa_qk_activation!r} is unknown; use one of "
+                             f"{_EFA_QK_ACTIVATIONS}")
+        if self.efa_periodic_mode not in _EFA_PERIODIC_MODES:
+            raise ValueError(f"efa_periodic_mode={self.efa_periodic_mode!r} is unknown; use one of "
+                             f"{_EFA_PERIODIC_MODES} (simplex: linear cost, any box; kshell: exact "
+                             "k-space shells, cost grows with the cell volume)")
         if self.species is not None and any(z < 1 or z > self.zmax for z in self.species):
             raise ValueError(f"species {self.species} must be atomic numbers in 1..{self.zmax}")
         if self.cutoff <= 0:

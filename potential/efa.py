@@ -23,45 +23,74 @@ O(N · M · H · d_qk · d_v) per layer.
 Periodic systems: reciprocal-lattice ERoPE (``PeriodicEuclideanFastAttention``)
 ------------------------------------------------------------------------------
 The Lebedev phases use absolute positions, and ``ω u·a`` is not a multiple of 2π for a lattice
-vector ``a``: wrapping one atom into the box changes the energy. For periodic graphs the grid is
-replaced by the reciprocal-lattice vectors ``k = 2π n·B`` (``B = inv(cell)ᵀ``, integer ``n``,
-``|k| < k_cut``), an Ewald-like k-space sum. All channel pairs of a head are rotated by the same
-phase ``k·r_i``; ``exp(i k·(r + a)) = exp(i k·r)``, so the energy is exactly invariant to wrapping
-and to the choice of the cell origin, and exactly rotation invariant when cell and positions rotate
-together. The Lebedev sphere average over the shell ``|k| = ω_f`` becomes a lattice sum with
-normalised weights concentrated near the shell:
+vector ``a``: wrapping one atom into the box changes the energy. Periodic graphs therefore use
+phases ``k·r`` with reciprocal lattice vectors ``k = 2π n·B`` only (``B = inv(cell)ᵀ``, integer
+``n``): ``exp(i k·(r + a)) = exp(i k·r)``, so the energy is exactly invariant to wrapping atoms
+and to the choice of the cell origin. Two ways to choose the k vectors (``periodic_mode``,
+config ``efa_periodic_mode``):
+
+``simplex`` (default; linear cost). Keep the open variant's frequency vectors ``g = ω_f u_m`` —
+Lebedev directions in a frame attached to the cell (e1 ∥ a, e2 in the (a, b) plane: the frame
+LAMMPS uses) — and replace each by the 4 reciprocal lattice vectors at the vertices of the
+Freudenthal (Kuhn) simplex containing ``g`` in reciprocal fractional coordinates
+``s = cell·g/(2π)``, weighted by ``g``'s barycentric coordinates:
+
+    exp(i g·r)  →  Σ_{v=0..3} λ_v(s) exp(i k_v·r),   Σ λ_v = 1,  Σ λ_v k_v = g
+
+The weights are a continuous, piecewise-linear partition of unity in ``s`` (vertices change only
+where their weight is zero), so the energy is continuous — piecewise smooth, the stress has small
+kinks where a vertex changes — when the cell is strained (NPT). Cost O(N · 4M · d_qk/2 · d_v),
+independent of the cell volume; in small cells the 4·M·P vertices collapse to U < 4M distinct
+lattice vectors and one phase per vector is used instead (same values). Exact: wrapping, cell
+origin, rotating cell and atoms together (the grid turns with the cell frame), permutations.
+Approximate: the isotropy of the kernel — linear interpolation reproduces ``exp(i g·r)`` up to
+O((|Δk|·r)²), |Δk| ~ 2π/L the reciprocal lattice spacing, so a molecule of diameter d in a box of
+side L sees the open kernel (orientation dependence, difference from the open result) to
+≈ 0.03·(2πd/L)² (``tests/test_efa.py::test_simplex_isotropy_vs_box_size``); the triangulation,
+and hence the energy, also depends on the choice of cell basis for the same lattice (a LAMMPS
+box flip changes it; ≈ 2–5 % of the EFA update in bulk boxes).
+
+``kshell`` (exact, cost ∝ cell volume). Every ``k`` with ``|k| < k_cut`` (an Ewald-like k-space
+sum), all channel pairs of a head rotated by the same phase ``k·r_i``; the Lebedev sphere average
+over the shell ``|k| = ω_f`` becomes a lattice sum with normalised weights near the shell:
 
     w_f(k) = softmax_k[ −(|k| − ω_f)² / (2σ²) + log f_c(|k|/k_cut) ]   (per graph, over its k set)
 
-(``f_c`` a smooth cosine cutoff, so the energy is continuous when the cell is strained and k
-vectors cross ``k_cut``). ``ω_f = 0`` channels reduce to ``k = 0`` exactly as in the open variant;
-as the box grows the lattice sum tends to the Lebedev kernel smeared by ``σ`` in ``|k|``.
+(``f_c`` a smooth cosine cutoff, so the energy is continuous when k vectors cross ``k_cut``).
+Exactly invariant also to the cell basis and isotropic; cost O(N · K) with
+K ≈ V·k_cut³/(6π²) k vectors (V the cell volume, Å³): quadratic in N at fixed density. Use it
+for small boxes (K below ~4M, i.e. a few thousand atoms with the default sizes), or where exact
+basis invariance matters.
+
+In both modes ``ω_f = 0`` channels reduce to ``k = 0`` exactly as in the open variant.
 
 Which variant is used when: :class:`EuclideanFastAttention` is for open systems only.
 :class:`PeriodicEuclideanFastAttention` (same parameters, plus ``cell``/``pbc``) evaluates graphs
-with ``pbc = (True, True, True)`` with the reciprocal lattice and graphs with
+with ``pbc = (True, True, True)`` with the reciprocal lattice (``periodic_mode``) and graphs with
 ``pbc = (False, False, False)`` with the Lebedev grid, so one set of weights serves both.
 Partially periodic graphs (slabs, wires) are rejected with an error.
 
 Degree-1 (equivariant) outputs
 ------------------------------
 ``forward_vectors`` also returns a vector update ``[N, 3, C]``: (i) the "tensor integration" of
-the paper with ``Y_1(u) = u``: ``Σ_m w_m u_m q_i(u_m)·Σ_j k_j(u_m) v_jᵀ`` (for the periodic variant
-``u → k/|k|``), and (ii) if degree-1 value features are given (``vectors [N, 3, C_in]``), those
-values propagated by the same invariant kernel. Both rotate as vectors.
+the paper with ``Y_1(u) = u``: ``Σ_m w_m u_m q_i(u_m)·Σ_j k_j(u_m) v_jᵀ`` (periodic: ``u_m`` in the
+cell frame for ``simplex``, ``k/|k|`` for ``kshell``), and (ii) if degree-1 value features are
+given (``vectors [N, 3, C_in]``), those values propagated by the same invariant kernel. Both
+rotate as vectors.
 
 Cost
 ----
-Open: O(N·M·d_qk·d_v) time, O(N·M·d_qk/2) extra memory per layer (M grid points): the rotated
-queries/keys are never materialised per (atom, grid point, head); both contractions are batched
-matmuls against the [cos|sin] phase table (see ``_key_value``/``_query``). Periodic: the same with
-M → K ≈ V·k_cut³/(6π²) reciprocal vectors (V the cell volume, Å³). At fixed density K grows with
-the box, so for very large boxes lower ``kcut`` (or use a smaller ``max_frequency``/larger
-``max_length``); ``max_kvectors`` guards against accidental blow-up.
+Per layer O(N·J·(d_qk/2)·d_v) time and O(N·J·d_qk/2) extra memory, J the number of phases per
+channel pair: M (Lebedev points) open, ≤ 4M periodic ``simplex``, K periodic ``kshell``. Three
+evaluation orders of the same sum (``_attend``): rotated queries/keys and one GEMM per graph and
+head (default), shared-phase contractions against the [cos|sin] table when ``kshell`` has many k
+vectors (``_key_value``/``_query``), and a dense n×n kernel for graphs of ≤ 32 atoms (training
+batches of small molecules). ``max_kvectors`` guards ``kshell`` against accidental blow-up.
 
 Everything is TorchScript-able and works in float32 and float64 (the grid is stored as a buffer
 and cast to the positions' dtype). Open graphs are centred before the phases are computed (the
-result is translation invariant), which keeps float32 phases accurate far from the origin.
+result is translation invariant) and periodic ones wrapped into the cell (fractional coordinates
+in float64), which keeps float32 phases accurate far from the origin.
 """
 from __future__ import annotations
 
@@ -74,7 +103,13 @@ from torch import Tensor, nn
 from . import lebedev
 from .constants import ExactConstants
 
-__all__ = ["EuclideanFastAttention", "PeriodicEuclideanFastAttention", "EFABlock"]
+__all__ = ["EuclideanFastAttention", "PeriodicEuclideanFastAttention", "EFABlock", "QK_ACTIVATIONS",
+           "PERIODIC_MODES"]
+
+#: activations of queries/keys (``qk_activation``, config ``efa_qk_activation``)
+QK_ACTIVATIONS = ("identity", "silu", "gelu")
+#: periodic variants (``periodic_mode``, config ``efa_periodic_mode``); the first is the default
+PERIODIC_MODES = ("simplex", "kshell")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,50 +156,109 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return out.flatten(-2)
 
 
-def _key_value(k: Tensor, v: Tensor, cs: Tensor) -> Tensor:
-    """Per-graph key-value sums of rotated keys: [B,P,2,M,H,V] (index 2: pair component a|b).
+def _pair_rotations(x: Tensor) -> Tensor:
+    """x [..., 2] (channel pair (a, b)) -> [..., 2 (cos|sin part), 2]: ((a, b), (−b, a)).
 
-    KV_a = Σ_j cos·(k_a v) − sin·(k_b v),  KV_b = Σ_j cos·(k_b v) + sin·(k_a v), one batched
-    matmul over (graph, channel pair) with the stacked table cs = [cos|sin] [B,n,2M,Pc]."""
+    With R(θ)(a, b) = (a cosθ − b sinθ, b cosθ + a sinθ):  R(θ)x = cosθ·x + sinθ·Jx, Jx = (−b, a),
+    so every rotated pair is the [cos|sin] table contracted with these two vectors."""
+    return torch.stack([x, torch.stack([-x[..., 1], x[..., 0]], dim=-1)], dim=-2)
+
+
+def _key_value(k: Tensor, v: Tensor, cs: Tensor) -> Tensor:
+    """Per-graph key-value sums of rotated keys ``KV[b,p,j,s,h,v] = Σ_n k_n(u_j)_s v_nᵀ``.
+
+    k [B,n,H,P,2], v [B,n,H,V], cs [B,n,2J,Pc] (the [cos|sin] table, Pc = P or 1)
+    -> [B,P,J,2,H,V] (index s: pair component a|b). One batched matmul contracting (atom, cos|sin):
+    ``KV = Σ_n cos·(k v) + sin·(Jk v)``; no intermediate of size (graphs × J × P × V) other
+    than the result."""
     nb = k.shape[0]
     n = k.shape[1]
     nh = k.shape[2]
     npair = k.shape[3]
     nv = v.shape[3]
-    m = cs.shape[2] // 2
-    kv_in = torch.einsum("bnhpt,bnhv->bnpthv", k, v).reshape(nb, n, npair, 2 * nh * nv)
+    nj = cs.shape[2] // 2
+    y = torch.einsum("bnhpts,bnhv->bnptshv", _pair_rotations(k), v).reshape(nb, n, npair, 2, 2 * nh * nv)
+    t = cs.reshape(nb, n, 2, nj, cs.shape[3])
     if cs.shape[3] == 1:
-        kvcs = torch.einsum("bnj,bnpx->bpjx", cs.squeeze(3), kv_in)
+        kv = torch.einsum("bntj,bnptx->bpjx", t.squeeze(4), y)
     else:
-        kvcs = torch.einsum("bnjp,bnpx->bpjx", cs, kv_in)
-    kvcs = kvcs.reshape(nb, npair, 2, m, 2, nh, nv)  # [b,p,(cos|sin),m,(k_a|k_b),h,v]
-    kv_a = kvcs[:, :, 0, :, 0] - kvcs[:, :, 1, :, 1]
-    kv_b = kvcs[:, :, 0, :, 1] + kvcs[:, :, 1, :, 0]
-    return torch.stack([kv_a, kv_b], dim=2)
+        kv = torch.einsum("bntjp,bnptx->bpjx", t, y)
+    return kv.reshape(nb, npair, nj, 2, nh, nv)
 
 
 def _query(q: Tensor, kv: Tensor, cs: Tensor, wc: Tensor) -> Tensor:
-    """y = Σ_p q_a Σ_m (cos·wKV_a + sin·wKV_b) + q_b Σ_m (cos·wKV_b − sin·wKV_a): [B,n,C,H,V]."""
+    """``y[b,n,c,h,v] = Σ_{p,j} wc[c,j,p] q_n(u_j)·KV[p,j]`` -> [B,n,C,H,V].
+
+    q [B,n,H,P,2], kv [B,P,J,2,H,V] from :func:`_key_value`, cs [B,n,2J,Pc], wc [B|1,C,J,P].
+    ``q(u)·KV = cos·(q·KV) + sin·(Jq·KV)``: the weighted sums are contracted with the phase table
+    in one batched matmul, then with the (un-rotated) query pairs."""
     nb = q.shape[0]
     n = q.shape[1]
     nh = q.shape[2]
     npair = q.shape[3]
     nv = kv.shape[5]
-    m = cs.shape[2] // 2
+    nj = kv.shape[2]
     nc = wc.shape[1]
-    w = wc.permute(0, 3, 1, 2).unsqueeze(-1).unsqueeze(-1)  # [B|1,P,C,M,1,1]
-    wkv_a = w * kv[:, :, 0].unsqueeze(2)  # [B,P,C,M,H,V]
-    wkv_b = w * kv[:, :, 1].unsqueeze(2)
-    rhs_cos = torch.stack([wkv_a, wkv_b], dim=2)  # [B,P,(T1|T2),C,M,H,V]
-    rhs_sin = torch.stack([wkv_b, -wkv_a], dim=2)
-    rhs = torch.stack([rhs_cos, rhs_sin], dim=2)  # [B,P,(cos|sin),(T1|T2),C,M,H,V]
-    rhs = rhs.permute(0, 1, 2, 5, 3, 4, 6, 7).reshape(nb, npair, 2 * m, 2 * nc * nh * nv)
+    kv2 = kv.reshape(nb, npair, nj, 2 * nh * nv)
+    wkv = torch.einsum("bcjp,bpjx->bpjcx", wc, kv2) if wc.shape[0] == nb else \
+        torch.einsum("cjp,bpjx->bpjcx", wc[0], kv2)
+    t = cs.reshape(nb, n, 2, nj, cs.shape[3])
     if cs.shape[3] == 1:
-        t = torch.einsum("bnj,bpjx->bnpx", cs.squeeze(3), rhs)
+        z = torch.einsum("bntj,bpjcx->bnptcx", t.squeeze(4), wkv)
     else:
-        t = torch.einsum("bnjp,bpjx->bnpx", cs, rhs)
-    t = t.reshape(nb, n, npair, 2, nc, nh, nv)
-    return torch.einsum("bnhpt,bnptchv->bnchv", q, t)
+        z = torch.einsum("bntjp,bpjcx->bnptcx", t, wkv)
+    z = z.reshape(nb, n, npair, 2, nc, 2, nh, nv)
+    return torch.einsum("bnhpts,bnptcshv->bnchv", _pair_rotations(q), z)
+
+
+def _key_value_rotated(k: Tensor, v: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Key-value sums from the rotated keys: ``KV[b,h,(j,p,s),v] = Σ_n k_n(u_j)_{p,s} v_{n,h,v}``.
+
+    k [B,n,H,P,2], v [B,n,H,V], cos/sin [B,n,J,P or 1] -> [B,H,J·P·2,V]: one GEMM per (graph,
+    head) over the atoms, 4·n·J·P·V flops per head (half of :func:`_key_value`); the rotated keys
+    (n·J·H·P·2 values, the size of the phase table) are materialised."""
+    kr = _rotate(k, cos, sin)  # [B,n,J,H,2P]
+    nb = kr.shape[0]
+    n = kr.shape[1]
+    nj = kr.shape[2]
+    nh = kr.shape[3]
+    nx = kr.shape[4]
+    nv = v.shape[3]
+    a = kr.permute(0, 3, 2, 4, 1).reshape(nb * nh, nj * nx, n)
+    b = v.permute(0, 2, 1, 3).reshape(nb * nh, n, nv)
+    return torch.bmm(a, b).reshape(nb, nh, nj * nx, nv)
+
+
+def _query_rotated(q: Tensor, kv: Tensor, cos: Tensor, sin: Tensor, wc: Tensor) -> Tensor:
+    """``y[b,n,c,h,v] = Σ_{j,p,s} q_n(u_j)_{p,s} wc[c,j,p] KV[b,h,(j,p,s),v]`` -> [B,n,C,H,V].
+
+    q [B,n,H,P,2], kv [B,H,J·P·2,V] from :func:`_key_value_rotated`, cos/sin [B,n,J,P or 1],
+    wc [B|1,C,J,P]. The weights are folded into the (per-graph, small) key-value sums; then one GEMM
+    per (graph, head) with the rotated queries."""
+    qr = _rotate(q, cos, sin)  # [B,n,J,H,2P]
+    nb = qr.shape[0]
+    n = qr.shape[1]
+    nj = qr.shape[2]
+    nh = qr.shape[3]
+    npair = q.shape[3]
+    nv = kv.shape[3]
+    nc = wc.shape[1]
+    w = wc.permute(0, 2, 3, 1)  # [B|1,J,P,C]
+    w = w.unsqueeze(1).unsqueeze(4).unsqueeze(-1)  # [B|1,1,J,P,1,C,1]
+    wkv = kv.reshape(nb, nh, nj, npair, 2, 1, nv) * w  # [B,H,J,P,2,C,V]
+    a = qr.permute(0, 3, 1, 2, 4).reshape(nb * nh, n, nj * npair * 2)
+    y = torch.bmm(a, wkv.reshape(nb * nh, nj * npair * 2, nc * nv))
+    return y.reshape(nb, nh, n, nc, nv).permute(0, 2, 3, 1, 4)
+
+
+def _wrapped_fractional(pos: Tensor, cell: Tensor) -> Tensor:
+    """Fractional coordinates ``f = r·cell⁻¹`` of pos [B,n,3] wrapped into [0, 1) ([B,n,3], pos dtype).
+
+    Computed in float64 (then cast): in float32 the product would lose ~|f|·1e-7 of a lattice
+    period for atoms far from the origin (unwrapped trajectories). The wrap (``f − floor(f)``,
+    gradient 1) makes the phases exactly invariant to wrapping atoms, also in floating point."""
+    f = torch.einsum("bnd,bde->bne", pos.to(torch.float64), torch.linalg.inv(cell.to(torch.float64)))
+    return (f - torch.floor(f.detach())).to(pos.dtype)
 
 
 def _smooth_cutoff(x: Tensor) -> Tensor:
@@ -189,7 +283,8 @@ class EuclideanFastAttention(ExactConstants):
         num_vector_features: C, channels of the vector output (default ``num_features``).
         vector_input_features: C_in of optional degree-1 value inputs (0: none).
         trainable_frequencies: make ω_f a parameter (the reference keeps them fixed).
-        qk_activation: "identity" (reference default) or "silu".
+        qk_activation: activation of queries and keys before the phases: "identity" (the reference
+            module's default), "gelu" (what the paper's experiments use; exact erf form) or "silu".
 
     ``forward(h [N,F], positions [N,3] Å, batch [N] long, num_graphs) -> [N,F]``.
     """
@@ -219,8 +314,8 @@ class EuclideanFastAttention(ExactConstants):
             raise ValueError(
                 f"max_frequency {max_frequency:.4g} exceeds the limit {b_grid:.4g} of the {grid}-point "
                 f"Lebedev grid; use grid={lebedev.grid_for_frequency(max_frequency)} or lower it")
-        if qk_activation not in ("identity", "silu"):
-            raise ValueError(f"qk_activation must be 'identity' or 'silu', got {qk_activation!r}")
+        if qk_activation not in QK_ACTIVATIONS:
+            raise ValueError(f"qk_activation must be one of {QK_ACTIVATIONS}, got {qk_activation!r}")
 
         self.num_features = int(num_features)
         self.num_heads = int(num_heads)
@@ -233,7 +328,10 @@ class EuclideanFastAttention(ExactConstants):
         self.include_vectors = bool(include_vectors)
         self.num_vector_features = int(num_features if num_vector_features is None else num_vector_features)
         self.vector_input_features = int(vector_input_features)
-        self.use_silu = qk_activation == "silu"
+        # graphs with at most this many atoms use the dense O(n²) evaluation order (see _attend)
+        self.dense_max_atoms: int = 32
+        self.qk_activation = str(qk_activation)
+        self.qk_act: int = QK_ACTIVATIONS.index(qk_activation)  # 0 identity, 1 silu, 2 gelu
         # Per-head channels of degree-1 values (0 when there are no vector inputs).
         self.c_v = self.num_vector_features // num_heads if vector_input_features > 0 else 0
         if vector_input_features > 0 and self.num_vector_features % num_heads:
@@ -271,9 +369,12 @@ class EuclideanFastAttention(ExactConstants):
         n = h.shape[0]
         q = self.q(h)
         k = self.k(h)
-        if self.use_silu:
+        if self.qk_act == 1:
             q = torch.nn.functional.silu(q)
             k = torch.nn.functional.silu(k)
+        elif self.qk_act == 2:
+            q = torch.nn.functional.gelu(q)
+            k = torch.nn.functional.gelu(k)
         q = q * (1.0 / math.sqrt(self.d_qk))
         q = q.reshape(n, self.num_heads, self.d_qk // 2, 2)
         k = k.reshape(n, self.num_heads, self.d_qk // 2, 2)
@@ -308,21 +409,56 @@ class EuclideanFastAttention(ExactConstants):
         return torch.cos(ang), torch.sin(ang), wc
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, cos: Tensor, sin: Tensor, wc: Tensor) -> Tensor:
-        """Padded linear attention ``y_i = Σ_m w_m q_i(u_m)·Σ_j k_j(u_m) v_jᵀ`` (per graph).
+        """Padded attention ``y_i = Σ_j w_j q_i(u_j)·Σ_n k_n(u_j) v_nᵀ`` per graph -> [B,n,C,H,V].
 
-        q, k [B,n,H,P,2] (channel pairs); v [B,n,H,V]; cos/sin [B,n,M,Pc] with Pc = P (one phase
-        per channel pair, Lebedev) or Pc = 1 (same phase for all pairs, reciprocal lattice);
-        wc [B|1,C,M,P] quadrature weights (C = 1, or 4 with the u-weighted vector channels).
-        Returns [B,n,C,H,V].
+        q, k [B,n,H,P,2] (channel pairs); v [B,n,H,V]; cos/sin [B,n,J,Pc] with Pc = P (one phase
+        per channel pair: Lebedev, periodic simplex) or Pc = 1 (same phase for all pairs: periodic
+        shared layouts); wc [B|1,C,J,P] weights (C = 1, or 4 with the u-weighted vector channels).
 
-        The rotations are never materialised per (atom, grid point, head, channel): with
-        R(θ)(a, b) = (a cosθ − b sinθ, b cosθ + a sinθ),
-          KV_a = Σ_j cos·(k_a v) − sin·(k_b v),   KV_b = Σ_j cos·(k_b v) + sin·(k_a v)
-          y    = Σ_p q_a Σ_m (cos·wKV_a + sin·wKV_b) + q_b Σ_m (cos·wKV_b − sin·wKV_a)
-        so both sides are batched matmuls over (graph, channel pair) with the [cos|sin] table.
+        Three evaluation orders of the same sum (they differ only by rounding):
+        * linear, rotated (default): rotated keys -> key-value sums per graph and head -> rotated
+          queries (:func:`_key_value_rotated`, :func:`_query_rotated`), 4·n·J·P·V·(1+C) flops per
+          head; O(n·J·P·H) memory for the rotated queries/keys.
+        * linear, shared phases (kshell with more than 4M k vectors): contractions against the
+          [cos|sin] table without rotated copies per channel pair (:func:`_key_value`,
+          :func:`_query`), twice the flops but O(n·K) + O(n·P·V) memory.
+        * dense, for graphs of at most ``dense_max_atoms`` atoms (small molecules in training
+          batches): the n×n kernel from the rotated queries and keys, O(n²·J·P), which avoids the
+          per-graph O(J·P·V) tensors that dominate for tiny graphs.
         """
-        cs = torch.cat([cos, sin], dim=2)  # [B,n,2M,Pc]
-        return _query(q, _key_value(k, v, cs), cs, wc)
+        if q.shape[1] <= self.dense_max_atoms:
+            return self._attend_dense(q, k, v, cos, sin, wc)
+        return self._attend_global(q, self._global_kv(k, v, cos, sin), cos, sin, wc)
+
+    def _rotated_order(self, cos: Tensor) -> bool:
+        """Linear order with rotated queries/keys (half the flops) unless the phases are shared by all
+        channel pairs and there are many of them (kshell mode in a large box: K > 4M), where
+        materialising n·K·P rotated values would cost too much memory."""
+        return cos.shape[3] > 1 or cos.shape[2] <= 4 * self.grid_size
+
+    def _global_kv(self, k: Tensor, v: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        if self._rotated_order(cos):
+            return _key_value_rotated(k, v, cos, sin)
+        return _key_value(k, v, torch.cat([cos, sin], dim=2))
+
+    def _attend_global(self, q: Tensor, kv: Tensor, cos: Tensor, sin: Tensor, wc: Tensor) -> Tensor:
+        if self._rotated_order(cos):
+            return _query_rotated(q, kv, cos, sin, wc)
+        return _query(q, kv, torch.cat([cos, sin], dim=2), wc)
+
+    def _attend_dense(self, q: Tensor, k: Tensor, v: Tensor, cos: Tensor, sin: Tensor, wc: Tensor) -> Tensor:
+        nb = q.shape[0]
+        n = q.shape[1]
+        nh = q.shape[2]
+        npair = q.shape[3]
+        nj = cos.shape[2]
+        qr = _rotate(q, cos, sin).reshape(nb, n, nj, nh, npair, 2)
+        kr = _rotate(k, cos, sin).reshape(nb, n, nj, nh, npair, 2)
+        if wc.shape[0] == nb:
+            a = torch.einsum("bijhps,bcjp,bljhps->bchil", qr, wc, kr)
+        else:
+            a = torch.einsum("bijhps,cjp,bljhps->bchil", qr, wc[0], kr)
+        return torch.einsum("bchil,blhv->bichv", a, v)
 
     def _outputs(self, y: Tensor, want_vectors: bool) -> Tuple[Tensor, Tensor]:
         """y [N,C,H,V'] -> scalar update [N,F], vector update [N,3,Cvec] (empty if not wanted)."""
@@ -392,13 +528,14 @@ class EuclideanFastAttention(ExactConstants):
         """Stage 1 of a distributed evaluation (one graph, e.g. LAMMPS under MPI).
 
         Partial key-value sums ``Σ_j weights_j k_j(u) v_jᵀ`` (weights: 1 for atoms this rank owns,
-        0 for ghosts), shape ``[P, 2, M, H, V]``. Sum them over ranks (MPI_Allreduce) and pass the
-        total to :meth:`apply_global_sums`; positions must share one origin on all ranks (Å).
+        0 for ghosts): a tensor whose shape depends only on the module and the cell (e.g.
+        ``[H, J·P·2, V]``; treat it as opaque). Sum them over ranks (MPI_Allreduce) and pass the
+        total to :meth:`apply_global_sums` with the same cell; open systems: positions must share
+        one origin on all ranks (Å); periodic: any lattice images (ghost atoms) are fine.
         ``cell [3,3]`` (periodic variant only) selects the reciprocal-lattice phases."""
         q, k, v = self._qkv(h, None)
         cos, sin, _ = self._phases(positions.unsqueeze(0), cell, False)
-        cs = torch.cat([cos, sin], dim=2)
-        return _key_value(k.unsqueeze(0), (v * weights.unsqueeze(-1).unsqueeze(-1)).unsqueeze(0), cs)[0]
+        return self._global_kv(k.unsqueeze(0), (v * weights.unsqueeze(-1).unsqueeze(-1)).unsqueeze(0), cos, sin)[0]
 
     @torch.jit.export
     def apply_global_sums(self, h: Tensor, positions: Tensor, kv: Tensor,
@@ -407,8 +544,7 @@ class EuclideanFastAttention(ExactConstants):
         ``apply_global_sums(h, r, global_sums(h, r, ones))`` equals ``forward`` for one graph."""
         q, k, v = self._qkv(h, None)
         cos, sin, wc = self._phases(positions.unsqueeze(0), cell, False)
-        cs = torch.cat([cos, sin], dim=2)
-        y = _query(q.unsqueeze(0), kv.unsqueeze(0), cs, wc)[0]
+        y = self._attend_global(q.unsqueeze(0), kv.unsqueeze(0), cos, sin, wc)[0]
         return self._outputs(y, False)[0]
 
     @torch.jit.export
@@ -424,20 +560,37 @@ class EuclideanFastAttention(ExactConstants):
 
 
 class PeriodicEuclideanFastAttention(EuclideanFastAttention):
-    """EFA for periodic boxes: reciprocal-lattice phases ``k·r`` (Ewald-like k-space sum).
+    """EFA for periodic boxes (and open ones): phases ``k·r`` with reciprocal lattice vectors ``k``.
 
     Same constructor as :class:`EuclideanFastAttention` plus
 
-        kcut: k-space cutoff |k| < kcut (1/Å); default ``ω_max + 3σ``.
-        k_width: σ (1/Å), radial width of the per-channel k shells; default the channel spacing
-            ``ω_max / (d_qk/2 − 1)`` (``ω_max`` if d_qk = 2).
-        max_kvectors: guard against huge boxes / cutoffs (error if more k vectors are needed).
+        periodic_mode: how fully periodic graphs are evaluated (open graphs always use the Lebedev
+            grid):
+
+            ``"simplex"`` (default) — the open variant's frequency vectors ``g = ω_f u_m`` (Lebedev
+            directions, in a frame attached to the cell) are each replaced by the 4 reciprocal
+            lattice vectors at the vertices of the Freudenthal (Kuhn) simplex that contains ``g``
+            in reciprocal fractional coordinates, weighted by ``g``'s barycentric coordinates.
+            Cost O(N · 4M · d_qk/2), independent of the cell volume (linear in N at fixed density).
+            Exact: wrapping, cell origin, joint rotation of cell and atoms; continuous (piecewise
+            linear) in the cell. Approximate: isotropy of the kernel (orientation of a molecule
+            inside a box, error ∝ (2π·r/L)²) and the choice of cell basis for the same lattice.
+
+            ``"kshell"`` — every reciprocal lattice vector with ``|k| < kcut`` (an Ewald-like
+            k-space sum), channel ``f`` weighting the k vectors near its shell ``|k| = ω_f``.
+            Exactly invariant also to the cell basis and to joint rotations; cost O(N · K) with
+            K ≈ V·kcut³/(6π²) k vectors (V the cell volume, Å³), i.e. quadratic in N at fixed
+            density.
+        kcut: ``kshell`` only: k-space cutoff |k| < kcut (1/Å); default ``ω_max + 3σ``.
+        k_width: ``kshell`` only: σ (1/Å), radial width of the per-channel k shells; default the
+            channel spacing ``ω_max / (d_qk/2 − 1)`` (``ω_max`` if d_qk = 2).
+        max_kvectors: ``kshell`` only: guard against huge boxes / cutoffs (error if more k vectors
+            are needed).
 
     ``forward(h [N,F], positions [N,3] Å, batch [N], num_graphs, cell [B,3,3] Å (rows = lattice
     vectors), pbc [B,3] bool) -> [N,F]``. Fully periodic graphs use the reciprocal lattice, open
-    graphs the Lebedev grid; partially periodic graphs raise ``ValueError``. Energy is exactly
-    invariant to wrapping atoms by lattice vectors and to shifting the cell origin.
-    Cost per periodic graph: O(N · K) with K ≈ (4π/3) kcut³ V / (2π)³ k vectors (V the cell volume).
+    graphs the Lebedev grid; partially periodic graphs raise ``ValueError``. The energy is exactly
+    invariant to wrapping atoms by lattice vectors and to shifting the cell origin (both modes).
     """
 
     def __init__(self, num_features: int, num_heads: int = 1, qk_features: Optional[int] = None,
@@ -446,10 +599,15 @@ class PeriodicEuclideanFastAttention(EuclideanFastAttention):
                  include_vectors: bool = False, num_vector_features: Optional[int] = None,
                  vector_input_features: int = 0, trainable_frequencies: bool = False,
                  qk_activation: str = "identity", kcut: Optional[float] = None,
-                 k_width: Optional[float] = None, max_kvectors: int = 20000):
+                 k_width: Optional[float] = None, max_kvectors: int = 20000,
+                 periodic_mode: str = "simplex"):
         super().__init__(num_features, num_heads, qk_features, v_features, grid, max_frequency,
                          max_length, include_vectors, num_vector_features, vector_input_features,
                          trainable_frequencies, qk_activation)
+        if periodic_mode not in PERIODIC_MODES:
+            raise ValueError(f"periodic_mode must be one of {PERIODIC_MODES}, got {periodic_mode!r}")
+        self.periodic_mode = str(periodic_mode)
+        self.simplex: bool = periodic_mode == "simplex"
         omega_max = self.max_frequency / self.max_length
         nf = self.d_qk // 2
         if k_width is None:
@@ -463,7 +621,101 @@ class PeriodicEuclideanFastAttention(EuclideanFastAttention):
         self.kcut = float(kcut)
         self.k_width = float(k_width)
         self.max_kvectors = int(max_kvectors)
+        # simplex mode evaluation order: 0 = automatic (cheaper one), 1 = shared phases per distinct
+        # lattice vector, 2 = per channel pair; all give the same values (up to rounding)
+        self.simplex_layout: int = 0
 
+    # ------------------------------------------------------------------ simplex mode
+    @staticmethod
+    def _cell_frame(cell: Tensor) -> Tensor:
+        """Orthonormal frame attached to the cell, rows e1 ∥ a, e2 in the (a, b) plane, e3 = e1 × e2
+        ([B,3,3]); the frame LAMMPS uses for triclinic boxes. Smooth in the cell for every
+        non-degenerate cell, unchanged by b → b + n·a (LAMMPS box flips)."""
+        a = cell[:, 0]
+        b = cell[:, 1]
+        e1 = a / torch.linalg.norm(a, dim=-1, keepdim=True)
+        bp = b - (b * e1).sum(-1, keepdim=True) * e1
+        e2 = bp / torch.linalg.norm(bp, dim=-1, keepdim=True)
+        e3 = torch.linalg.cross(e1, e2, dim=-1)
+        return torch.stack([e1, e2, e3], dim=1)
+
+    def _simplex_vertices(self, cell: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """Freudenthal interpolation of the frequency vectors onto the reciprocal lattice.
+
+        For every grid direction m and channel pair p the frequency vector ``g = ω_p u_m`` (u_m in
+        the cell frame) has reciprocal fractional coordinates ``s = cell·g/(2π)`` (``g = 2π s·B``,
+        B the reciprocal basis). With ``n0 = floor(s)``, ``t = s − n0`` sorted descending
+        (t1 ≥ t2 ≥ t3 along axes i1, i2, i3), the Kuhn simplex containing s has the vertices
+        n0, n0+e_i1, n0+e_i1+e_i2, n0+(1,1,1) and s has barycentric coordinates
+        (1−t1, t1−t2, t2−t3, t3): a continuous piecewise-linear partition of unity with
+        ``Σ λ_v n_v = s`` (linear precision), so the interpolated phase factors reproduce
+        ``exp(i g·r)`` up to O((|Δk|·r)²), Δk the reciprocal lattice spacing.
+
+        Returns integer vertices ``n [B,M,P,4,3]`` (as float), weights ``λ [B,M,P,4]`` and the grid
+        directions in the lab frame ``u_lab [B,M,3]``.
+        """
+        dt = cell.dtype
+        u = self.grid_u.to(dt)
+        omega = self.omega.to(dt)
+        u_lab = torch.einsum("md,bde->bme", u, self._cell_frame(cell))  # [B,M,3]
+        su = torch.einsum("bme,bje->bmj", u_lab, cell) * (1.0 / (2.0 * math.pi))  # a_j·u/(2π)
+        s = su.unsqueeze(2) * omega.view(1, 1, -1, 1)  # [B,M,P,3]
+        n0 = torch.floor(s.detach())
+        tv, order = torch.sort(s - n0, dim=-1, descending=True)
+        lam = torch.stack([1.0 - tv[..., 0], tv[..., 0] - tv[..., 1], tv[..., 1] - tv[..., 2], tv[..., 2]], dim=-1)
+        steps = torch.nn.functional.one_hot(order, 3).to(dt).cumsum(dim=-2)  # [B,M,P,3,3]
+        verts = torch.cat([n0.unsqueeze(-2), n0.unsqueeze(-2) + steps], dim=-2)  # [B,M,P,4,3]
+        return verts, lam, u_lab
+
+    def _simplex_phases(self, pos: Tensor, cell: Tensor, want_vectors: bool) -> Tuple[Tensor, Tensor, Tensor]:
+        """pos [B,n,3], cell [B,3,3] -> cos/sin [B,n,J,Pc], weights [B,C,J,P] (see ``_attend``).
+
+        Phases ``k_v·r = 2π n_v·f`` with ``f`` the fractional coordinates of the atom wrapped into
+        [0, 1) (so wrapping is exact also in floating point). Two equivalent layouts of the same sum:
+        per channel pair (J = 4M, Pc = P), or — when the vertices of all (m, p) collapse to fewer
+        than 4M distinct lattice vectors (small cells) — one phase per distinct vector shared by all
+        pairs (J = U, Pc = 1) with the weights summed per vector. Which one is used changes only the
+        rounding, never the value, so the energy stays continuous when a cell grows through the
+        switch."""
+        verts, lam, u_lab = self._simplex_vertices(cell)
+        nb = verts.shape[0]
+        m = verts.shape[1]
+        npair = verts.shape[2]
+        dt = pos.dtype
+        w = self.grid_w.to(dt)
+        frac = _wrapped_fractional(pos, cell)
+        # per-vertex weights [B,C,M,P,4] (C = 1, or 4 with the u-weighted vector channels)
+        wl = lam * w.view(1, -1, 1, 1)
+        if self._num_weight_channels(want_vectors) == 4:
+            wv = wl.unsqueeze(1) * u_lab.permute(0, 2, 1).unsqueeze(-1).unsqueeze(-1)  # [B,3,M,P,4]
+            wc = torch.cat([wl.unsqueeze(1), wv], dim=1)
+        else:
+            wc = wl.unsqueeze(1)
+        nc = wc.shape[1]
+        vi = verts.detach().to(torch.long)
+        off = int(vi.abs().max().item()) + 1
+        side = 2 * off + 1
+        key = ((vi[..., 0] + off) * side + (vi[..., 1] + off)) * side + (vi[..., 2] + off)  # [B,M,P,4]
+        uniq, inv = torch.unique(key.reshape(-1), sorted=True, return_inverse=True)
+        nu = uniq.shape[0]
+        if (self.simplex_layout == 0 and nu < 4 * m) or self.simplex_layout == 1:
+            # shared layout: one phase per distinct lattice vector
+            nvec = torch.stack([uniq // (side * side) - off, (uniq // side) % side - off, uniq % side - off],
+                               dim=1).to(dt)  # [U,3]
+            ang = (2.0 * math.pi) * torch.einsum("bnd,ud->bnu", frac, nvec).unsqueeze(-1)  # [B,n,U,1]
+            pidx = torch.arange(npair, device=pos.device).view(1, 1, -1, 1).expand(nb, m, npair, 4)
+            bidx = torch.arange(nb, device=pos.device).view(-1, 1, 1, 1).expand(nb, m, npair, 4)
+            tgt = ((bidx * nu + inv.view(nb, m, npair, 4)) * npair + pidx).reshape(-1)  # (b, u, p)
+            src = wc.permute(0, 2, 3, 4, 1).reshape(-1, nc)  # [(b,m,p,v), C]
+            acc = wc.new_zeros(nb * nu * npair, nc).index_add(0, tgt, src)
+            wt = acc.reshape(nb, nu, npair, nc).permute(0, 3, 1, 2)  # [B,C,U,P]
+            return torch.cos(ang), torch.sin(ang), wt
+        # per-pair layout: J = (m, v) = 4M phases per channel pair
+        ang = (2.0 * math.pi) * torch.einsum("bnd,bmpvd->bnmvp", frac, verts).reshape(nb, -1, 4 * m, npair)
+        wt = wc.permute(0, 1, 2, 4, 3).reshape(nb, nc, 4 * m, npair)
+        return torch.cos(ang), torch.sin(ang), wt
+
+    # ------------------------------------------------------------------ kshell mode
     def _kvectors(self, cell: Tensor) -> Tensor:
         """Reciprocal lattice vectors k = 2π n·inv(cell)ᵀ, [B,K,3]: the union over the batch of the
         integer vectors n with |k| < kcut in some graph (entries beyond kcut of a graph get zero
@@ -496,9 +748,18 @@ class PeriodicEuclideanFastAttention(EuclideanFastAttention):
         return k
 
     def _periodic_phases(self, pos: Tensor, cell: Tensor, want_vectors: bool) -> Tuple[Tensor, Tensor, Tensor]:
+        """Phases and weights of fully periodic graphs in the configured ``periodic_mode``."""
+        if self.simplex:
+            return self._simplex_phases(pos, cell, want_vectors)
+        return self._kshell_phases(pos, cell, want_vectors)
+
+    def _kshell_phases(self, pos: Tensor, cell: Tensor, want_vectors: bool) -> Tuple[Tensor, Tensor, Tensor]:
         """pos [B,n,3], cell [B,3,3] -> cos/sin [B,n,K,1], weights [B,C,K,P]."""
         k = self._kvectors(cell)  # [B,K,3]
-        ang = torch.einsum("bnd,bkd->bnk", pos, k).unsqueeze(-1)
+        # phases of the positions wrapped into the cell (exactly the same values for exact
+        # arithmetic; keeps float32 phases accurate far from the origin)
+        pos_w = torch.einsum("bne,bed->bnd", _wrapped_fractional(pos, cell).to(pos.dtype), cell)
+        ang = torch.einsum("bnd,bkd->bnk", pos_w, k).unsqueeze(-1)
         # |k| with a safe gradient at k = 0
         k2 = (k * k).sum(-1)
         zero = k2 <= 1e-20
@@ -591,34 +852,19 @@ class EFABlock(nn.Module):
     The EFA is :class:`PeriodicEuclideanFastAttention`, so open graphs (pbc all False, any cell)
     use the Lebedev grid and fully periodic graphs the reciprocal lattice.
 
-    Integration into the So3krates layer (potential/layer.py, potential/model.py, config.py)::
-
-        # config.py (So3kratesConfig)
-        efa_layers: List[bool] = []            # per layer; [] or all False = no EFA (plain So3krates)
-        efa_grid: int = 86                     # Lebedev points (50, 86, 110, 146, 194, 302, ...)
-        efa_max_frequency: Optional[float] = None   # b_max, default lebedev.max_frequency(efa_grid)
-        efa_max_length: float = 10.0           # Å
-        efa_num_heads: int = 1
-        efa_qk_features: Optional[int] = None  # default num_features
-        efa_periodic_kcut: Optional[float] = None   # 1/Å, default ω_max + 3σ
-        efa_periodic_width: Optional[float] = None  # σ, 1/Å
-
-        # layer __init__(…, layer_index):
-        self.efa = EFABlock.from_config(cfg, layer_index)
-
-        # layer forward — where the invariant residual is applied, replace
-        #     h = h + dh_local
-        # by
-        #     h = self.efa(h, dh_local, positions, batch, num_graphs, cell, pbc)
-        # (positions, batch, num_graphs, cell, pbc are the arguments of So3krates.forward; open
-        # systems pass zeros for cell and False for pbc.)
+    Config fields (``So3kratesConfig``, read by :meth:`from_config`; defaults there): ``efa_layers``
+    (one bool per layer), ``efa_grid``, ``efa_max_frequency``, ``efa_max_length`` (Å),
+    ``efa_num_heads``, ``efa_qk_features``, ``efa_v_features``, ``efa_qk_activation``,
+    ``efa_periodic_mode`` (``simplex`` | ``kshell``), ``efa_periodic_kcut`` / ``efa_periodic_width``
+    (1/Å, kshell only). Used by ``So3kratesLayer`` (potential/layer.py) in place of ``x + dx_local``.
     """
 
     def __init__(self, num_features: int, enabled: bool = True, num_heads: int = 1,
                  qk_features: Optional[int] = None, v_features: Optional[int] = None, grid: int = 86,
                  max_frequency: Optional[float] = None, max_length: float = 10.0,
                  kcut: Optional[float] = None, k_width: Optional[float] = None,
-                 zero_init: bool = True):
+                 zero_init: bool = True, qk_activation: str = "identity",
+                 periodic_mode: str = "simplex"):
         super().__init__()
         self.enabled = bool(enabled)
         self.num_features = int(num_features)
@@ -626,7 +872,7 @@ class EFABlock(nn.Module):
             self.efa = PeriodicEuclideanFastAttention(
                 num_features, num_heads=num_heads, qk_features=qk_features, v_features=v_features,
                 grid=grid, max_frequency=max_frequency, max_length=max_length, kcut=kcut,
-                k_width=k_width)
+                k_width=k_width, qk_activation=qk_activation, periodic_mode=periodic_mode)
             self.mlp1 = nn.Linear(num_features, num_features)
             self.mlp2 = nn.Linear(num_features, num_features)
             if zero_init:
@@ -650,11 +896,13 @@ class EFABlock(nn.Module):
             num_heads=int(getattr(cfg, "efa_num_heads", 1) or 1),
             qk_features=getattr(cfg, "efa_qk_features", None),
             v_features=getattr(cfg, "efa_v_features", None),
-            grid=int(getattr(cfg, "efa_grid", 86) or 86),
+            grid=int(getattr(cfg, "efa_grid", 50) or 50),
             max_frequency=getattr(cfg, "efa_max_frequency", None),
             max_length=float(getattr(cfg, "efa_max_length", 10.0) or 10.0),
             kcut=getattr(cfg, "efa_periodic_kcut", None),
             k_width=getattr(cfg, "efa_periodic_width", None),
+            qk_activation=str(getattr(cfg, "efa_qk_activation", "identity") or "identity"),
+            periodic_mode=str(getattr(cfg, "efa_periodic_mode", "simplex") or "simplex"),
         )
 
     def forward(self, x: Tensor, dx_local: Tensor, positions: Tensor, batch: Tensor, num_graphs: int,

@@ -3,11 +3,14 @@
 
 32 H atoms in a 5 Å sphere (EFA paper's ``3D_cluster_32_atoms_radius_5.npz``, ~1/r pair tail):
 a 2-layer So3krates with a 2.5 Å cutoff (receptive field 5 Å < 10 Å diameter) against the same
-model with EFA in both layers, same parameter budget (±5 %), seed, split and 150 training steps.
-Measured local/EFA test MAE ratios (seeds 0/1/2): energy 3.69/4.02/4.25, forces 3.46/3.76/3.39
-(seed 0 reproduces exactly run to run). The test asserts ≥ 3× on both; with EFA switched off both
-models are local and the ratio is exactly 1 (checked). Runtime: ~30 s on one core (~20 s of CPU;
-up to ~3 min wall on a heavily shared machine).
+model with EFA in both layers (gelu queries/keys, max_length 15 Å as in the paper), same parameter
+budget (±5 %), seed, split and 150 training steps.
+
+Measured local/EFA test ratios (seeds 0/1/2): the paper-style loss (0.01·E_MSE + 0.99·F_MSE)
+19.9/13.3/12.1, energy MAE 4.7/4.1/3.6, force MAE 3.6/3.4/3.2 (seed 0 reproduces exactly run to
+run). Asserted: loss ratio ≥ 8 and both MAE ratios ≥ 2.5, i.e. ≥ 30 % below the smallest measured
+value; with EFA switched off both models are local and every ratio is ~1 (the test fails).
+Runtime: ~30 s on one core (~20 s of CPU; several minutes wall on a heavily shared machine).
 """
 from __future__ import annotations
 
@@ -15,10 +18,9 @@ import importlib.util
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
-MIN_RATIO = 3.0
+MIN_LOSS_RATIO = 8.0
+MIN_MAE_RATIO = 2.5
 
 
 def _bench():
@@ -53,5 +55,10 @@ def test_efa_beats_local_on_32_atom_clusters(tmp_path):
     assert local["num_features"] > efa["num_features"]  # the local model got the extra parameters
     ratios = res["ratio_local_over_efa"]
     print("local/EFA test error ratios:", {k: round(v, 2) for k, v in ratios.items()})
-    assert ratios["forces_mae"] >= MIN_RATIO, (ratios, local["test"], efa["test"])
-    assert ratios["energy_mae"] >= MIN_RATIO, (ratios, local["test"], efa["test"])
+    # the paper-style loss is what the verdict uses
+    t = efa["test"]
+    assert abs(t["paper_loss"] - (0.01 * t["energy_rmse"] ** 2 + 0.99 * t["forces_rmse"] ** 2)) < 1e-12
+    assert res["verdict"]["ratio"] == ratios["paper_loss"]
+    assert ratios["paper_loss"] >= MIN_LOSS_RATIO, (ratios, local["test"], efa["test"])
+    assert ratios["forces_mae"] >= MIN_MAE_RATIO, (ratios, local["test"], efa["test"])
+    assert ratios["energy_mae"] >= MIN_MAE_RATIO, (ratios, local["test"], efa["test"])
