@@ -1,22 +1,39 @@
-"""Cost of the EFA block (forward + backward to positions) versus system size.
+"""What EFA costs: a So3krates model with and without EFA, energy + forces, 1k … 30k atoms.
 
-    python benchmarks/efa_cost.py            # N = 1k … 30k atoms
-    python benchmarks/efa_cost.py --quick    # N = 1k, 2k (smoke test, < 1 min on a laptop CPU)
-    python benchmarks/efa_cost.py --periodic # reciprocal-lattice variant in a water-density box
+    python benchmarks/efa_cost.py                 # model level, open + periodic, 1k … 30k atoms
+    python benchmarks/efa_cost.py --quick         # model level, 1k and 2k atoms (a few minutes)
+    python benchmarks/efa_cost.py --block         # the EFA block alone (open, simplex, kshell)
 
-Each size runs in a fresh subprocess so that the peak memory is its own: on CUDA
-``torch.cuda.max_memory_allocated``, on CPU the peak resident set size minus the RSS before the
-timed calls (after the inputs are built). Prints a table and writes ``benchmarks/results/efa_cost.json``.
-Atoms are placed uniformly at liquid-water number density (0.1 Å⁻³), one graph.
+Model level (default; ``benchmarks/results/efa_cost.json``): the SO3LR network
+(``So3kratesConfig.so3lr()``: F = 128, 3 layers, degrees 1–4, 4.5 Å cutoff) without its physical
+long-range terms (ZBL, electrostatics, dispersion — they are not what is measured), random weights,
+float32, wrapped in ``So3kratesPotential`` (neighbour list included, the same for every variant),
+one energy + forces call, one thread. Three variants share everything but ``efa_layers``:
 
-The workload is built by ``build_workload(args, n)``; ``--model`` is reserved for the full-model
-comparison with/without EFA once the block is integrated into So3krates (fill in
-``_model_workload``).
+* ``local``    — no EFA;
+* ``efa_one``  — EFA in the last layer;
+* ``efa_all``  — EFA in every layer.
+
+EFA settings (``--grid/--qk/--v/--heads/--max-length``): the EFA paper's for F = 128 — 50-point
+Lebedev grid (b_max = π), 16 query/key and 32 value channels, 1 head, gelu, max_length 15 Å.
+Systems: water at 1 g/cm³ (3 n³ atoms, random orientations) as an open cluster (pbc F F F,
+Lebedev EFA) and as a periodic box (pbc T T T, EFA ``--periodic-mode``, default simplex; kshell
+on request). Each (system, size, variant) runs in its own subprocess, so the peak memory
+(``ru_maxrss``) is its own; sizes whose extrapolated peak exceeds ``--max-memory-gb`` are skipped.
+Times: CPU seconds of the process (``time.process_time``; the wall time is reported too, but on a
+shared machine it includes waiting for a core). Reported: time, peak memory, ratio EFA/local, and
+the fitted scaling exponent x of time ∝ N^x per variant.
+
+Block level (``--block``; ``benchmarks/results/efa_cost_block.json``): ``EFABlock`` forward +
+backward to positions alone, F = 128, 4 heads, 86-point grid, max_length 10 Å (the settings of the
+first cost study), open and periodic (simplex and kshell modes): shows the kshell mode's growth
+with the box (K ∝ V) and the simplex mode's constant cost per atom.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -24,9 +41,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, Dict, List
 
-RESULTS = Path(__file__).resolve().parent / "results" / "efa_cost.json"
-DENSITY = 0.1  # atoms / Å³
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+FULL_SIDES = [7, 9, 12, 15, 19, 22]   # 1029, 2187, 5184, 10125, 20577, 31944 atoms
+QUICK_SIDES = [7, 9]
+VARIANTS = ("local", "efa_one", "efa_all")
+DENSITY = 0.1  # atoms / Å³ (block level)
 
 
 def _rss_gb() -> float:
@@ -35,132 +57,321 @@ def _rss_gb() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 1e9
 
 
-def _efa_workload(args, n: int):
+def _peak_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB -> GB
+
+
+def mem_available_gb() -> float:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) / 1e6
+    except OSError:
+        pass
+    return float("inf")
+
+
+def fit_exponent(ns: List[float], ts: List[float]) -> float:
+    """Least-squares slope of log(time) vs log(N)."""
+    if len(ns) < 2:
+        return float("nan")
+    xs = [math.log(n) for n in ns]
+    ys = [math.log(t) for t in ts]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+
+
+# ---------------------------------------------------------------------------------- workloads
+def model_config(args, variant: str):
+    from so3krates.potential.config import So3kratesConfig
+
+    cfg = So3kratesConfig.so3lr().replace(
+        zbl_repulsion_bool=False, electrostatic_energy_bool=False, dispersion_energy_bool=False,
+        cutoff_lr=None, dispersion_energy_cutoff_lr_damping=None, species=[1, 8])
+    layers = cfg.num_layers
+    efa_layers = {"local": [], "efa_one": [False] * (layers - 1) + [True], "efa_all": [True] * layers}[variant]
+    return cfg.replace(efa_layers=efa_layers, efa_grid=args.grid, efa_max_frequency=None,
+                       efa_max_length=args.max_length, efa_num_heads=args.heads, efa_qk_features=args.qk,
+                       efa_v_features=args.v, efa_qk_activation="gelu", efa_periodic_mode=args.periodic_mode)
+
+
+def _model_workload(args):
+    import torch
+
+    from so3krates.potential.calculator import So3kratesPotential
+    from so3krates.potential.model import So3krates
+    sys.path.insert(0, str(HERE))
+    from model_speed import water_box
+
+    torch.manual_seed(0)
+    model = So3krates(model_config(args, args.variant))
+    with torch.no_grad():  # make the EFA branches contribute (zero-initialised mlp2); cost is unchanged
+        for layer in model.layers:
+            if layer.efa.enabled:
+                torch.nn.init.normal_(layer.efa.mlp2.weight, std=0.01)
+    pot = So3kratesPotential(model).float().eval()
+    pos, cell, numbers = water_box(args.n_side)
+    P = torch.tensor(pos, dtype=torch.float32)
+    Z = torch.tensor(numbers, dtype=torch.long)
+    if args.system == "periodic":
+        C = torch.tensor(cell, dtype=torch.float32)
+        T = torch.ones(3, dtype=torch.bool)
+    else:
+        C = torch.zeros(3, 3, dtype=torch.float32)
+        T = torch.zeros(3, dtype=torch.bool)
+    params = int(sum(p.numel() for p in model.parameters()))
+
+    def step():
+        out = pot(P, Z, C, T, compute_forces=True)
+        return float(out["energy"])
+
+    return step, {"num_atoms": len(pos), "box_A": float(cell[0, 0]), "params": params}
+
+
+def _block_workload(args):
     import torch
 
     from so3krates.potential.efa import EFABlock
 
-    dtype = torch.float64 if args.dtype == "float64" else torch.float32
-    dev = torch.device(args.device)
     torch.manual_seed(0)
-    blk = EFABlock(args.features, enabled=True, num_heads=args.heads, grid=args.grid,
-                   max_length=args.max_length).to(device=dev, dtype=dtype)
-    torch.nn.init.normal_(blk.mlp2.weight, std=0.01)  # make the global branch contribute
+    n = args.n_atoms
+    blk = EFABlock(128, enabled=True, num_heads=4, grid=86, max_length=10.0,
+                   periodic_mode=args.periodic_mode).float()
+    torch.nn.init.normal_(blk.mlp2.weight, std=0.01)
     side = (n / DENSITY) ** (1.0 / 3.0)
-    h = torch.randn(n, args.features, device=dev, dtype=dtype)
-    pos = torch.rand(n, 3, device=dev, dtype=dtype) * side
-    batch = torch.zeros(n, dtype=torch.long, device=dev)
-    if args.periodic:
-        cell = (torch.eye(3, device=dev, dtype=dtype) * side).unsqueeze(0)
-        pbc = torch.ones(1, 3, dtype=torch.bool, device=dev)
-    else:
-        cell = torch.zeros(1, 3, 3, device=dev, dtype=dtype)
-        pbc = torch.zeros(1, 3, dtype=torch.bool, device=dev)
+    h = torch.randn(n, 128)
+    pos = torch.rand(n, 3) * side
+    batch = torch.zeros(n, dtype=torch.long)
+    periodic = args.system == "periodic"
+    cell = (torch.eye(3) * side).unsqueeze(0) if periodic else torch.zeros(1, 3, 3)
+    pbc = torch.full((1, 3), periodic, dtype=torch.bool)
     dx = torch.zeros_like(h)
-    info = {"box_side_A": side}
-    if args.periodic:
+    info: Dict[str, Any] = {"num_atoms": n, "box_A": side}
+    if periodic and args.periodic_mode == "kshell":
         info["num_kvectors"] = int(blk.efa._kvectors(cell).shape[1])
+    if periodic and args.periodic_mode == "simplex":
+        cs, _, _ = blk.efa._simplex_phases(pos[:1].unsqueeze(0), cell, False)
+        info["num_phases_per_pair"] = int(cs.shape[2])
 
     def step():
         p = pos.detach().requires_grad_(True)
         out = blk(h, dx, p, batch, 1, cell, pbc)
         (g,) = torch.autograd.grad(out.square().sum(), p)
-        return g
+        return float(g[0, 0])
 
     return step, info
 
 
-def _model_workload(args, n: int):  # pragma: no cover - filled in after integration
-    raise SystemExit("--model needs the So3krates model with EFA integrated (potential/model.py); "
-                     "implement _model_workload(args, n) to build it with/without efa_layers")
-
-
-def build_workload(args, n: int):
-    return _model_workload(args, n) if args.model else _efa_workload(args, n)
-
-
-def run_one(args) -> dict:
-    """Child process: time and measure one size."""
+def run_one(args) -> Dict[str, Any]:
+    """Child process: build, warm up, time one point; returns the row."""
     import torch
 
-    torch.set_num_threads(args.threads)
-    n = args.one
-    step, info = build_workload(args, n)
-    cuda = args.device.startswith("cuda")
-    base = torch.cuda.memory_allocated() / 1e9 if cuda else _rss_gb()  # inputs + parameters built
-    step()  # warm-up (included in the CPU peak; CUDA peak is reset after it)
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    times = []
+    torch.set_num_threads(1)
+    step, info = _block_workload(args) if args.block else _model_workload(args)
+    base = _rss_gb()
+    step()  # warm-up
+    cpu, wall = [], []
     for _ in range(args.repeats):
-        t0 = time.perf_counter()
+        c0, w0 = time.process_time(), time.perf_counter()
         step()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    if cuda:
-        peak = torch.cuda.max_memory_allocated() / 1e9
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB -> GB
-    return {"num_atoms": n, "time_s": min(times), "time_all_s": times, "peak_memory_gb": peak,
-            "baseline_memory_gb": base, "peak_increment_gb": max(0.0, peak - base), **info}
+        cpu.append(time.process_time() - c0)
+        wall.append(time.perf_counter() - w0)
+    return {**info, "system": args.system, "variant": getattr(args, "variant", "block"),
+            "periodic_mode": args.periodic_mode if args.system == "periodic" else None,
+            "cpu_s": min(cpu), "cpu_all_s": cpu, "wall_s": min(wall), "wall_all_s": wall,
+            "peak_memory_gb": _peak_gb(), "baseline_memory_gb": base,
+            "peak_increment_gb": max(0.0, _peak_gb() - base)}
+
+
+# ---------------------------------------------------------------------------------- driver
+def _spawn(args, extra: List[str]) -> Dict[str, Any]:
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", "--repeats", str(args.repeats),
+           "--grid", str(args.grid), "--qk", str(args.qk), "--v", str(args.v), "--heads", str(args.heads),
+           "--max-length", str(args.max_length)] + extra
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timeout after {args.timeout:.0f} s"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        err = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+        if proc.returncode in (-9, 137):
+            err = "killed (out of memory?)"
+        return {"error": err}
+    return json.loads(lines[-1])
+
+
+def _guard(rows: List[Dict[str, Any]], n: int, limit_gb: float) -> str:
+    """'' if the extrapolated peak memory of an n-atom point fits, else the reason to skip it."""
+    done = [r for r in rows if "error" not in r]
+    if not done:
+        return ""
+    big = max(done, key=lambda r: r["num_atoms"])
+    need = big["baseline_memory_gb"] + big["peak_increment_gb"] * n / big["num_atoms"]
+    limit = min(limit_gb, 0.8 * mem_available_gb())
+    if need > limit:
+        return f"skipped: extrapolated peak {need:.1f} GB > {limit:.1f} GB allowed"
+    return ""
+
+
+def _summary(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Ratios EFA/local per (system, size) and scaling exponents per (system, variant)."""
+    out: Dict[str, Any] = {"ratio_over_local": [], "scaling_exponent_cpu": {}}
+    ok = [r for r in rows if "error" not in r]
+    for system in sorted({r["system"] for r in ok}):
+        for n in sorted({r["num_atoms"] for r in ok if r["system"] == system}):
+            pts = {r["variant"]: r for r in ok if r["system"] == system and r["num_atoms"] == n}
+            if "local" not in pts:
+                continue
+            row: Dict[str, Any] = {"system": system, "num_atoms": n}
+            for v in ("efa_one", "efa_all"):
+                if v in pts:
+                    row[f"{v}_time"] = pts[v]["cpu_s"] / pts["local"]["cpu_s"]
+                    row[f"{v}_memory"] = pts[v]["peak_increment_gb"] / max(1e-9, pts["local"]["peak_increment_gb"])
+            out["ratio_over_local"].append(row)
+        for v in VARIANTS:
+            sel = sorted((r for r in ok if r["system"] == system and r["variant"] == v), key=lambda r: r["num_atoms"])
+            if len(sel) >= 2:
+                out["scaling_exponent_cpu"][f"{system}/{v}"] = fit_exponent([r["num_atoms"] for r in sel],
+                                                                             [r["cpu_s"] for r in sel])
+    return out
+
+
+def _table(rows: List[Dict[str, Any]], summary: Dict[str, Any]) -> str:
+    lines = [f"{'system':<9} {'N':>6} {'variant':<8} {'cpu s':>8} {'wall s':>8} {'us/atom':>8} "
+             f"{'peak GB':>8} {'incr GB':>8} {'x local':>8}"]
+    lines.append("-" * len(lines[0]))
+    ok = [r for r in rows if "error" not in r]
+    for r in ok:
+        loc = [x for x in ok if x["system"] == r["system"] and x["num_atoms"] == r["num_atoms"]
+               and x["variant"] == "local"]
+        ratio = f"{r['cpu_s'] / loc[0]['cpu_s']:.2f}" if loc and r["variant"] != "local" else "-"
+        lines.append(f"{r['system']:<9} {r['num_atoms']:>6} {r['variant']:<8} {r['cpu_s']:>8.2f} {r['wall_s']:>8.2f} "
+                     f"{1e6 * r['cpu_s'] / r['num_atoms']:>8.0f} {r['peak_memory_gb']:>8.2f} "
+                     f"{r['peak_increment_gb']:>8.2f} {ratio:>8}")
+    for r in rows:
+        if "error" in r:
+            lines.append(f"{r.get('system', '?'):<9} {r.get('num_atoms', '?'):>6} {r.get('variant', '?'):<8} {r['error']}")
+    lines.append("scaling exponents (cpu time ∝ N^x): " + ", ".join(
+        f"{k} {v:.2f}" for k, v in summary["scaling_exponent_cpu"].items()))
+    return "\n".join(lines)
+
+
+def _block_main(args) -> Dict[str, Any]:
+    sizes = args.sizes or ([1000, 2000] if args.quick else [1000, 2000, 5000, 10000, 20000, 30000])
+    rows: List[Dict[str, Any]] = []
+    print("EFABlock fwd+bwd (F=128, 4 heads, grid 86, max_length 10 Å), float32, 1 thread", flush=True)
+    for system, mode in (("open", "simplex"), ("periodic", "simplex"), ("periodic", "kshell")):
+        sub: List[Dict[str, Any]] = []
+        for n in sizes:
+            skip = _guard(sub, n, args.max_memory_gb)
+            if not skip and system == "periodic" and mode == "kshell" and n > args.kshell_max_atoms:
+                skip = f"skipped: kshell cost grows as N² (--kshell-max-atoms {args.kshell_max_atoms})"
+            label = f"{system}{'/' + mode if system == 'periodic' else ''}"
+            if skip:
+                r = {"num_atoms": n, "system": system, "periodic_mode": mode, "variant": "block", "error": skip}
+            else:
+                r = _spawn(args, ["--block", "--n-atoms", str(n), "--system", system, "--periodic-mode", mode])
+                r.setdefault("num_atoms", n)
+                r.setdefault("system", system)
+                r["periodic_mode"] = mode if system == "periodic" else None
+            print(f"  {label:<17} N={n:>6}: " + (r["error"] if "error" in r else
+                  f"{r['cpu_s']:.3f} s cpu, peak {r['peak_memory_gb']:.2f} GB, K={r.get('num_kvectors', '-')}, "
+                  f"J={r.get('num_phases_per_pair', '-')}"), flush=True)
+            sub.append(r)
+        rows += sub
+    exps = {}
+    for system, mode in (("open", None), ("periodic", "simplex"), ("periodic", "kshell")):
+        sel = [r for r in rows if "error" not in r and r["system"] == system and r["periodic_mode"] == mode]
+        exps[f"{system}{'/' + mode if mode else ''}"] = fit_exponent([r["num_atoms"] for r in sel],
+                                                                      [r["cpu_s"] for r in sel])
+    print("scaling exponents (cpu time ∝ N^x): " + ", ".join(f"{k} {v:.2f}" for k, v in exps.items()))
+    return {"benchmark": "efa_cost_block", "what": "EFABlock forward + backward w.r.t. positions",
+            "results": rows, "scaling_exponent_cpu": exps}
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="sizes 1k, 2k only")
-    ap.add_argument("--sizes", type=int, nargs="*", default=None)
-    ap.add_argument("--features", type=int, default=128)
-    ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--grid", type=int, default=86)
-    ap.add_argument("--max-length", type=float, default=10.0)
-    ap.add_argument("--periodic", action="store_true", help="reciprocal-lattice EFA in a cubic box")
-    ap.add_argument("--model", action="store_true", help="full So3krates model with/without EFA (after integration)")
-    ap.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    ap.add_argument("--quick", action="store_true", help="two sizes only")
+    ap.add_argument("--block", action="store_true", help="the EFA block alone")
+    ap.add_argument("--sides", type=int, nargs="*", default=None, help="model level: water lattice sides (3 n³ atoms)")
+    ap.add_argument("--sizes", type=int, nargs="*", default=None, help="block level: numbers of atoms")
+    ap.add_argument("--systems", nargs="*", default=["open", "periodic"], choices=["open", "periodic"])
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--periodic-mode", default="simplex", choices=["simplex", "kshell"])
+    ap.add_argument("--grid", type=int, default=50)
+    ap.add_argument("--qk", type=int, default=16)
+    ap.add_argument("--v", type=int, default=32)
+    ap.add_argument("--heads", type=int, default=1)
+    ap.add_argument("--max-length", type=float, default=15.0, help="Å")
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
-    ap.add_argument("--output", type=Path, default=RESULTS)
-    ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--max-memory-gb", type=float, default=4.0,
+                    help="skip points whose extrapolated peak memory exceeds this (and 80%% of MemAvailable)")
+    ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per point")
+    ap.add_argument("--kshell-max-atoms", type=int, default=10000, help="block level: largest kshell size")
+    ap.add_argument("--output", type=Path, default=None)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--n-side", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--n-atoms", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--system", default="open", help=argparse.SUPPRESS)
+    ap.add_argument("--variant", default="local", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.device is None:
-        import torch
-
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.one is not None:
-        print(json.dumps(run_one(args)))
+    if args.child:
+        print(json.dumps(run_one(args)), flush=True)
         return
-    sizes = args.sizes or ([1000, 2000] if args.quick else [1000, 2000, 5000, 10000, 20000, 30000])
-    rows = []
-    print(f"EFA block fwd+bwd, F={args.features}, heads={args.heads}, grid={args.grid}, "
-          f"{'periodic' if args.periodic else 'open'}, {args.dtype}, {args.device}, threads={args.threads}")
-    print(f"{'N':>7} {'time [s]':>10} {'us/atom':>9} {'peak [GB]':>10} {'incr [GB]':>10} {'K':>6}")
-    for n in sizes:
-        cmd = [sys.executable, __file__, "--one", str(n), "--features", str(args.features), "--heads",
-               str(args.heads), "--grid", str(args.grid), "--max-length", str(args.max_length),
-               "--dtype", args.dtype, "--device", args.device, "--repeats", str(args.repeats),
-               "--threads", str(args.threads)] + (["--periodic"] if args.periodic else []) + \
-              (["--model"] if args.model else [])
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            msg = (proc.stderr.strip().splitlines() or ["failed"])[-1]
-            print(f"{n:>7} failed: {msg}")
-            rows.append({"num_atoms": n, "error": msg})
-            continue
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
-        rows.append(r)
-        print(f"{n:>7} {r['time_s']:>10.3f} {1e6 * r['time_s'] / n:>9.1f} {r['peak_memory_gb']:>10.3f} "
-              f"{r['peak_increment_gb']:>10.3f} {r.get('num_kvectors', '-'):>6}")
-    out = {"benchmark": "efa_cost", "what": "EFABlock forward + backward w.r.t. positions",
-           "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "one"},
-           "host": {"platform": platform.platform(), "python": platform.python_version(),
-                    "cpu_count": os.cpu_count(),
-                    "loadavg": os.getloadavg()},
-           "results": rows}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(out, indent=2))
-    print(f"wrote {args.output}")
+    import torch
+
+    t0 = time.perf_counter()
+    host = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpu_count": os.cpu_count(), "loadavg_start": list(os.getloadavg())}
+    if args.block:
+        out = _block_main(args)
+        path = args.output or RESULTS / "efa_cost_block.json"
+    else:
+        sides = args.sides or (QUICK_SIDES if args.quick else FULL_SIDES)
+        rows: List[Dict[str, Any]] = []
+        print(f"So3krates (SO3LR network, no physical terms) energy+forces, float32, 1 thread; EFA grid {args.grid}, "
+              f"qk {args.qk}, v {args.v}, heads {args.heads}, max_length {args.max_length} Å, periodic mode "
+              f"{args.periodic_mode}", flush=True)
+        for system in args.systems:
+            for s in sides:
+                n = 3 * s ** 3
+                for variant in args.variants:
+                    prev = [r for r in rows if r["system"] == system and r["variant"] == variant]
+                    skip = _guard(prev, n, args.max_memory_gb)
+                    if skip:
+                        r = {"num_atoms": n, "system": system, "variant": variant, "error": skip}
+                    else:
+                        r = _spawn(args, ["--n-side", str(s), "--system", system, "--variant", variant,
+                                          "--periodic-mode", args.periodic_mode])
+                        r.setdefault("num_atoms", n)
+                        r.setdefault("system", system)
+                        r.setdefault("variant", variant)
+                    print(f"  {system:<8} N={n:>6} {variant:<8}: " + (r["error"] if "error" in r else
+                          f"{r['cpu_s']:.2f} s cpu ({r['wall_s']:.2f} s wall), peak {r['peak_memory_gb']:.2f} GB"),
+                          flush=True)
+                    rows.append(r)
+        summary = _summary(rows)
+        print()
+        print(_table(rows, summary))
+        cfg = model_config(args, "efa_all")
+        out = {"benchmark": "efa_cost", "what": "So3kratesPotential energy + forces, SO3LR network without "
+               "physical terms, with/without EFA", "model": {k: v for k, v in cfg.to_dict().items()
+                                                           if k.startswith("efa_") or k in
+                                                           ("num_features", "num_layers", "degrees", "cutoff")},
+               "dtype": "float32", "threads": 1, "time": "process CPU seconds, best of --repeats after a warm-up",
+               "results": rows, **summary}
+        path = args.output or (RESULTS / ("efa_cost_quick.json" if args.quick else "efa_cost.json"))
+    out["host"] = {**host, "loadavg_end": list(os.getloadavg())}
+    out["settings"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                       if k not in ("child", "n_side", "n_atoms", "system", "variant")}
+    out["total_wall_s"] = round(time.perf_counter() - t0, 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

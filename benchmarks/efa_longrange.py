@@ -70,18 +70,30 @@ EFA: Dict[str, Any] = {
     "efa_num_heads": 1,
     "efa_qk_features": 16,
     "efa_v_features": 32,
+    "efa_qk_activation": "gelu",  # the paper's experiments (era_activation_fn=e3x.nn.gelu)
 }
+#: the reference trainer's loss (euclidean_fast_attention/utils/npz_trainer.py, training_utils.py):
+#: 0.01 · MSE of the total energy (eV²) + 0.99 · MSE of the force components ((eV/Å)²); used for
+#: training and reported on the test set as ``paper_loss``
+PAPER_LOSS_WEIGHTS: Dict[str, float] = {"energy": 0.01, "forces": 0.99}
+#: training loss of the cluster runs (energy MSE per atom)
+CLUSTER_LOSS_WEIGHTS: Dict[str, float] = {"energy": 1.0, "forces": 10.0}
+#: the issue's expectation: the local model's test loss >= 10x the EFA model's
+EXPECTED_RATIO = 10.0
 
 DATASETS: Dict[str, Dict[str, Any]] = {
     "cluster32": {
         "file": "3D_cluster_32_atoms_radius_5.npz",
         "what": "32 H atoms in a 5 Å sphere, pair energy with ~1/r tail (pair distances up to 10 Å)",
         "cutoff": 2.5,  # receptive field 2 x 2.5 = 5 Å < 10 Å diameter
-        "efa_max_length": 12.0,  # >= largest pair distance (10 Å)
-        "loss_weights": {"energy": 1.0, "forces": 10.0},
+        "efa_max_length": 15.0,  # the paper's value (>= the largest pair distance, 10 Å)
+        # training loss: per-atom energy MSE x 1 + force MSE x 10 (learns much faster in short CPU runs
+        # than the paper's 0.01 E + 0.99 F: quick run, seed 0, local/EFA paper-style test loss 17.6x
+        # vs 1.0x); the paper's loss is reported as the evaluation metric either way
+        "loss_weights": CLUSTER_LOSS_WEIGHTS,
         "energy_loss": "per_atom",
         "quick": {"train": 400, "valid": 50, "test": 200, "steps": 150, "batch_size": 8, "eval_every": 50},
-        "full": {"train": 1500, "valid": 100, "test": 500, "steps": 1000, "batch_size": 8, "eval_every": 125},
+        "full": {"train": 1500, "valid": 100, "test": 500, "steps": 3000, "batch_size": 8, "eval_every": 250},
     },
     "cluster32_rc5": {
         # the paper's setting: cutoff 5 Å, 2 layers (receptive field 10 Å = the largest pair distance,
@@ -89,21 +101,21 @@ DATASETS: Dict[str, Dict[str, Any]] = {
         "file": "3D_cluster_32_atoms_radius_5.npz",
         "what": "as cluster32, with the paper's 5 Å cutoff",
         "cutoff": 5.0,
-        "efa_max_length": 12.0,
-        "loss_weights": {"energy": 1.0, "forces": 10.0},
+        "efa_max_length": 15.0,
+        "loss_weights": CLUSTER_LOSS_WEIGHTS,
         "energy_loss": "per_atom",
         "quick": {"train": 400, "valid": 50, "test": 200, "steps": 150, "batch_size": 8, "eval_every": 50},
-        "full": {"train": 1500, "valid": 100, "test": 500, "steps": 1000, "batch_size": 8, "eval_every": 125},
+        "full": {"train": 1500, "valid": 100, "test": 500, "steps": 3000, "batch_size": 8, "eval_every": 250},
     },
     "two_atoms": {
         "file": "two_atoms.npz",
         "what": "H-He pair at 1-10 Å, E(r) with ~1/r tail",
         "cutoff": 5.0,  # as in the paper's example; a local model sees nothing beyond 5 Å
-        "efa_max_length": 11.0,  # >= largest pair distance (10 Å)
-        "loss_weights": {"energy": 10.0, "forces": 1.0},
+        "efa_max_length": 10.0,  # the reference example's value (= the largest pair distance)
+        "loss_weights": PAPER_LOSS_WEIGHTS,
         "energy_loss": "total",
         "quick": {"train": 1000, "valid": 100, "test": 1000, "steps": 800, "batch_size": 32, "eval_every": 100},
-        "full": {"train": 2000, "valid": 200, "test": 2000, "steps": 1200, "batch_size": 32, "eval_every": 150},
+        "full": {"train": 2000, "valid": 200, "test": 2000, "steps": 5000, "batch_size": 32, "eval_every": 250},
     },
 }
 
@@ -219,21 +231,32 @@ def train_one(dataset: str, efa: bool, seed: int, mode: str, run_dir: Path, data
     from so3krates.potential.checkpoint import model_from_checkpoint
 
     model = model_from_checkpoint(run_dir / "best.ckpt")
+    test = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    test["paper_loss"] = paper_loss(test)
     out = {
         "params": int(sum(p.numel() for p in model.parameters())),
         "num_features": int(model.config.num_features),
         "steps": n_steps,
         "wall_s": round(wall, 1),
-        "test": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+        "test": test,
     }
     if dataset == "two_atoms":
-        out["test_beyond_cutoff"] = _beyond_cutoff_errors(model, data_dir / ds["file"], sz, float(model.config.cutoff))
+        rc = float(model.config.cutoff)
+        out["test_beyond_cutoff"] = _pair_distance_errors(model, data_dir / ds["file"], sz, rc, True)
+        out["test_within_cutoff"] = _pair_distance_errors(model, data_dir / ds["file"], sz, rc, False)
     return out
 
 
-def _beyond_cutoff_errors(model, path: Path, sz: Dict[str, Any], cutoff: float) -> Dict[str, float]:
-    """Energy/force errors on the test pairs with r > cutoff (a local model can only predict a
-    constant there)."""
+def paper_loss(test: Dict[str, float]) -> float:
+    """The EFA paper's test loss from test RMSEs: 0.01·E_RMSE² + 0.99·F_RMSE² (E per structure, eV;
+    F per component, eV/Å; = the reference trainer's ``loss`` for equal-size structures)."""
+    return PAPER_LOSS_WEIGHTS["energy"] * float(test["energy_rmse"]) ** 2 + \
+        PAPER_LOSS_WEIGHTS["forces"] * float(test["forces_rmse"]) ** 2
+
+
+def _pair_distance_errors(model, path: Path, sz: Dict[str, Any], cutoff: float, beyond: bool) -> Dict[str, float]:
+    """Energy/force errors on the test pairs with r > cutoff (``beyond``; a local model can only
+    predict a constant there) or r <= cutoff."""
     import numpy as np
     import torch
 
@@ -243,12 +266,14 @@ def _beyond_cutoff_errors(model, path: Path, sz: Dict[str, Any], cutoff: float) 
     frames = read_frames(path)
     idx = split_indices(len(frames), train=int(sz["train"]), valid=int(sz["valid"]), test=int(sz["test"]), seed=0)
     test = [frames[i] for i in idx["test"]]
-    far = [f for f in test if float(np.linalg.norm(f.positions[1] - f.positions[0])) > cutoff]
+    far = [f for f in test if (float(np.linalg.norm(f.positions[1] - f.positions[0])) > cutoff) == beyond]
     attach_neighbors(far, cutoff, None, False, False)
     model = model.to(dtype=torch.float64)
     res = evaluate_frames(model, far, 100, torch.float64, "cpu", None, "total", progress=False)
-    return {"num_frames": len(far), "energy_mae": float(res["energy_mae"]), "energy_rmse": float(res["energy_rmse"]),
-            "forces_mae": float(res["forces_mae"]), "forces_rmse": float(res["forces_rmse"])}
+    out = {"num_frames": len(far), "energy_mae": float(res["energy_mae"]), "energy_rmse": float(res["energy_rmse"]),
+           "forces_mae": float(res["forces_mae"]), "forces_rmse": float(res["forces_rmse"])}
+    out["paper_loss"] = paper_loss(out)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -288,36 +313,66 @@ def compare(dataset: str, seed: int = 0, mode: str = "quick", workdir: Optional[
         if tmp is not None:
             tmp.cleanup()
     ratios = {}
-    for key in ("energy_mae", "energy_rmse", "forces_mae", "forces_rmse"):
+    for key in ("paper_loss", "energy_mae", "energy_rmse", "forces_mae", "forces_rmse"):
         a, b = res["local"]["test"].get(key), res["efa"]["test"].get(key)
         if a is not None and b:
             ratios[key] = a / b
-    if "test_beyond_cutoff" in res["efa"]:
-        a, b = res["local"]["test_beyond_cutoff"], res["efa"]["test_beyond_cutoff"]
-        ratios["beyond_cutoff_energy_mae"] = a["energy_mae"] / b["energy_mae"]
+    for part in ("beyond", "within"):
+        if f"test_{part}_cutoff" in res["efa"]:
+            a, b = res["local"][f"test_{part}_cutoff"], res["efa"][f"test_{part}_cutoff"]
+            ratios[f"{part}_cutoff_energy_mae"] = a["energy_mae"] / b["energy_mae"]
+            ratios[f"{part}_cutoff_paper_loss"] = a["paper_loss"] / b["paper_loss"]
     res["ratio_local_over_efa"] = ratios
+    res["verdict"] = verdict(ratios)
     return res
 
 
+def verdict(ratios: Dict[str, float]) -> Dict[str, Any]:
+    """The issue's expectation (EFA >= 10x better than local) checked on the paper-style test loss."""
+    r = float(ratios.get("paper_loss", float("nan")))
+    out: Dict[str, Any] = {"metric": "local/EFA paper-style test loss (0.01 E_MSE + 0.99 F_MSE)",
+                           "expected_min": EXPECTED_RATIO, "ratio": r, "meets_expectation": bool(r >= EXPECTED_RATIO)}
+    if "beyond_cutoff_paper_loss" in ratios:
+        rb = float(ratios["beyond_cutoff_paper_loss"])
+        out["ratio_beyond_cutoff"] = rb
+        out["meets_expectation_beyond_cutoff"] = bool(rb >= EXPECTED_RATIO)
+    return out
+
+
 def _table(results: List[Dict[str, Any]]) -> str:
-    head = (f"{'dataset':<10} {'seed':>4} {'model':<6} {'params':>7} {'steps':>6} {'wall s':>7} "
-            f"{'E MAE':>10} {'E RMSE':>10} {'F MAE':>10} {'F RMSE':>10} {'E MAE r>rc':>11}")
+    head = (f"{'dataset':<13} {'seed':>4} {'model':<6} {'params':>7} {'steps':>6} {'wall s':>7} {'loss':>10} "
+            f"{'E MAE':>10} {'E RMSE':>10} {'F MAE':>10} {'F RMSE':>10} {'loss r>rc':>10} {'E MAE r>rc':>11}")
     lines = [head, "-" * len(head)]
+    nan = float("nan")
     for r in results:
         for name in ("local", "efa"):
             m = r[name]
             t = m["test"]
-            far = m.get("test_beyond_cutoff", {}).get("energy_mae")
-            lines.append(f"{r['dataset']:<10} {r['seed']:>4} {name:<6} {m['params']:>7} {m['steps']:>6} "
-                         f"{m['wall_s']:>7.1f} {t['energy_mae']:>10.4g} {t['energy_rmse']:>10.4g} "
-                         f"{t['forces_mae']:>10.4g} {t['forces_rmse']:>10.4g} "
-                         f"{(f'{far:.4g}' if far is not None else '-'):>11}")
+            far = m.get("test_beyond_cutoff", {})
+            lines.append(f"{r['dataset']:<13} {r['seed']:>4} {name:<6} {m['params']:>7} {m['steps']:>6} "
+                         f"{m['wall_s']:>7.1f} {t['paper_loss']:>10.3g} {t['energy_mae']:>10.4g} "
+                         f"{t['energy_rmse']:>10.4g} {t['forces_mae']:>10.4g} {t['forces_rmse']:>10.4g} "
+                         f"{format(far['paper_loss'], '.3g') if far else '-':>10} "
+                         f"{format(far['energy_mae'], '.4g') if far else '-':>11}")
         q = r["ratio_local_over_efa"]
-        lines.append(f"{'':<10} {'':>4} {'ratio':<6} {'':>7} {'':>6} {'':>7} {q.get('energy_mae', float('nan')):>10.3g} "
-                     f"{q.get('energy_rmse', float('nan')):>10.3g} {q.get('forces_mae', float('nan')):>10.3g} "
-                     f"{q.get('forces_rmse', float('nan')):>10.3g} "
-                     f"{(format(q['beyond_cutoff_energy_mae'], '.3g') if 'beyond_cutoff_energy_mae' in q else '-'):>11}")
-    lines.append("units: E eV (per structure), F eV/Å (per component); ratio = local / EFA (> 1: EFA better)")
+        far_l = q.get("beyond_cutoff_paper_loss")
+        far_e = q.get("beyond_cutoff_energy_mae")
+        lines.append(f"{'':<13} {'':>4} {'ratio':<6} {'':>7} {'':>6} {'':>7} {q.get('paper_loss', nan):>10.3g} "
+                     f"{q.get('energy_mae', nan):>10.3g} {q.get('energy_rmse', nan):>10.3g} "
+                     f"{q.get('forces_mae', nan):>10.3g} {q.get('forces_rmse', nan):>10.3g} "
+                     f"{format(far_l, '.3g') if far_l is not None else '-':>10} "
+                     f"{format(far_e, '.3g') if far_e is not None else '-':>11}")
+        v = r["verdict"]
+        msg = (f"{'':<13} verdict: loss ratio {v['ratio']:.3g} "
+               f"{'>=' if v['meets_expectation'] else '<'} {v['expected_min']:g} (issue's expectation) -> "
+               f"{'MEETS' if v['meets_expectation'] else 'BELOW'}")
+        if "ratio_beyond_cutoff" in v:
+            msg += (f"; beyond the cutoff {v['ratio_beyond_cutoff']:.3g} -> "
+                    f"{'MEETS' if v['meets_expectation_beyond_cutoff'] else 'BELOW'}")
+        lines.append(msg)
+    lines.append("units: E eV (per structure), F eV/Å (per component); loss = 0.01·E_RMSE² + 0.99·F_RMSE² "
+                 "(the EFA paper's); ratio = local / EFA (> 1: EFA better); r>rc: two-atom test pairs beyond "
+                 "the local cutoff")
     return "\n".join(lines)
 
 
@@ -349,30 +404,37 @@ def main(argv: Optional[List[str]] = None) -> int:
     out_path = args.output or (RESULTS / ("efa_longrange_quick.json" if args.quick else "efa_longrange.json"))
     t0 = time.perf_counter()
     results = []
+
+    def payload() -> Dict[str, Any]:
+        return {
+            "benchmark": "efa_longrange",
+            "command": " ".join(["python", "benchmarks/efa_longrange.py"] + (argv if argv is not None else sys.argv[1:])),
+            "mode": mode,
+            "total_wall_s": round(time.perf_counter() - t0, 1),
+            "threads": int(args.threads),
+            "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                        "python": platform.python_version(), "torch": torch.__version__,
+                        "cpu_count": os.cpu_count(), "loadavg": list(os.getloadavg())},
+            "settings": {"base_model": BASE_MODEL, "efa": EFA, "training": TRAINING,
+                         "paper_loss_weights": PAPER_LOSS_WEIGHTS, "expected_ratio": EXPECTED_RATIO,
+                         "datasets": {k: {kk: vv for kk, vv in v.items()} for k, v in DATASETS.items()
+                                      if k in args.datasets}},
+            "summary": [{"dataset": r["dataset"], "seed": r["seed"], **r["verdict"]} for r in results],
+            "results": results,
+        }
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
     for ds in args.datasets:
         for seed in args.seeds:
             results.append(compare(ds, seed=seed, mode=mode, workdir=args.workdir, data_dir=args.data_dir,
                                    steps=args.steps, progress=not args.no_progress,
                                    match_parameters=not args.no_match, lr=args.lr, cutoff=args.cutoff))
+            out_path.write_text(json.dumps(payload(), indent=1))  # partial results survive an interruption
     table = _table(results)
     print()
     print(table)
     total = time.perf_counter() - t0
-    payload = {
-        "benchmark": "efa_longrange",
-        "command": " ".join(["python", "benchmarks/efa_longrange.py"] + (argv if argv is not None else sys.argv[1:])),
-        "mode": mode,
-        "total_wall_s": round(total, 1),
-        "threads": int(args.threads),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "python": platform.python_version(), "torch": torch.__version__},
-        "settings": {"base_model": BASE_MODEL, "efa": EFA, "training": TRAINING,
-                     "datasets": {k: {kk: vv for kk, vv in v.items()} for k, v in DATASETS.items()
-                                  if k in args.datasets}},
-        "results": results,
-    }
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(payload, indent=1))
+    out_path.write_text(json.dumps(payload(), indent=1))
     print(f"\ntotal {total:.0f} s; wrote {out_path}")
     return 0
 
