@@ -4,14 +4,21 @@
     python benchmarks/model_speed.py --quick    # up to ~3,000 atoms, 1 thread
 
 Model: `So3krates(So3kratesConfig.so3lr())` with random weights (speed does not depend on the
-values), wrapped in `So3kratesPotential` (neighbour lists for the 4.5 Å local and the 12 Å
-long-range graph are included in the timing), float32. Water boxes: a 3-atom water replicated
-on a cubic lattice at 1 g/cm³ with random orientations, periodic. Each (size, threads) point
-runs in its own subprocess so `ru_maxrss` is the peak memory of that size alone.
+values), wrapped in `So3kratesPotential` in eval mode (the memory-lean inference pass; neighbour
+lists for the 4.5 Å local and the 12 Å long-range graph are included in the timing), float32.
+Water boxes: a 3-atom water replicated on a cubic lattice at 1 g/cm³ with random orientations,
+periodic. Each (size, threads) point runs in its own subprocess so `ru_maxrss` is the peak memory
+of that size alone; sizes whose peak memory, extrapolated linearly from the largest size done,
+exceeds the limit (--max-memory-mb, default half of MemAvailable) are skipped.
 
-Prints a table (ms per atom for one energy+forces call, µs/atom, peak RSS) and the fitted
-scaling exponent (slope of log time vs log atoms), and writes JSON to
-benchmarks/results/model_speed.json (model_speed_quick.json with --quick).
+Prints a table (ms per atom for one energy+forces call: wall clock and process CPU time, which is
+less sensitive to other jobs on a shared machine; peak RSS) and the fitted scaling exponent
+(slope of log time vs log atoms), and writes JSON to benchmarks/results/model_speed.json
+(model_speed_quick.json with --quick). --omp-passive sets OMP_WAIT_POLICY=PASSIVE in the workers
+(on a machine shared with other jobs, spinning OpenMP threads make 2-thread runs several times
+slower). --malloc-trim sets MALLOC_TRIM_THRESHOLD_ (and a fixed
+32 MB MALLOC_MMAP_THRESHOLD_) in the workers: glibc then keeps freed memory for reuse instead of
+returning it to the OS and faulting it in again for the next tensor.
 """
 import argparse
 import json
@@ -105,11 +112,14 @@ def worker(args):
     t_first = time.perf_counter() - t
     assert torch.isfinite(out["forces"]).all()
     times = []
+    cpu_times = []
     t_start = time.perf_counter()
     while len(times) < args.repeats or (time.perf_counter() - t_start < args.min_time
                                         and len(times) < 20):
         t = time.perf_counter()
+        c = time.process_time()
         out = pot(P, Z, C, T, compute_forces=True)
+        cpu_times.append(time.process_time() - c)
         times.append(time.perf_counter() - t)
         if len(times) >= args.repeats and time.perf_counter() - t_start > 3 * args.min_time:
             break
@@ -119,15 +129,17 @@ def worker(args):
         "box_A": float(cell[0, 0]), "edges_local": n_edges, "edges_lr": n_edges_lr,
         "time_s": min(times), "time_s_median": sorted(times)[len(times) // 2],
         "time_first_call_s": t_first, "calls": len(times),
-        "ms_per_atom": 1e3 * min(times) / n, "neighbor_list_local_s": t_nl,
+        "ms_per_atom": 1e3 * min(times) / n, "cpu_time_s": min(cpu_times),
+        "cpu_ms_per_atom": 1e3 * min(cpu_times) / n, "loadavg_1min": os.getloadavg()[0],
+        "malloc_trim": bool(args.malloc_trim), "neighbor_list_local_s": t_nl,
         "neighbor_list_lr_s": t_nl_lr, "peak_rss_mb": maxrss_mb(),
         "rss_after_model_mb": rss_model, "energy_eV": float(out["energy"]),
     }), flush=True)
 
 
-def fit_exponent(rows):
+def fit_exponent(rows, key="time_s"):
     """Least-squares slope of log(time) vs log(atoms)."""
-    pts = [(math.log(r["atoms"]), math.log(r["time_s"])) for r in rows]
+    pts = [(math.log(r["atoms"]), math.log(r[key])) for r in rows]
     if len(pts) < 2:
         return float("nan")
     mx = sum(p[0] for p in pts) / len(pts)
@@ -149,6 +161,11 @@ def main():
     ap.add_argument("--max-memory-mb", type=float, default=None,
                     help="skip sizes whose extrapolated peak memory exceeds this "
                          "(default: 50%% of MemAvailable at that moment; the machine may be shared)")
+    ap.add_argument("--omp-passive", action="store_true",
+                    help="OMP_WAIT_POLICY=PASSIVE in the workers (idle OpenMP threads sleep instead of "
+                         "spinning: much faster with 2 threads on a machine shared with other jobs)")
+    ap.add_argument("--malloc-trim", action="store_true",
+                    help="workers keep freed memory (MALLOC_TRIM_THRESHOLD_=4 GiB, MALLOC_MMAP_THRESHOLD_=32 MiB)")
     ap.add_argument("--out", help="JSON output path")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--n-side", type=int, help=argparse.SUPPRESS)
@@ -170,10 +187,17 @@ def main():
     for k, (t, s) in enumerate(points, 1):
         env["OMP_NUM_THREADS"] = str(t)
         env["MKL_NUM_THREADS"] = str(t)
+        if args.omp_passive:
+            env["OMP_WAIT_POLICY"] = "PASSIVE"
+        if args.malloc_trim:
+            env["MALLOC_TRIM_THRESHOLD_"] = str(4 << 30)
+            env["MALLOC_MMAP_THRESHOLD_"] = str(32 << 20)
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--n-side", str(s),
                "--threads", str(t), "--repeats", str(args.repeats), "--min-time", str(args.min_time)]
         if args.script:
             cmd.append("--script")
+        if args.malloc_trim:
+            cmd.append("--malloc-trim")
         print(f"[{k}/{len(points)}] {3 * s ** 3} atoms, {t} thread(s) ...", end=" ", flush=True)
         need = predicted_peak_mb([r for r in rows if r["threads"] == t] or rows, 3 * s ** 3)
         limit = args.max_memory_mb or 0.5 * mem_available_mb()
@@ -199,25 +223,27 @@ def main():
             continue
         r = json.loads(lines[-1])
         rows.append(r)
-        print(f"{r['ms_per_atom']:.3f} ms/atom ({r['time_s']:.2f} s/call, nl {r['neighbor_list_local_s']:.2f}"
+        print(f"{r['ms_per_atom']:.3f} ms/atom, cpu {r['cpu_ms_per_atom']:.3f} ({r['time_s']:.2f} s/call, nl {r['neighbor_list_local_s']:.2f}"
               f"+{r['neighbor_list_lr_s']:.2f} s, peak {r['peak_rss_mb']:.0f} MB) "
               f"[{time.perf_counter() - t0:.0f} s]", flush=True)
 
     print()
-    hdr = (f"{'atoms':>7} {'thr':>3} {'edges':>9} {'edges_lr':>10} {'s/call':>8} {'ms/atom':>8} "
+    hdr = (f"{'atoms':>7} {'thr':>3} {'edges':>9} {'edges_lr':>10} {'s/call':>8} {'ms/atom':>8} {'cpu ms/at':>9} "
            f"{'nl s':>6} {'nl_lr s':>7} {'peak MB':>8}")
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
         print(f"{r['atoms']:>7} {r['threads']:>3} {r['edges_local']:>9} {r['edges_lr']:>10} "
-              f"{r['time_s']:>8.2f} {r['ms_per_atom']:>8.3f} {r['neighbor_list_local_s']:>6.2f} "
+              f"{r['time_s']:>8.2f} {r['ms_per_atom']:>8.3f} {r['cpu_ms_per_atom']:>9.3f} {r['neighbor_list_local_s']:>6.2f} "
               f"{r['neighbor_list_lr_s']:>7.2f} {r['peak_rss_mb']:>8.0f}")
     exponents = {}
+    exponents_cpu = {}
     for t in threads:
         sel = [r for r in rows if r["threads"] == t]
         exponents[str(t)] = fit_exponent(sel)
+        exponents_cpu[str(t)] = fit_exponent(sel, "cpu_time_s")
         print(f"scaling exponent (time ~ atoms^x), {t} thread(s): x = {exponents[str(t)]:.2f} "
-              f"over {len(sel)} sizes")
+              f"(cpu time: {exponents_cpu[str(t)]:.2f}) over {len(sel)} sizes")
     for f in failures:
         print(f"failed: {f}")
 
@@ -225,10 +251,14 @@ def main():
     result = {
         "benchmark": "model_speed", "model": "So3kratesConfig.so3lr() (random weights)",
         "system": "periodic water box, 1 g/cm^3", "dtype": "float32", "quantity": "energy+forces",
+        "path": "So3kratesPotential eval mode: So3krates.energy_and_gradients (half pair lists, "
+                "layer-wise recomputation in edge chunks, analytic long-range derivatives)",
         "scripted": bool(args.script), "torch": torch.__version__, "python": platform.python_version(),
         "machine": platform.machine(), "cpu_count": os.cpu_count(),
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "results": rows, "scaling_exponent": exponents, "failures": failures,
+        "results": rows, "scaling_exponent": exponents, "scaling_exponent_cpu_time": exponents_cpu,
+        "malloc_trim": bool(args.malloc_trim), "omp_wait_policy_passive": bool(args.omp_passive),
+        "failures": failures,
     }
     os.makedirs(os.path.dirname(out_path), exist_ok=True)
     with open(out_path, "w") as fh:

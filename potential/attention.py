@@ -125,13 +125,35 @@ class AttentionBlock(ExactConstants):
 
     def filters(self, rbf: Tensor, dev: Tensor) -> Tuple[Tensor, Tensor]:
         """Filters (w1, w2) [E, F] from rbf [E, K] and dev = ev[idx_j] - ev[idx_i] [E, m_tot]; symmetric
-        under i <-> j (dev enters squared)."""
+        under i <-> j (dev enters squared).
+
+        w_k = W_rk2 act(W_rk1 rbf + b_rk1) + b_rk2 + W_sk2 act(W_sk1 c + b_sk1) + b_sk2 (k = 1, 2;
+        c = contract_l0(dev)), evaluated as one product for both first layers (block-diagonal
+        weights on [rbf | c]) per filter and one for its second layers ([W_rk2 | W_sk2] on the
+        concatenated activations): fewer passes over the [E, F] arrays."""
         act = self.activation_fn
         c = torch.matmul(dev * dev, self.contraction.to(dev.dtype))  # [E, D]
-        w1 = self.radial_filter1_layer_2(activation(self.radial_filter1_layer_1(rbf), act)) \
-            + self.spherical_filter1_layer_2(activation(self.spherical_filter1_layer_1(c), act))
-        w2 = self.radial_filter2_layer_2(activation(self.radial_filter2_layer_1(rbf), act)) \
-            + self.spherical_filter2_layer_2(activation(self.spherical_filter2_layer_1(c), act))
+        k = rbf.shape[1]
+        d = c.shape[1]
+        r1 = self.radial_filter1_layer_1
+        r2 = self.radial_filter2_layer_1
+        s1 = self.spherical_filter1_layer_1
+        s2 = self.spherical_filter2_layer_1
+        zr = torch.zeros(r1.weight.shape[0], d, dtype=r1.weight.dtype, device=r1.weight.device)
+        zs = torch.zeros(s1.weight.shape[0], k, dtype=s1.weight.dtype, device=s1.weight.device)
+        x = torch.cat([rbf, c], 1)
+        h1 = activation(torch.nn.functional.linear(
+            x, torch.cat([torch.cat([r1.weight, zr], 1), torch.cat([zs, s1.weight], 1)], 0),
+            torch.cat([r1.bias, s1.bias], 0)), act)
+        h2 = activation(torch.nn.functional.linear(
+            x, torch.cat([torch.cat([r2.weight, zr], 1), torch.cat([zs, s2.weight], 1)], 0),
+            torch.cat([r2.bias, s2.bias], 0)), act)
+        o1r = self.radial_filter1_layer_2
+        o1s = self.spherical_filter1_layer_2
+        o2r = self.radial_filter2_layer_2
+        o2s = self.spherical_filter2_layer_2
+        w1 = torch.nn.functional.linear(h1, torch.cat([o1r.weight, o1s.weight], 1), o1r.bias + o1s.bias)
+        w2 = torch.nn.functional.linear(h2, torch.cat([o2r.weight, o2s.weight], 1), o2r.bias + o2s.bias)
         return w1, w2
 
     def messages(self, q1_i: Tensor, q2_i: Tensor, k1_j: Tensor, k2_j: Tensor, v1_j: Tensor, w1: Tensor,

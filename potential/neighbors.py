@@ -140,7 +140,8 @@ def _block_pairs(a_lo: int, a_hi: int, batch: Tensor, cbin: Tensor, n_off: Tenso
     q_atom = q_atom + a_lo
     g = batch.index_select(0, q_atom)
     # [Q,3] unwrapped target bin
-    u = cbin.index_select(0, q_atom) + off_table.index_select(0, off_first.index_select(0, g) + q)
+    off = off_table.index_select(0, off_first.index_select(0, g) + q)
+    u = cbin.index_select(0, q_atom) + off
     nbg = nb.index_select(0, g)
     perg = periodic.index_select(0, g)
     tb = torch.where(perg, torch.remainder(u, nbg), u)
@@ -156,6 +157,9 @@ def _block_pairs(a_lo: int, a_hi: int, batch: Tensor, cbin: Tensor, n_off: Tenso
         cnt = torch.searchsorted(sorted_id, tid, right=True) - start
     cnt = torch.where(valid, cnt, torch.zeros_like(cnt))
     keep = torch.nonzero(cnt > 0).squeeze(1)
+    # half lists: the bin offsets are one of each pair +-o; offset 0 (same bin, same image) gives
+    # both directions of its pairs, keep i < j there
+    zero_off = (off.index_select(0, keep) == 0).all(dim=1)
     q_atom = q_atom.index_select(0, keep)
     start = start.index_select(0, keep)
     cnt = cnt.index_select(0, keep)
@@ -206,15 +210,11 @@ def _block_pairs(a_lo: int, a_hi: int, batch: Tensor, cbin: Tensor, n_off: Tenso
         j = j.index_select(0, notself)
         shp = shp.index_select(0, notself) - wrap_l.index_select(0, j) + wrap_l.index_select(0, i)
         if half:
-            # one direction per pair: i < j, or i == j with the first non-zero shift component > 0
-            s0 = shp[:, 0]
-            s1 = shp[:, 1]
-            s2 = shp[:, 2]
-            pos_shift = (s0 > 0) | ((s0 == 0) & ((s1 > 0) | ((s1 == 0) & (s2 > 0))))
-            keep = torch.nonzero((i < j) | ((i == j) & pos_shift)).squeeze(1)
-            i = i.index_select(0, keep)
-            j = j.index_select(0, keep)
-            shp = shp.index_select(0, keep)
+            zo = zero_off.index_select(0, owner.index_select(0, notself))
+            keep2 = torch.nonzero((i < j) | ~zo).squeeze(1)
+            i = i.index_select(0, keep2)
+            j = j.index_select(0, keep2)
+            shp = shp.index_select(0, keep2)
         out_i.append(i)
         out_j.append(j)
         out_s.append(shp.to(dtype))  # small integers: exact in any float dtype
@@ -229,8 +229,8 @@ def batched_neighbor_list(positions: Tensor, cutoff: float, cell: Tensor, pbc: T
     batch [N] long (graph of each atom, 0..B-1), num_graphs B.
     bins_per_cutoff: bins per cutoff length m (0: automatic).
     chunk_size: candidate pairs handled at once (bounds the temporary memory).
-    half: return each pair once (the direction with i < j, or for an atom and its own image the
-    shift whose first non-zero component is positive); the other direction is (j, i, -shift).
+    half: return each pair once (one of its two directions; the other is (j, i, -shift)), found
+    from half of the bin offsets (about half the work of the full list).
     Returns idx_i [E] long, idx_j [E] long, shifts [E,3] (integer cell offsets, positions' dtype).
     """
     device = positions.device
@@ -350,6 +350,12 @@ def batched_neighbor_list(positions: Tensor, cutoff: float, cell: Tensor, pbc: T
     gap2 = (gap * gap).sum(dim=1)                                # [O]
     use = (grid.abs().unsqueeze(0) <= K.unsqueeze(1)).all(dim=2)  # [B,O]
     use = use & (lam.unsqueeze(1) * gap2.unsqueeze(0) < rc * rc)
+    if half:
+        # one of each pair of opposite offsets (lexicographically >= 0): each pair is found once
+        g0 = grid[:, 0]
+        g1 = grid[:, 1]
+        g2 = grid[:, 2]
+        use = use & ((g0 > 0) | ((g0 == 0) & ((g1 > 0) | ((g1 == 0) & (g2 >= 0))))).unsqueeze(0)
     n_off = use.sum(dim=1)                                        # [B]
     off_first = _exclusive_cumsum(n_off)
     off_table = grid[torch.nonzero(use)[:, 1]]                    # [sum n_off, 3], by graph
