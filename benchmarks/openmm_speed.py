@@ -1,19 +1,34 @@
 #!/usr/bin/env python
-"""OpenMM speed of a so3krates model: ms/step and ns/day vs number of atoms (TIP3P water boxes).
+"""OpenMM speed of a so3krates model and OpenMM's overhead over calling the exported module.
 
-    python benchmarks/openmm_speed.py --model model.pt          # full size scan
-    python benchmarks/openmm_speed.py --quick                   # stand-in model, 2 small boxes
+    python benchmarks/openmm_speed.py --model examples/models/so3krates_demo.pt   # shipped model
+    python benchmarks/openmm_speed.py --quick                                      # CI-sized
 
-For every box it measures
-  direct   the exported module called directly from Python (energy + forces, Å/eV), ms/call
-  wrapper  the scripted nm/kJ/mol wrapper that the TorchForce runs, called from Python, ms/call
-  torch    MD with the openmmtorch.TorchForce (LangevinMiddleIntegrator, whole box ML), ms/step
-  python   MD with the openmm.PythonForce route, ms/step
-and reports the overhead of each OpenMM route over the direct call (ms/step − ms/call) and ns/day
-at the given timestep. On a busy machine that difference is noisy, so it also measures the
-plumbing alone: MD steps with a zero-cost TorchForce (tf-zero) and PythonForce (pf-zero). Prints a table; writes JSON to benchmarks/results/openmm_speed.json.
-Without --model the non-physical Morse stand-in (brute-force O(N²) pairs) is used: its absolute
-times say nothing about So3krates, only the OpenMM overheads are meaningful.
+Systems: periodic TIP3P water boxes (OpenMM ``Modeller.addSolvent``), whole box by the model,
+LangevinMiddleIntegrator, 0.5 fs, the model in its file's dtype unless ``--dtype``. For every
+box, in interleaved rounds (each round times every caller once, back to back, so that a change
+in the load of a shared machine hits all of them alike):
+
+  direct    the exported module called from Python (positions nm → Å tensor, energy + forces,
+            forces to numpy) with its parameters set up for inference (no gradients; what the
+            PythonForce route does, and what openmm-torch's torch::jit::freeze does for the
+            TorchForce): ms/call. This is the baseline "calling the exported module".
+  torch     MD steps with ``so3krates.openmm.torch_force`` (openmmtorch.TorchForce): ms/step
+  python    MD steps with ``so3krates.openmm.python_force`` (openmm.PythonForce): ms/step
+  tf-zero   MD steps with a zero-cost TorchForce (returns zeros): OpenMM's own per-step cost
+  pf-zero   the same through PythonForce
+
+Reported (medians over rounds; the spread is the 25–75 % range of the per-round values):
+  end-to-end overhead = median over rounds of (route ms/step / direct ms/call − 1), in % —
+                        paired within a round, so slow drifts of the machine's load cancel;
+  plumbing overhead   = median zero-cost ms/step / median direct ms/call, in %;
+  ns/day              = timestep / median ms/step.
+Verdict: PASS when the median end-to-end overhead of the TorchForce route is ≤ --target (10 %).
+Wall-clock times are the primary numbers; per-round process CPU times are recorded too (less
+sensitive to other jobs). OpenMM's CPU platform is run with as many threads as torch
+(``--threads``, default 1) so that both sides use the same cores.
+``--model`` defaults to the shipped model (examples/models/so3krates_demo.pt, float32).
+Writes ``benchmarks/results/openmm_speed.json`` (``openmm_speed_quick.json`` with --quick).
 """
 
 from __future__ import annotations
@@ -24,10 +39,9 @@ import os
 import platform as pyplatform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import so3krates.openmm as so_mm  # imports torch before openmm's Torch plugins are used
 import numpy as np
@@ -35,72 +49,86 @@ import openmm
 import openmm.app as app
 import openmm.unit as unit
 import torch
-from so3krates.openmm.standin import make_standin_model
+from so3krates.openmm.torch_force import cast_model, for_inference, import_openmmtorch, resolve_dtype
 
 ROOT = Path(__file__).resolve().parents[1]
-WARMUP = 5
+SHIPPED = ROOT / "examples" / "models" / "so3krates_demo.pt"
+WARMUP = 3  # TorchScript's profiling executor specialises during the first calls
 
 
 def water_box(edge_nm: float):
     forcefield = app.ForceField("amber14-all.xml", "amber14/tip3p.xml")
     modeller = app.Modeller(app.Topology(), [])
     modeller.addSolvent(forcefield, model="tip3p", boxSize=openmm.Vec3(edge_nm, edge_nm, edge_nm) * unit.nanometer)
-    pos = np.asarray(modeller.positions.value_in_unit(unit.nanometer))
-    return modeller.topology, pos
+    return modeller.topology, np.asarray(modeller.positions.value_in_unit(unit.nanometer))
 
 
-def direct_caller(model_path, top, pos_nm, dtype):
-    """The exported module called from Python (Å, eV), incl. the nm→Å conversion a caller does."""
-    module, _ = so_mm.load_model(model_path)
-    tdtype = getattr(torch, dtype)
-    module = module.to(tdtype)
+Timer = Callable[[int], Tuple[float, float]]  # n calls/steps → (wall s, process CPU s)
+
+
+def _timed(work: Callable[[], None]) -> Tuple[float, float]:
+    w0, c0 = time.perf_counter(), time.process_time()
+    work()
+    return time.perf_counter() - w0, time.process_time() - c0
+
+
+def direct_timer(model_path, top, pos_nm, dtype: Optional[str], as_loaded: bool = False) -> Timer:
+    """The exported module called from Python (Å, eV), including the nm→Å conversion a caller
+    does, set up for inference (parameters without gradients) unless ``as_loaded``."""
+    module, metadata = so_mm.load_model(model_path)
+    tdtype = resolve_dtype(dtype, metadata)
+    module = cast_model(module, tdtype, metadata)
+    if not as_loaded:
+        module = for_inference(module)
     box = np.asarray(top.getPeriodicBoxVectors().value_in_unit(unit.nanometer))
     z = torch.tensor([a.element.atomic_number for a in top.atoms()], dtype=torch.long)
     cell = torch.tensor(box * 10.0, dtype=tdtype)
     pbc = torch.ones(3, dtype=torch.bool)
-    pos64 = torch.tensor(pos_nm, dtype=torch.float64)
 
-    def call(n):
-        for _ in range(n):
-            out = module(pos64.to(tdtype) * 10.0, z, cell, pbc, 0.0, 0.0, True, False)
-            out["forces"].numpy()
-    return call
+    def call():
+        pos = (torch.from_numpy(pos_nm) * 10.0).to(tdtype)
+        out = module(pos, z, cell, pbc, 0.0, 0.0, True, False)
+        # what an engine does with the result; returning drops ``out``, whose energy still holds
+        # the autograd graph (keeping it alive into the next call would slow that call down)
+        return float(out["energy"].detach()), out["forces"].detach().numpy()
 
+    def timer(n):
+        call()  # untimed, like the evaluation in md_timer's setVelocitiesToTemperature: every
+        # caller starts its timed calls warm (caches, allocator) after the other callers ran
 
-def wrapper_caller(model_path, top, pos_nm, dtype):
-    """The scripted OpenMM wrapper (nm, kJ/mol) that the TorchForce runs, called from Python."""
-    wrapper, _ = so_mm.build_wrapper(model_path, top, dtype=dtype)
-    box = torch.tensor(np.asarray(top.getPeriodicBoxVectors().value_in_unit(unit.nanometer)))
-    pos = torch.tensor(pos_nm, dtype=torch.float64)
-
-    def call(n):
-        for _ in range(n):
-            wrapper(pos, box)
-    return call
+        def work():
+            for _ in range(n):
+                call()
+        return _timed(work)
+    return timer
 
 
-def md_caller(force, top, pos_nm, platform_name, timestep_fs):
-    """n MD steps (LangevinMiddleIntegrator) with the force as the only interaction."""
+def md_timer(force, top, pos_nm, platform_name, timestep_fs, threads) -> Timer:
+    """n MD steps (LangevinMiddleIntegrator) with ``force`` as the only interaction."""
     system = openmm.System()
     system.setDefaultPeriodicBoxVectors(*top.getPeriodicBoxVectors())
     for a in top.atoms():
         system.addParticle(a.element.mass)
     system.addForce(force)
     integrator = openmm.LangevinMiddleIntegrator(300 * unit.kelvin, 1 / unit.picosecond, timestep_fs * unit.femtosecond)
-    ctx = openmm.Context(system, integrator, openmm.Platform.getPlatformByName(platform_name))
-    ctx.setPositions(pos_nm * unit.nanometer)
-    ctx.setVelocitiesToTemperature(300 * unit.kelvin, 1)
+    platform = openmm.Platform.getPlatformByName(platform_name)
+    props = {"Threads": str(threads)} if platform_name == "CPU" else {}
+    ctx = openmm.Context(system, integrator, platform, props)
 
-    def call(n):
-        # restart from the initial box every round: an untrained model (or the stand-in) may
-        # not keep water stable for long, and the timing should not depend on how far it drifted
+    def timer(n):
+        # restart from the initial box every round: the timing should not depend on how far the
+        # trajectory drifted (the model is evaluated on the same kind of configuration as direct);
+        # setVelocitiesToTemperature evaluates the forces once (untimed), then step(n) n times
         ctx.setPositions(pos_nm * unit.nanometer)
         ctx.setVelocitiesToTemperature(300 * unit.kelvin, 1)
-        t0 = time.perf_counter()
-        integrator.step(n)
-        ctx.getState(getEnergy=True)  # synchronise
-        return time.perf_counter() - t0
-    return call
+
+        def work():
+            integrator.step(n)  # n force evaluations: each step computes the forces once
+            # synchronise (GPU platforms) without an extra evaluation: getEnergy=True would call
+            # the model once more (a TorchForce that outputs forces computes both together)
+            ctx.getState(getPositions=True)
+        return _timed(work)
+    return timer
 
 
 class ZeroForces(torch.nn.Module):
@@ -111,121 +139,185 @@ class ZeroForces(torch.nn.Module):
         return positions.sum() * 0.0, torch.zeros_like(positions)
 
 
-def zero_forces_python(n_atoms: int):
-    def compute(state):
-        state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
-        return 0.0, np.zeros((n_atoms, 3))
-    return compute
+class ZeroPython:
+    """A PythonForce computation that costs nothing beyond reading the positions."""
+
+    def __init__(self, n_atoms: int):
+        self.n_atoms = n_atoms
+
+    def __call__(self, state):
+        state.getPositions(asNumpy=True)
+        return 0.0, np.zeros((self.n_atoms, 3))
 
 
-def plumbing_callers(top, pos_nm, platform_name, timestep_fs):
-    """MD with zero-cost forces through the TorchForce and the PythonForce machinery."""
-    from so3krates.openmm.torch_force import import_openmmtorch
+def zero_forces(n_atoms: int) -> Dict[str, openmm.Force]:
     tf = import_openmmtorch().TorchForce(torch.jit.script(ZeroForces()))
     tf.setOutputsForces(True)
     tf.setUsesPeriodicBoundaryConditions(True)
-    pf = openmm.PythonForce(zero_forces_python(top.getNumAtoms()))
+    pf = openmm.PythonForce(ZeroPython(n_atoms))
     pf.setUsesPeriodicBoundaryConditions(True)
-    return {"torchforce_plumbing": md_caller(tf, top, pos_nm, platform_name, timestep_fs),
-            "pythonforce_plumbing": md_caller(pf, top, pos_nm, platform_name, timestep_fs)}
+    return {"tf_zero": tf, "pf_zero": pf}
 
 
-def measure(callers: dict, per_round: int, rounds: int) -> dict:
-    """ms per call of each caller: warm up, then ``rounds`` interleaved rounds, best round.
+def measure(timers: Dict[str, Timer], per_round: Dict[str, int], rounds: int) -> Dict[str, dict]:
+    """Warm up, then ``rounds`` interleaved rounds; per caller the per-round ms per call (wall, CPU)."""
+    for name, timer in timers.items():
+        timer(WARMUP)
+    wall = {k: [] for k in timers}
+    cpu = {k: [] for k in timers}
+    for r in range(rounds):
+        names = list(timers) if r % 2 == 0 else list(reversed(timers))  # alternate the order too
+        for name in names:
+            w, c = timers[name](per_round[name])
+            wall[name].append(1e3 * w / per_round[name])
+            cpu[name].append(1e3 * c / per_round[name])
+    return {k: {"wall_ms": wall[k], "cpu_ms": cpu[k]} for k in timers}
 
-    Interleaving and taking the best round make the comparison robust on a busy machine."""
-    for call in callers.values():
-        call(WARMUP)  # TorchScript's profiling executor optimises after the first calls
-    best = {k: float("inf") for k in callers}
-    for _ in range(rounds):
-        for k, call in callers.items():
-            t0 = time.perf_counter()
-            elapsed = call(per_round)  # callers that need set-up time their own work
-            if elapsed is None:
-                elapsed = time.perf_counter() - t0
-            best[k] = min(best[k], 1e3 * elapsed / per_round)
-    return best
+
+def _q(values: List[float], q: float) -> float:
+    return float(np.quantile(np.asarray(values), q))
+
+
+def summarise(samples: Dict[str, dict], timestep_fs: float) -> dict:
+    base_w = samples["direct"]["wall_ms"]
+    base_c = samples["direct"]["cpu_ms"]
+    row = {"direct_ms_per_call": statistics.median(base_w),
+           "direct_ms_per_call_q25_q75": [_q(base_w, 0.25), _q(base_w, 0.75)],
+           "direct_cpu_ms_per_call": statistics.median(base_c)}
+    for route in ("torch", "python"):
+        if route not in samples:
+            continue
+        w, c = samples[route]["wall_ms"], samples[route]["cpu_ms"]
+        ratio_w = [100.0 * (a / b - 1.0) for a, b in zip(w, base_w)]
+        ratio_c = [100.0 * (a / b - 1.0) for a, b in zip(c, base_c)]
+        med = statistics.median(w)
+        row.update({
+            f"{route}_ms_per_step": med,
+            f"{route}_ms_per_step_q25_q75": [_q(w, 0.25), _q(w, 0.75)],
+            f"{route}_ns_per_day": timestep_fs * 1e-6 * 86400.0 / (med * 1e-3),
+            f"{route}_overhead_pct": statistics.median(ratio_w),
+            f"{route}_overhead_pct_q25_q75": [_q(ratio_w, 0.25), _q(ratio_w, 0.75)],
+            f"{route}_overhead_pct_cpu": statistics.median(ratio_c),
+        })
+    for zero, route in (("tf_zero", "torch"), ("pf_zero", "python")):
+        if zero in samples:
+            med = statistics.median(samples[zero]["wall_ms"])
+            row[f"{route}_plumbing_ms_per_step"] = med
+            row[f"{route}_plumbing_pct"] = 100.0 * med / row["direct_ms_per_call"]
+    return row
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", help="exported so3krates model (default: the Morse stand-in)")
-    p.add_argument("--quick", action="store_true", help="two small boxes, few steps")
-    p.add_argument("--boxes", type=float, nargs="*", help="box edges in nm")
-    p.add_argument("--steps", type=int, default=None,
-                   help="calls / MD steps per timed round (scaled down as 400/atoms for big boxes)")
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--model", help="exported so3krates model (default: the shipped examples/models/so3krates_demo.pt)")
+    p.add_argument("--quick", action="store_true", help="two small boxes, few rounds")
+    p.add_argument("--boxes", type=float, nargs="*", help="box edges in nm (default 1.2 1.6 2.0 2.5)")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 13; 3 with --quick)")
+    p.add_argument("--calls", type=int, default=None,
+                   help="model calls / MD steps per round and caller at 150 atoms (scaled as 1/atoms, "
+                        "at least 3; default 6, 3 with --quick)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default=None,
+                   help="default: the dtype the model file was exported in")
     p.add_argument("--platform", default="CPU")
     p.add_argument("--timestep", type=float, default=0.5, help="fs (whole-box ML: no constraints)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: OMP_NUM_THREADS or torch's)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads and OpenMM CPU threads (default 1)")
+    p.add_argument("--target", type=float, default=10.0, help="overhead target in %% (default 10)")
     p.add_argument("--no-python-force", action="store_true")
-    p.add_argument("--label", default=None, help="free text stored in the JSON (what the model is)")
-    p.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "openmm_speed.json"))
+    p.add_argument("--direct-as-loaded", action="store_true",
+                   help="baseline with the parameters as torch.jit.load leaves them (requires_grad=True: "
+                        "~20%% slower on CPU) instead of set up for inference")
+    p.add_argument("--output", default=None)
     args = p.parse_args(argv)
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    boxes = args.boxes or ([1.2, 1.6] if args.quick else [1.2, 1.6, 2.0, 2.5])
-    steps = args.steps or (5 if args.quick else 10)
-    rounds = 3 if args.quick else 5
-    tmpdir = tempfile.TemporaryDirectory()
-    stand_in = args.model is None
-    model = args.model or make_standin_model(Path(tmpdir.name) / "standin.pt", species=(1, 8), cutoff=5.0)
+    torch.set_num_threads(args.threads)
+    model = args.model or str(SHIPPED)
+    if not os.path.isfile(model):
+        p.error(f"model file {model} not found: pass --model model.pt (a file from `so3krates export`)")
     _, metadata = so_mm.load_model(model)
+    dtype = args.dtype or metadata.get("dtype", "float64")
+    boxes = args.boxes or ([1.2, 1.6] if args.quick else [1.2, 1.6, 2.0, 2.5])
+    rounds = args.rounds or (3 if args.quick else 13)
+    calls = args.calls or (3 if args.quick else 6)
+    output = Path(args.output or ROOT / "benchmarks" / "results" /
+                  ("openmm_speed_quick.json" if args.quick else "openmm_speed.json"))
 
-    rows = []
-    header = (f"{'atoms':>6} {'box nm':>6} {'direct ms':>10} {'wrapper ms':>10} {'torch ms/step':>13} {'overhead':>9} "
-              f"{'ns/day':>8} {'python ms/step':>13} {'overhead':>9} {'ns/day':>8} {'tf-zero':>8} {'pf-zero':>8}")
-    print(f"model: {model}{' (stand-in: Morse, O(N^2))' if stand_in else ''}; dtype {args.dtype}; "
-          f"platform {args.platform}; torch threads {torch.get_num_threads()}; dt {args.timestep} fs")
+    print(f"model: {model} ({metadata.get('num_layers')} layers, cutoff {metadata.get('cutoff')} Å, "
+          f"{metadata.get('num_parameters')} parameters); dtype {dtype}; platform {args.platform}; "
+          f"{args.threads} thread(s); dt {args.timestep} fs; {rounds} interleaved rounds; "
+          f"load average {os.getloadavg()[0]:.1f}")
+    header = (f"{'atoms':>6} {'direct ms':>10} {'torch ms/step':>13} {'ns/day':>7} {'overhead %':>16} "
+              f"{'python ms/step':>14} {'ns/day':>7} {'overhead %':>16} {'tf-zero ms':>10} {'%':>6} "
+              f"{'pf-zero ms':>10} {'%':>6}")
     print(header)
+    rows = []
     for edge in boxes:
         top, pos = water_box(edge)
         n = top.getNumAtoms()
-        callers = {"direct": direct_caller(model, top, pos, args.dtype),
-                   "wrapper": wrapper_caller(model, top, pos, args.dtype),
-                   "torchforce": md_caller(so_mm.torch_force(model, top, dtype=args.dtype), top, pos,
-                                           args.platform, args.timestep)}
+        timers = {"direct": direct_timer(model, top, pos, dtype, args.direct_as_loaded),
+                  "torch": md_timer(so_mm.torch_force(model, top, dtype=dtype), top, pos, args.platform,
+                                    args.timestep, args.threads)}
         if not args.no_python_force:
-            callers["pythonforce"] = md_caller(so_mm.python_force(model, top, dtype=args.dtype, device="cpu"),
-                                               top, pos, args.platform, args.timestep)
-        # fewer calls per round for big boxes (keeps the scan to minutes on a CPU)
-        ms = measure(callers, max(2, min(steps, (steps * 400) // n)), rounds)
-        ms.update(measure(plumbing_callers(top, pos, args.platform, args.timestep), 20, rounds))
-        row = {"atoms": n, "box_nm": edge, "direct_ms_per_call": ms["direct"], "wrapper_ms_per_call": ms["wrapper"]}
-        line = f"{n:6d} {edge:6.2f} {ms['direct']:10.2f} {ms['wrapper']:10.2f}"
-        for key in ("torchforce", "pythonforce"):
-            if key in ms:
-                nsday = args.timestep * 1e-6 * 86400.0 / (ms[key] * 1e-3)
-                row.update({f"{key}_ms_per_step": ms[key], f"{key}_overhead_ms": ms[key] - ms["direct"],
-                            f"{key}_ns_per_day": nsday})
-                line += f" {ms[key]:13.2f} {ms[key] - ms['direct']:9.2f} {nsday:8.3f}"
-        row["torchforce_plumbing_ms_per_step"] = ms["torchforce_plumbing"]
-        row["pythonforce_plumbing_ms_per_step"] = ms["pythonforce_plumbing"]
-        line += f" {ms['torchforce_plumbing']:8.3f} {ms['pythonforce_plumbing']:8.3f}"
+            timers["python"] = md_timer(so_mm.python_force(model, top, dtype=dtype, device="cpu"), top, pos,
+                                        args.platform, args.timestep, args.threads)
+        zero = zero_forces(n)
+        timers["tf_zero"] = md_timer(zero["tf_zero"], top, pos, args.platform, args.timestep, args.threads)
+        if not args.no_python_force:
+            timers["pf_zero"] = md_timer(zero["pf_zero"], top, pos, args.platform, args.timestep, args.threads)
+        k = max(3, (calls * 150) // n)
+        per_round = {name: (k if name in ("direct", "torch", "python") else 50) for name in timers}
+        samples = measure(timers, per_round, rounds)
+        row = {"atoms": n, "box_nm": edge, "calls_per_round": k, **summarise(samples, args.timestep),
+               "samples": samples}
         rows.append(row)
+
+        def cell(route):
+            if f"{route}_ms_per_step" not in row:
+                return f"{'—':>14} {'—':>7} {'—':>16}"
+            q = row[f"{route}_overhead_pct_q25_q75"]
+            spread = f"{row[f'{route}_overhead_pct']:+.1f} [{q[0]:+.0f},{q[1]:+.0f}]"
+            return f"{row[f'{route}_ms_per_step']:14.1f} {row[f'{route}_ns_per_day']:7.3f} {spread:>16}"
+        line = (f"{n:6d} {row['direct_ms_per_call']:10.1f} {cell('torch')[1:]} {cell('python')} "
+                f"{row['torch_plumbing_ms_per_step']:10.3f} {row['torch_plumbing_pct']:6.2f} "
+                f"{row.get('python_plumbing_ms_per_step', float('nan')):10.3f} "
+                f"{row.get('python_plumbing_pct', float('nan')):6.2f}")
         print(line, flush=True)
 
+    worst = max(r["torch_overhead_pct"] for r in rows)
+    worst_plumbing = max(r["torch_plumbing_pct"] for r in rows)
+    verdict = "PASS" if worst <= args.target else "FAIL"
+    print(f"verdict (TorchForce, target ≤ {args.target:g} %): {verdict} — end-to-end median overhead at most "
+          f"{worst:+.1f} %, OpenMM plumbing at most {worst_plumbing:.2f} % of a model call")
+    if not args.no_python_force:
+        worst_py = max(r["python_overhead_pct"] for r in rows)
+        print(f"PythonForce route: end-to-end median overhead at most {worst_py:+.1f} % "
+              f"({'within' if worst_py <= args.target else 'above'} the target)")
+
     result = {
-        "benchmark": "openmm_speed", "model": os.fspath(args.model) if args.model else "stand-in",
-        "stand_in": stand_in, "label": args.label, "model_metadata": {k: metadata.get(k) for k in ("model", "package_version", "cutoff", "cutoff_lr", "species", "dtype",
+        "benchmark": "openmm_speed",
+        "model": os.path.relpath(model, ROOT) if Path(model).resolve().is_relative_to(ROOT) else model,
+        "model_metadata": {k: metadata.get(k) for k in ("model", "package_version", "cutoff", "species", "dtype",
                                                           "num_layers", "num_parameters")},
         "model_features": (metadata.get("config") or {}).get("num_features"),
-        "dtype": args.dtype, "platform": args.platform, "timestep_fs": args.timestep, "steps_per_round": steps, "rounds": rounds,
-        "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "openmm": openmm.__version__,
+        "direct_baseline": "as loaded (parameters require grad)" if args.direct_as_loaded else
+                           "set up for inference (parameters without gradients)",
+        "dtype": dtype, "platform": args.platform, "timestep_fs": args.timestep, "rounds": rounds,
+        "threads": args.threads, "torch": torch.__version__, "openmm": openmm.__version__,
         "machine": pyplatform.node(), "cpu_count": os.cpu_count(), "quick": args.quick,
-        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": rows,
-        "load_average": os.getloadavg(),
-        "notes": "best of interleaved rounds; overhead = OpenMM ms/step - direct module ms/call "
-                 "(energy+forces; noisy on a busy machine); *_plumbing_ms_per_step = MD step with a "
-                 "zero-cost force through the same route; the stand-in's absolute times are not So3krates'",
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "load_average": os.getloadavg(),
+        "target_overhead_pct": args.target, "verdict_torchforce": verdict,
+        "max_torchforce_overhead_pct": worst, "max_torchforce_plumbing_pct": worst_plumbing,
+        "rows": rows,
+        "notes": "medians over interleaved rounds (wall clock); *_overhead_pct = median over rounds of "
+                 "(route ms/step / direct ms/call - 1) x 100, paired within a round, *_q25_q75 its "
+                 "spread; *_overhead_pct_cpu the same from process CPU time; *_plumbing_* = MD step with "
+                 "a zero-cost force through the same route (pure OpenMM cost), % of a direct model call; "
+                 "samples = per-round ms per call/step",
     }
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(out)
-    print(f"wrote {out}")
+    tmp.replace(output)
+    print(f"wrote {output}")
     return 0
 
 

@@ -56,7 +56,8 @@ def parse_args(argv=None):
     p.add_argument("--ml-region", choices=["peptide", "all"], default="peptide")
     p.add_argument("--implementation", choices=["torch", "python"], default="torch",
                    help="openmmtorch.TorchForce or openmm.PythonForce")
-    p.add_argument("--dtype", choices=["float64", "float32"], default="float32")
+    p.add_argument("--dtype", choices=["float64", "float32"], default=None,
+                   help="model precision (default: the dtype the file was exported in; float32 for the shipped model)")
     p.add_argument("--platform", default=None, help="OpenMM platform (default: fastest available)")
     p.add_argument("--minimize-iterations", type=int, default=500)
     p.add_argument("--seed", type=int, default=1)
@@ -79,7 +80,8 @@ def main(argv=None):
           f"{sum(1 for r in top.residues() if r.name == 'HOH')} TIP3P waters = {top.getNumAtoms()} atoms, "
           f"box {box_edge:.3f} nm")
 
-    potential = MLPotential("so3krates", modelPath=args.model, dtype=args.dtype,
+    dtype = args.dtype or so3krates.openmm.load_model(args.model)[1].get("dtype", "float64")
+    potential = MLPotential("so3krates", modelPath=args.model, dtype=dtype,
                             implementation=args.implementation)
     if args.ml_region == "peptide":
         cutoff = min(0.9, 0.5 * box_edge - 0.05)
@@ -97,7 +99,7 @@ def main(argv=None):
     simulation = app.Simulation(top, system, integrator, **kw)
     simulation.context.setPositions(pos)
     print(f"platform: {simulation.context.getPlatform().getName()}; ML region: {args.ml_region} "
-          f"({args.implementation} force, {args.dtype}); timestep {timestep} fs")
+          f"({args.implementation} force, {dtype}); timestep {timestep} fs")
 
     e0 = simulation.context.getState(getEnergy=True).getPotentialEnergy()
     simulation.minimizeEnergy(maxIterations=args.minimize_iterations)
@@ -140,9 +142,10 @@ def main(argv=None):
     ns_per_day = args.steps * timestep * 1e-6 / (wall / 86400.0)
     summary = {
         "model": os.fspath(args.model), "ml_region": args.ml_region,
-        "implementation": args.implementation, "dtype": args.dtype,
+        "implementation": args.implementation, "dtype": dtype,
         "platform": simulation.context.getPlatform().getName(), "atoms": top.getNumAtoms(),
-        "ml_atoms": len(ml_atoms), "steps": args.steps, "timestep_fs": timestep,
+        "ml_atoms": len(ml_atoms) if args.ml_region == "peptide" else top.getNumAtoms(),
+        "steps": args.steps, "timestep_fs": timestep,
         "target_K": args.temperature, "temperatures_K": temps, "potential_energy_kJ_mol": epots,
         "mean_temperature_second_half_K": float(np.mean(temps[len(temps) // 2:])) if temps else None,
         "finite": finite, "wall_s": wall, "ms_per_step": 1e3 * wall / max(args.steps, 1),

@@ -6,14 +6,19 @@
 >>> mixed = potential.createMixedSystem(topology, mm_system, ml_atoms)  # ML region in MM
 
 Arguments of ``MLPotential('so3krates', ...)`` (each may be overridden per call in
-``createSystem``/``createMixedSystem``):
+``createSystem``/``createMixedSystem``). Values may be given as strings too (XML or command-line
+configs): booleans accept True/False, 1/0, "true"/"false", "yes"/"no", "on"/"off" (any case) —
+never ``bool("false")``; a bad value is an error naming the option.
   modelPath            file written by ``so3krates export`` (required)
   charge               total charge of the ML atoms, e (default 0)
   numUnpairedElectrons number of unpaired electrons (default 0); or ``multiplicity`` (= n + 1)
-  dtype                'float64' (default), 'float32', or None for the exported dtype
+  dtype                None (default: the dtype the file was exported in), 'float32' or 'float64'
   implementation       'torch' (openmmtorch.TorchForce, default) or 'python' (openmm.PythonForce)
   device               PythonForce only: 'cpu' / 'cuda' (default: cuda if available)
-  useCUDAGraphs        TorchForce only: set the ``useCUDAGraphs`` property
+  compile              PythonForce only: wrap the module in ``torch.compile`` (default False)
+  useCUDAGraphs        TorchForce only: TorchForce property ``useCUDAGraphs`` (CUDA platform)
+  CUDAGraphWarmupSteps TorchForce only: TorchForce property ``CUDAGraphWarmupSteps`` (int ≥ 0)
+  properties           TorchForce only: dict of further TorchForce properties, set unchanged
 Units: OpenMM nm, kJ/mol; model Å, eV (eV → kJ/mol ×96.48533212331002, CODATA 2018).
 """
 
@@ -26,12 +31,16 @@ from . import _torch_first  # noqa: F401
 import openmm
 import openmm.app
 
+from ._options import parse_bool, parse_float, parse_nonnegative_int, parse_optional_bool
+
 # No ``import openmmml`` at module level: openmmml imports its entry points (this module) while
 # it is itself being imported, so importing it here would be circular when this module is
 # imported first. MLPotential only calls ``createImpl`` and ``addForces`` (duck typing).
 
 _KEYS = ("modelPath", "charge", "numUnpairedElectrons", "multiplicity", "dtype", "implementation",
-         "device", "useCUDAGraphs", "compile")
+         "device", "compile", "useCUDAGraphs", "CUDAGraphWarmupSteps", "properties")
+_TORCH_ONLY = ("useCUDAGraphs", "CUDAGraphWarmupSteps", "properties")
+_PYTHON_ONLY = ("device", "compile")
 
 
 class So3kratesPotentialImplFactory:
@@ -53,32 +62,67 @@ class So3kratesPotentialImpl:
         self.args["modelPath"] = modelPath
 
     def _settings(self, args: dict) -> dict:
+        unknown = sorted(set(args) - set(_KEYS))
+        if unknown:
+            raise ValueError(f"MLPotential('so3krates'): unknown argument(s) {unknown} in createSystem/"
+                             f"createMixedSystem; known: {list(_KEYS)}")
         settings = dict(self.args)
-        settings.update({k: v for k, v in args.items() if k in _KEYS})
+        settings.update(args)
         if settings.get("modelPath") is None:
             raise ValueError("MLPotential('so3krates') needs modelPath='model.pt' (a file from `so3krates export`)")
-        if "multiplicity" in settings and "numUnpairedElectrons" not in settings:
-            settings["numUnpairedElectrons"] = int(settings["multiplicity"]) - 1
+        if settings.get("multiplicity") is not None:
+            multiplicity = parse_float("multiplicity", settings["multiplicity"])
+            if multiplicity < 1:
+                raise ValueError(f"multiplicity must be >= 1 (2S+1), got {settings['multiplicity']!r}")
+            unpaired = multiplicity - 1.0
+            given = settings.get("numUnpairedElectrons")
+            if given is not None and parse_float("numUnpairedElectrons", given) != unpaired:
+                raise ValueError(f"multiplicity={settings['multiplicity']!r} and numUnpairedElectrons={given!r} "
+                                 f"disagree (numUnpairedElectrons = multiplicity - 1): pass only one")
+            settings["numUnpairedElectrons"] = unpaired
+        implementation = str(settings.get("implementation") or "torch").strip().lower()
+        if implementation in ("torch", "torchforce"):
+            implementation = "torch"
+        elif implementation in ("python", "pythonforce"):
+            implementation = "python"
+        else:
+            raise ValueError(f"implementation must be 'torch' (openmmtorch.TorchForce) or 'python' "
+                             f"(openmm.PythonForce), got {settings.get('implementation')!r}")
+        settings["implementation"] = implementation
+        wrong = _PYTHON_ONLY if implementation == "torch" else _TORCH_ONLY
+        given = [k for k in wrong if settings.get(k) is not None]
+        if given:
+            other = "python" if implementation == "torch" else "torch"
+            raise ValueError(f"option(s) {given} apply only to implementation='{other}', but "
+                             f"implementation='{implementation}': drop them or switch implementation")
         return settings
 
     def addForces(self, topology: openmm.app.Topology, system: openmm.System,
                   atoms: Optional[Iterable[int]], forceGroup: int, **args):
         s = self._settings(args)
         periodic = topology.getPeriodicBoxVectors() is not None or system.usesPeriodicBoundaryConditions()
-        common = dict(atoms=None if atoms is None else list(atoms), charge=float(s.get("charge", 0.0)),
-                      num_unpaired_electrons=float(s.get("numUnpairedElectrons", 0.0)),
-                      dtype=s.get("dtype", "float64"), force_group=forceGroup, periodic=periodic)
-        implementation = str(s.get("implementation", "torch")).lower()
-        if implementation in ("torch", "torchforce"):
+        def number(key):
+            return 0.0 if s.get(key) is None else parse_float(key, s[key])
+
+        common = dict(atoms=None if atoms is None else list(atoms), charge=number("charge"),
+                      num_unpaired_electrons=number("numUnpairedElectrons"),
+                      dtype=s.get("dtype"), force_group=forceGroup, periodic=periodic)
+        if s["implementation"] == "torch":
             from .torch_force import torch_force
-            force = torch_force(s["modelPath"], topology, use_cuda_graphs=bool(s.get("useCUDAGraphs", False)),
-                                **common)
-        elif implementation in ("python", "pythonforce"):
+            properties = s.get("properties")
+            if properties is not None and not isinstance(properties, dict):
+                raise ValueError(f"properties must be a dict of TorchForce properties, got {properties!r}")
+            warmup = s.get("CUDAGraphWarmupSteps")
+            force = torch_force(s["modelPath"], topology,
+                                use_cuda_graphs=parse_optional_bool("useCUDAGraphs", s.get("useCUDAGraphs")),
+                                cuda_graph_warmup_steps=None if warmup is None else
+                                parse_nonnegative_int("CUDAGraphWarmupSteps", warmup),
+                                properties=properties, **common)
+        else:
             from .python_force import python_force
             force = python_force(s["modelPath"], topology, device=s.get("device"),
-                                 compile=bool(s.get("compile", False)), **common)
-        else:
-            raise ValueError(f"implementation must be 'torch' or 'python', got {implementation!r}")
+                                 compile=False if s.get("compile") is None else parse_bool("compile", s["compile"]),
+                                 **common)
         system.addForce(force)
 
 

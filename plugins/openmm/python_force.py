@@ -23,8 +23,9 @@ import openmm
 import openmm.app
 from openmm import unit
 
+from ._options import parse_bool
 from .torch_force import (EV_PER_A_TO_KJ_PER_MOL_NM, EV_TO_KJ_PER_MOL, NM_TO_ANGSTROM,
-                          ModelSource, atomic_numbers_from_topology, cast_model, load_model,
+                          ModelSource, atomic_numbers_from_topology, cast_model, for_inference, load_model,
                           read_model_bytes, resolve_dtype, select_atoms, topology_is_periodic)
 
 
@@ -74,7 +75,7 @@ class So3kratesComputation:
             module.eval()
             metadata = self.eager_metadata
         tdtype = resolve_dtype(self.dtype, metadata)
-        module = cast_model(module, tdtype, metadata)
+        module = for_inference(cast_model(module, tdtype, metadata))
         self._module = module
         self._tdtype = tdtype
         self._numbers = torch.tensor(self.atomic_numbers, dtype=torch.long, device=device)
@@ -137,14 +138,15 @@ def _eager_metadata(module: torch.nn.Module, metadata: Optional[dict]) -> dict:
 
 def python_force(model_path: Union[ModelSource, torch.nn.Module], topology: openmm.app.Topology,
                  atoms: Optional[Sequence[int]] = None, charge: float = 0.0,
-                 num_unpaired_electrons: float = 0.0, dtype: Union[str, torch.dtype, None] = "float64",
-                 force_group: int = 0, device: Optional[str] = None, compile: bool = False,
+                 num_unpaired_electrons: float = 0.0, dtype: Union[str, torch.dtype, None] = None,
+                 force_group: int = 0, device: Optional[str] = None, compile: Union[bool, str] = False,
                  periodic: Optional[bool] = None, num_threads: Optional[int] = None,
                  metadata: Optional[dict] = None) -> openmm.PythonForce:
     """Create an ``openmm.PythonForce`` computing the so3krates model's energy and forces.
 
     Same arguments and results as :func:`so3krates.openmm.torch_force` (Å/eV model,
-    nm/kJ/mol OpenMM), plus ``device`` ('cpu', 'cuda', ...; default cuda when available),
+    nm/kJ/mol OpenMM; ``dtype`` None = the file's), plus ``device`` ('cpu', 'cuda', ...; default
+    cuda when available),
     ``compile`` (wrap the module in ``torch.compile``; useful for eager modules — an exported
     TorchScript module is already compiled and gains nothing; the first call compiles, minutes on
     CPU) and ``num_threads`` (``torch.set_num_threads`` before each call; default: leave torch's).
@@ -164,6 +166,7 @@ def python_force(model_path: Union[ModelSource, torch.nn.Module], topology: open
             raise ValueError("pass the exported file's path (its metadata lives in the file), not a loaded ScriptModule")
         model_bytes, eager_metadata = read_model_bytes(model_path), None
         _, metadata = load_model(model_bytes)  # validates the file now rather than at the first step
+    compile = parse_bool("compile", compile)
     tdtype = resolve_dtype(dtype, metadata)
     indices = select_atoms(topology, atoms)
     numbers = atomic_numbers_from_topology(topology, indices, metadata)

@@ -22,6 +22,8 @@ from torch import Tensor, nn
 import openmm
 import openmm.app
 
+from ._options import parse_nonnegative_int, parse_optional_bool
+
 # 1 eV in kJ/mol: e * N_A / 1000 with exact SI-2019 constants (CODATA 2018).
 EV_TO_KJ_PER_MOL: float = 1.602176634e-19 * 6.02214076e23 / 1000.0  # 96.48533212331002
 NM_TO_ANGSTROM: float = 10.0
@@ -118,6 +120,15 @@ def cast_model(module: torch.jit.ScriptModule, dtype: torch.dtype, metadata: dic
     """Cast parameters/buffers to ``dtype`` when it differs from the exported dtype."""
     if resolve_dtype(None, metadata) != dtype:
         module = module.to(dtype)
+    return module
+
+
+def for_inference(module: torch.nn.Module) -> torch.nn.Module:
+    """Parameters without gradients: forces need ∂E/∂positions only, and autograd bookkeeping
+    for the weights (``torch.jit.load`` leaves ``requires_grad=True``) costs ~20 % of a call on
+    CPU. Results are unchanged. (openmm-torch's ``torch::jit::freeze`` does this for TorchForce.)"""
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
     return module
 
 
@@ -233,7 +244,7 @@ def build_wrapper(model_path: ModelSource, topology: openmm.app.Topology,
     """Load the model and return the scripted :class:`OpenMMWrapper` and the metadata."""
     model, metadata = load_model(model_path)
     tdtype = resolve_dtype(dtype, metadata)
-    model = cast_model(model, tdtype, metadata)
+    model = for_inference(cast_model(model, tdtype, metadata))
     indices = select_atoms(topology, atoms)
     numbers = atomic_numbers_from_topology(topology, indices, metadata)
     if periodic is None:
@@ -244,9 +255,9 @@ def build_wrapper(model_path: ModelSource, topology: openmm.app.Topology,
 
 def torch_force(model_path: ModelSource, topology: openmm.app.Topology,
                 atoms: Optional[Sequence[int]] = None, charge: float = 0.0,
-                num_unpaired_electrons: float = 0.0, dtype: Union[str, torch.dtype, None] = "float64",
-                force_group: int = 0, use_cuda_graphs: bool = False,
-                periodic: Optional[bool] = None, cuda_graph_warmup_steps: Optional[int] = None,
+                num_unpaired_electrons: float = 0.0, dtype: Union[str, torch.dtype, None] = None,
+                force_group: int = 0, use_cuda_graphs: Union[bool, str, None] = None,
+                periodic: Optional[bool] = None, cuda_graph_warmup_steps: Union[int, str, None] = None,
                 properties: Optional[Dict[str, str]] = None):
     """Create an ``openmmtorch.TorchForce`` computing the so3krates model's energy and forces.
 
@@ -260,16 +271,24 @@ def torch_force(model_path: ModelSource, topology: openmm.app.Topology,
         Only those are passed to the model; the other atoms get zero force.
     charge: total charge of the ML atoms (e); num_unpaired_electrons: their number of unpaired
         electrons (multiplicity − 1). Used by SO3LR-type models, ignored by purely local ones.
-    dtype: 'float64' (default), 'float32', or None for the dtype the model was exported in.
+    dtype: None (default: the dtype the file was exported in), 'float32' or 'float64'. A float32
+        file run in float64 computes in double precision with its float32-rounded weights and
+        constants: smooth to round-off, but ~1e-8 (energy) / ~2e-6 (largest force) relative away
+        from a float64 export of the same checkpoint; export with ``--dtype float64`` for
+        reference work (docs/openmm.md).
     force_group: OpenMM force group of the new force.
-    use_cuda_graphs: set the TorchForce property ``useCUDAGraphs`` (CUDA platform only);
-        ``cuda_graph_warmup_steps`` sets ``CUDAGraphWarmupSteps``.
+    use_cuda_graphs: True/False (or "true"/"false", ...) sets the TorchForce property
+        ``useCUDAGraphs`` (read by the CUDA platform only); None leaves openmm-torch's default
+        (off). ``cuda_graph_warmup_steps`` (int ≥ 0) sets ``CUDAGraphWarmupSteps``.
     periodic: override periodicity (default: topology has periodic box vectors).
     properties: further TorchForce properties, passed to ``setProperty`` unchanged.
 
     Units: OpenMM side nm, kJ/mol, kJ/mol/nm; model side Å, eV, eV/Å (see module docstring).
     """
     openmmtorch = import_openmmtorch()
+    use_cuda_graphs = parse_optional_bool("use_cuda_graphs", use_cuda_graphs)
+    if cuda_graph_warmup_steps is not None:
+        cuda_graph_warmup_steps = parse_nonnegative_int("cuda_graph_warmup_steps", cuda_graph_warmup_steps)
 
     module, metadata = build_wrapper(model_path, topology, atoms, charge, num_unpaired_electrons,
                                      dtype, periodic)
@@ -278,10 +297,10 @@ def torch_force(model_path: ModelSource, topology: openmm.app.Topology,
     force.setUsesPeriodicBoundaryConditions(bool(module.periodic))
     force.setForceGroup(int(force_group))
     force.setName("so3krates")
-    if use_cuda_graphs:
-        force.setProperty("useCUDAGraphs", "true")
+    if use_cuda_graphs is not None:
+        force.setProperty("useCUDAGraphs", "true" if use_cuda_graphs else "false")
     if cuda_graph_warmup_steps is not None:
-        force.setProperty("CUDAGraphWarmupSteps", str(int(cuda_graph_warmup_steps)))
+        force.setProperty("CUDAGraphWarmupSteps", str(cuda_graph_warmup_steps))
     for key, value in (properties or {}).items():
         force.setProperty(str(key), str(value))
     return force
