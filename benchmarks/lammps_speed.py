@@ -221,7 +221,8 @@ def main(argv=None) -> Dict:
         export_checkpoint(args.checkpoint, args.model, dtype="float32")
         source = os.path.relpath(os.path.abspath(args.checkpoint), ROOT) + " (exported float32)"
     else:
-        source = os.path.relpath(os.path.abspath(args.model), ROOT)
+        full = os.path.abspath(args.model)
+        source = os.path.relpath(full, ROOT) if full.startswith(str(ROOT)) else os.path.basename(full)
     meta = read_metadata(args.model)
     sizes = args.sizes or ([300, 1000] if args.quick else [300, 1000, 3000])
     steps = args.steps or (2 if args.quick else 4)

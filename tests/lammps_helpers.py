@@ -501,7 +501,7 @@ def engine_emulate(module, all_pos, all_z, owner, owned_sets, cell, pbc=(True, T
     return {"energy": energy, "forces": forces, "virial": virial, "counts": [r["counts"] for r in ranks]}
 
 
-def prune_stats(model_path, atoms, skin: float = 0.3) -> Dict[str, float]:
+def prune_stats(model_path, atoms, skin: float = 0.3, total_charge: float = 0.0) -> Dict[str, float]:
     """Pruned vs unpruned engine path of an exported file on one emulated rank that owns the periodic
     ``atoms`` (images within the module's ghost shell + ``skin``): largest differences of energy and
     forces, and the (atom, layer) feature updates each path computes."""
@@ -515,7 +515,7 @@ def prune_stats(model_path, atoms, skin: float = 0.3) -> Dict[str, float]:
     for prune in (True, False):
         module.prune = prune
         out[prune] = engine_emulate(module, all_pos, all_z, owner, [np.arange(n)], np.asarray(atoms.cell),
-                                    skin=skin)
+                                    total_charge=total_charge, skin=skin)
     cnt = out[True]["counts"][0]
     return {"max_abs_diff_energy": abs(out[True]["energy"] - out[False]["energy"]),
             "max_abs_diff_forces": float(np.abs(out[True]["forces"] - out[False]["forces"]).max()),

