@@ -5,6 +5,7 @@ the ghost/local atom ratio, the pruning speed-up and the overhead over the bare 
     python benchmarks/lammps_speed.py            # water boxes of ~300, 1000, 3000 atoms; 1 and 2 ranks
     python benchmarks/lammps_speed.py --quick    # ~300 and 1000 atoms, fewer steps
     python benchmarks/lammps_speed.py --model so3lr.pt --sizes 300 --ranks 1 2
+    python benchmarks/lammps_speed.py --random-features 16 --sizes 1000 3000 --ranks 1   # pruning at 1k-3k
 
 For every box: the bare exported module (``forward`` on the periodic box, its own neighbour list,
 energy + forces, one process, one thread) and real ``lmp`` under ``mpirun -np R`` (NVE, units metal,
@@ -194,6 +195,9 @@ def main(argv=None) -> Dict:
     p.add_argument("--model", default=None, help="exported model file (default: export --checkpoint)")
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
                    help="checkpoint exported (float32) when --model is not given (default: the demo model)")
+    p.add_argument("--random-features", type=int, default=0, metavar="F",
+                   help="instead: a random-weight local So3krates with F features (2 layers x 5 Å, receptive "
+                        "field 10 Å, H O, float32) - small activations, so that 'prune no' fits in memory")
     p.add_argument("--sizes", type=int, nargs="+", default=None, help="water box sizes (atoms)")
     p.add_argument("--ranks", type=int, nargs="+", default=[1, 2], help="MPI ranks (default 1 2)")
     p.add_argument("--steps", type=int, default=None, help="timed MD steps per run (default 4, quick 2)")
@@ -214,7 +218,22 @@ def main(argv=None) -> Dict:
 
     plugin_path()  # stops with the fix when the plugin was not built
     work = Path(tempfile.mkdtemp(prefix="lammps_speed_"))
-    if args.model is None:
+    if args.model is None and args.random_features > 0:
+        import torch
+
+        from so3krates.export.exporter import export_potential
+        from so3krates.potential.calculator import So3kratesPotential
+        from so3krates.potential.config import So3kratesConfig
+        from so3krates.potential.model import So3krates
+
+        torch.manual_seed(0)
+        f = args.random_features
+        cfg = So3kratesConfig(cutoff=5.0, num_layers=2, num_features=f, num_heads=2, num_features_head=f // 2,
+                              degrees=[1, 2], num_radial_basis_fn=16, energy_regression_dim=f, species=[1, 8])
+        args.model = str(work / "model.pt")
+        export_potential(So3kratesPotential(So3krates(cfg).eval()), args.model, dtype="float32")
+        source = f"random So3krates F={f}, 2 layers x 5 A (exported float32)"
+    elif args.model is None:
         from so3krates.export.exporter import export_checkpoint
 
         args.model = str(work / "model.pt")

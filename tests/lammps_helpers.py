@@ -355,6 +355,10 @@ def compare(res, ref, rtol: float, virial: bool = True) -> Dict[str, float]:
         v_err = float(np.abs(w - wref).max()) / max(1.0, float(np.abs(wref).max()))
         errs["virial"] = v_err
         assert v_err < rtol, (w, wref)
+        # per-atom virial (compute stress/atom, ghost parts reverse-communicated) sums to it
+        wa = -res["sasum"] / NKTV2P_METAL
+        errs["per_atom_virial_sum"] = float(np.abs(wa - wref).max()) / max(1.0, float(np.abs(wref).max()))
+        assert errs["per_atom_virial_sum"] < rtol, (wa, wref)
     return errs
 
 
