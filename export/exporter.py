@@ -57,6 +57,9 @@ def build_metadata(potential, dtype: Optional[str] = None) -> Dict[str, Any]:
         # layers x cutoff for the message passing, plus the long-range pair cutoff whose partner
         # charges/Hirshfeld ratios need the full receptive field themselves.
         "receptive_field": ExportedPotential.receptive_field_of(cfg),
+        # The ghost shell (Å) the staged engine entry points need: the long-range partners' charges and
+        # Hirshfeld ratios come from their owners by communication, so max(layers x cutoff, cutoff_lr).
+        "ghost_shell": max(float(cfg.num_layers) * cutoff, cutoff_lr),
         "species": species,
         "symbols": [chemical_symbol(z) for z in species],
         "num_globals": int(ExportedPotential.num_globals_of(cfg)),

@@ -17,7 +17,11 @@ import torch
 METADATA_NAME = "so3krates/metadata.json"
 PT2_METADATA_NAME = "so3krates_metadata.json"  # extra file of a --format pt2 package (so3krates.export.pt2)
 FORMAT_VERSION = 1
-ENTRY_POINTS = ("forward", "atomic_energies_from_edges", "global_partials")
+# TorchScript methods of an exported file (export/exported_model.py): the generic entry point, the
+# staged engine entry points (LAMMPS) and the legacy engine methods kept for older callers
+ENTRY_POINTS = ("forward", "engine_num_stages", "engine_stage_names", "engine_stage_kinds", "engine_exchange_width",
+                "engine_ghost_shell", "engine_begin", "engine_continue", "atomic_energies_from_edges",
+                "global_partials")
 
 
 class ModelFileError(ValueError):

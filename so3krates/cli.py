@@ -40,7 +40,7 @@ def _cmd_info(args) -> None:
         return
     print(summary_line(meta))
     for key in ("format", "format_version", "package_version", "torch_version", "dtype", "device", "cutoff", "cutoff_lr",
-                "num_layers", "receptive_field", "num_globals", "efa", "long_range", "units", "entry_points",
+                "num_layers", "receptive_field", "ghost_shell", "num_globals", "efa", "long_range", "units", "entry_points",
                 "source_checkpoint"):
         if key in meta:
             print(f"  {key:18s} {meta[key]}")

@@ -84,7 +84,12 @@ def test_metadata_and_info_cli(tmp_path):
     assert meta["species"] == [1, 6, 8] and meta["symbols"] == ["H", "C", "O"]
     assert meta["units"]["length"] == "Angstrom" and meta["units"]["energy"] == "eV"
     assert meta["num_globals"] == 2
-    assert set(meta["entry_points"]) == {"forward", "atomic_energies_from_edges", "global_partials"}
+    assert {"forward", "engine_begin", "engine_continue", "atomic_energies_from_edges"} <= set(meta["entry_points"])
+    assert meta["ghost_shell"] == pytest.approx(max(2 * 3.0, 4.5))
+    module, _ = load_exported(tmp_path / "m.pt")
+    for name in meta["entry_points"]:  # every listed entry point exists in the file
+        assert hasattr(module, name), name
+    assert float(module.engine_ghost_shell()) == pytest.approx(meta["ghost_shell"])
     out = subprocess.run([sys.executable, "-m", "so3krates.cli", "info", str(tmp_path / "m.pt")],
                          capture_output=True, text=True, check=True).stdout
     assert "2 layers" in out and "receptive field 10.5 Å" in out and "elements H C O" in out
