@@ -46,7 +46,7 @@ origin, rotating cell and atoms together (the grid turns with the cell frame), p
 Approximate: the isotropy of the kernel — linear interpolation reproduces ``exp(i g·r)`` up to
 O((|Δk|·r)²), |Δk| ~ 2π/L the reciprocal lattice spacing, so a molecule of diameter d in a box of
 side L sees the open kernel (orientation dependence, difference from the open result) to
-≈ 0.03·(2πd/L)² (``tests/test_efa.py::test_simplex_isotropy_vs_box_size``); the triangulation,
+≈ 0.02–0.04·(2πd/L)² (``tests/test_efa.py::test_simplex_isotropy_vs_box_size``); the triangulation,
 and hence the energy, also depends on the choice of cell basis for the same lattice (a LAMMPS
 box flip changes it; ≈ 2–5 % of the EFA update in bulk boxes).
 
