@@ -203,11 +203,22 @@ def _cpu_seconds(pid: int) -> Optional[float]:
 
 
 def run_model(name: str, params: Dict[str, Any], workdir: Path, python: str, script: List[str],
-              timeout: float, progress: bool) -> Dict[str, Any]:
-    """Run one worker process; stream its log to ``<workdir>/<name>.log``; show a budget bar."""
+              limits: Dict[str, float], progress: bool, resume: bool = False) -> Dict[str, Any]:
+    """Run one worker process; stream its log to ``<workdir>/<name>.log``; show a budget bar.
+
+    ``limits``: ``cpu_s`` (the worker's CPU time: budget + setup + test, independent of the load of
+    a shared machine) and ``wall_s`` (a hang guard); the worker is killed past either. ``resume``: reuse
+    ``<workdir>/<name>_result.json`` when ``<name>_params.json`` holds exactly these parameters."""
     from tqdm.auto import tqdm
 
     pfile, rfile, log = workdir / f"{name}_params.json", workdir / f"{name}_result.json", workdir / f"{name}.log"
+    if resume and rfile.is_file() and pfile.is_file() and json.loads(pfile.read_text()) == params:
+        res = json.loads(rfile.read_text())
+        if res.get("status") == "ok":
+            print(f"[accuracy] {name}: reusing {rfile} (same parameters; --resume)", flush=True)
+            res["reused"] = True
+            res.setdefault("log", str(log.relative_to(ROOT)) if log.is_relative_to(ROOT) else str(log))
+            return res
     pfile.write_text(json.dumps(params, indent=1))
     if rfile.exists():
         rfile.unlink()
@@ -220,22 +231,27 @@ def run_model(name: str, params: Dict[str, Any], workdir: Path, python: str, scr
                                 env=env, cwd=str(ROOT))
         bar = tqdm(total=round(budget), desc=f"{name} ({params['training']['clock']} s of budget)", unit="s",
                    disable=not progress, leave=True)
-        killed = False
+        killed = None
         while proc.poll() is None:
             time.sleep(1.0)
-            used = _cpu_seconds(proc.pid) if params["training"]["clock"] == "cpu" else time.perf_counter() - t0
+            cpu = _cpu_seconds(proc.pid)
+            used = cpu if params["training"]["clock"] == "cpu" else time.perf_counter() - t0
             if used is not None:
                 bar.n = min(round(used), bar.total)
                 bar.refresh()
-            if time.perf_counter() - t0 > timeout:
+            if cpu is not None and cpu > limits["cpu_s"]:
+                killed = f"more than {limits['cpu_s']:.0f} s of CPU time"
+            elif time.perf_counter() - t0 > limits["wall_s"]:
+                killed = f"more than {limits['wall_s']:.0f} s of wall time"
+            if killed:
                 proc.kill()
-                killed = True
+                proc.wait()
+                break
         bar.close()
     wall = time.perf_counter() - t0
     tail = log.read_text().strip().splitlines()[-6:] if log.exists() else []
     if killed:
-        return dict(model=name, status="timeout", error=f"worker ran more than {timeout:.0f} s; see {log}",
-                    process_wall_s=wall)
+        return dict(model=name, status="timeout", error=f"worker ran {killed}; see {log}", process_wall_s=wall)
     if proc.returncode != 0 or not rfile.exists():
         err = next((l for l in reversed(tail) if l.strip()), "?")
         return dict(model=name, status="failed", error=f"exit {proc.returncode}: {err[-400:]} (log: {log})",
@@ -278,6 +294,12 @@ def main(argv=None) -> int:
     ap.add_argument("--install-peers", action="store_true", help="create missing/broken peer venvs first (pip)")
     ap.add_argument("--workdir", default=None, help="runs, split files, logs (default build/accuracy[_quick])")
     ap.add_argument("--out", default=None, help="result JSON (default benchmarks/results/accuracy[_quick].json)")
+    ap.add_argument("--merge", action="store_true",
+                    help="replace only the rows of the models run now in an existing --out JSON of the same "
+                         "data, split, budget and clock (rerun one model); other rows are kept")
+    ap.add_argument("--resume", action="store_true",
+                    help="reuse a model's finished result in the workdir when its parameters are identical "
+                         "(continue an interrupted benchmark)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
 
@@ -309,10 +331,12 @@ def main(argv=None) -> int:
                       force_rms=norm["force_rms"], seed=args.seed, threads=1, progress=False,
                       training=dict(base_training, lr=LR[name]),
                       arch=copy.deepcopy((QUICK_ARCH if quick else ARCH).get(name)), run_dir=str(workdir / name))
-        timeout = budget_s * 1.5 + (300 if quick else 1200)
+        # CPU limit: budget + setup/test allowance; wall limit only guards against hangs (a shared machine
+        # can give a worker a small fraction of a core for a long time)
+        limits = dict(cpu_s=budget_s * 1.2 + (300 if quick else 1200), wall_s=budget_s * 30 + 7200)
         if name == "so3krates":
             r = run_model(name, params, workdir, sys.executable, [str(Path(__file__).resolve()), "--worker", name],
-                          timeout, progress)
+                          limits, progress, args.resume)
         else:
             st = _peers.peer_status(name, peer_venvs)
             if st["status"] != "ok" and args.install_peers:
@@ -321,7 +345,7 @@ def main(argv=None) -> int:
             if st["status"] != "ok":
                 r = dict(model=name, status=f"venv {st['status']}", error=st["error"], fix=st["fix"], venv=st["venv"])
             else:
-                r = run_model(name, params, workdir, st["python"], [str(WORKER)], timeout, progress)
+                r = run_model(name, params, workdir, st["python"], [str(WORKER)], limits, progress, args.resume)
                 r["package"] = " ".join(_peers.PEERS[name])
         r["lr"] = LR[name]
         results.append(r)
@@ -346,12 +370,23 @@ def main(argv=None) -> int:
                torch_main=torch.__version__, python=platform.python_version(), cpu_count=os.cpu_count(),
                load_average=os.getloadavg(), date_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                results=results)
+    if args.merge and out.is_file():
+        old = json.loads(out.read_text())
+        same = {k: (old.get(k), doc[k]) for k in ("data_sha256_16", "split", "split_counts", "budget_s", "clock", "quick")}
+        differ = {k: v for k, v in same.items() if v[0] != v[1]}
+        if differ:
+            raise SystemExit(f"--merge: {out} was made with other settings {differ}; rerun all models instead")
+        ran = {r["model"] for r in results}
+        kept = [r for r in old["results"] if r["model"] not in ran]
+        order = {m: k for k, m in enumerate(MODELS)}
+        doc["results"] = sorted(kept + results, key=lambda r: order.get(r["model"], 99))
+        doc["merged"] = sorted(set(old.get("merged", [])) | {f"{m} {doc['date_utc']}" for m in ran})
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1))
     table = fmt_table(doc)
     print(f"\naccuracy on the test split ({split['counts']['test']} frames), {budget_s / 60:.2f} min of {args.clock} "
           f"time per model, one thread:\n{table}\nwrote {out}")
-    return 0 if all(r.get("status") == "ok" or r["model"] != "so3krates" for r in results) else 1
+    return 0 if all(r.get("status") == "ok" or r["model"] != "so3krates" for r in doc["results"]) else 1
 
 
 if __name__ == "__main__":

@@ -52,6 +52,15 @@ def test_quick_accuracy_benchmark_so3krates_and_missing_peers(tmp_path, capsys):
         assert "--install-peers" in p["fix"] and peer in p["fix"]
     text = capsys.readouterr().out
     assert "| so3krates |" in text and "venv missing" in text
+    # --resume reuses the finished so3krates result (same parameters); --merge keeps the other rows
+    rc = accuracy.main(["--quick", "--budget-min", "0.2", "--models", "so3krates", "--resume", "--merge",
+                        "--peer-venvs", str(venvs), "--workdir", str(tmp_path / "work"), "--out", str(out),
+                        "--no-progress"])
+    assert rc == 0
+    again = {r["model"]: r for r in json.loads(out.read_text())["results"]}
+    assert list(again) == ["so3krates", "mace", "torchmd-net"]
+    assert again["so3krates"]["reused"] and again["so3krates"]["test"] == r["test"]
+    assert again["mace"]["status"] == "venv missing"
 
 
 def test_peer_status_reports_a_broken_venv(tmp_path):
