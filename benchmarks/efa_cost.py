@@ -18,10 +18,12 @@ EFA settings (``--grid/--qk/--v/--heads/--max-length``): the EFA paper's for F =
 Lebedev grid (b_max = π), 16 query/key and 32 value channels, 1 head, gelu, max_length 15 Å.
 Systems: water at 1 g/cm³ (3 n³ atoms, random orientations) as an open cluster (pbc F F F,
 Lebedev EFA) and as a periodic box (pbc T T T, EFA ``--periodic-mode``, default simplex; kshell
-on request). Each (system, size, variant) runs in its own subprocess, so the peak memory
-(``ru_maxrss``) is its own; sizes whose extrapolated peak exceeds ``--max-memory-gb`` are skipped.
-Times: CPU seconds of the process (``time.process_time``; the wall time is reported too, but on a
-shared machine it includes waiting for a core). Reported: time, peak memory, ratio EFA/local, and
+on request). Per (system, size) one subprocess times the three variants interleaved (after a
+warm-up of each; round r calls every variant once; best of ``--repeats`` rounds), so that load
+changes on a shared machine hit all variants alike, and one fresh subprocess per variant measures
+the peak memory of one call (``ru_maxrss``); sizes whose extrapolated peak exceeds
+``--max-memory-gb`` are skipped. Times: CPU seconds of the process (``time.process_time``; the
+wall time is reported too, but on a shared machine it includes waiting for a core). Reported: time, peak memory, ratio EFA/local, and
 the fitted scaling exponent x of time ∝ N^x per variant.
 
 Block level (``--block``; ``benchmarks/results/efa_cost_block.json``): ``EFABlock`` forward +
@@ -97,7 +99,7 @@ def model_config(args, variant: str):
                        efa_v_features=args.v, efa_qk_activation="gelu", efa_periodic_mode=args.periodic_mode)
 
 
-def _model_workload(args):
+def _model_workload(args, variant: str):
     import torch
 
     from so3krates.potential.calculator import So3kratesPotential
@@ -106,7 +108,7 @@ def _model_workload(args):
     from model_speed import water_box
 
     torch.manual_seed(0)
-    model = So3krates(model_config(args, args.variant))
+    model = So3krates(model_config(args, variant))
     with torch.no_grad():  # make the EFA branches contribute (zero-initialised mlp2); cost is unchanged
         for layer in model.layers:
             if layer.efa.enabled:
@@ -164,25 +166,59 @@ def _block_workload(args):
     return step, info
 
 
-def run_one(args) -> Dict[str, Any]:
-    """Child process: build, warm up, time one point; returns the row."""
-    import torch
-
-    torch.set_num_threads(1)
-    step, info = _block_workload(args) if args.block else _model_workload(args)
-    base = _rss_gb()
-    step()  # warm-up
+def _time_calls(step, repeats: int) -> Dict[str, Any]:
     cpu, wall = [], []
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         c0, w0 = time.process_time(), time.perf_counter()
         step()
         cpu.append(time.process_time() - c0)
         wall.append(time.perf_counter() - w0)
-    return {**info, "system": args.system, "variant": getattr(args, "variant", "block"),
-            "periodic_mode": args.periodic_mode if args.system == "periodic" else None,
-            "cpu_s": min(cpu), "cpu_all_s": cpu, "wall_s": min(wall), "wall_all_s": wall,
-            "peak_memory_gb": _peak_gb(), "baseline_memory_gb": base,
-            "peak_increment_gb": max(0.0, _peak_gb() - base)}
+    return {"cpu_s": min(cpu), "cpu_all_s": cpu, "wall_s": min(wall), "wall_all_s": wall}
+
+
+def run_one(args) -> Dict[str, Any]:
+    """Child process: build, warm up, time one point.
+
+    Block level: one row. Model level: all ``--variants`` in this process, warmed up, then timed
+    interleaved (round r times every variant once; best of the rounds), so that a change of the
+    machine's load affects all variants alike; with ``--memory-only`` one variant and one call in
+    a fresh process, whose peak RSS minus the RSS before the call is ``peak_increment_gb``."""
+    import torch
+
+    torch.set_num_threads(1)
+    if args.block:
+        step, info = _block_workload(args)
+        base = _rss_gb()
+        step()  # warm-up
+        t = _time_calls(step, args.repeats)
+        return {**info, "system": args.system, "variant": "block",
+                "periodic_mode": args.periodic_mode if args.system == "periodic" else None, **t,
+                "peak_memory_gb": _peak_gb(), "baseline_memory_gb": base,
+                "peak_increment_gb": max(0.0, _peak_gb() - base)}
+    variants = [v for v in args.variants]
+    if args.memory_only:  # one variant, one call: the peak RSS of this process is its own
+        step, info = _model_workload(args, variants[0])
+        base = _rss_gb()
+        step()
+        return {"rows": [{**info, "system": args.system, "variant": variants[0], "peak_memory_gb": _peak_gb(),
+                          "baseline_memory_gb": base, "peak_increment_gb": max(0.0, _peak_gb() - base)}]}
+    steps, infos = {}, {}
+    for v in variants:
+        steps[v], infos[v] = _model_workload(args, v)
+    for v in variants:  # warm-up of every variant first (one-time allocations, lazy initialisation)
+        steps[v]()
+    times: Dict[str, List[Any]] = {v: [] for v in variants}
+    for _ in range(args.repeats):
+        for v in variants:
+            times[v].append(_time_calls(steps[v], 1))
+    rows = []
+    for v in variants:
+        cpu = [t["cpu_s"] for t in times[v]]
+        wall = [t["wall_s"] for t in times[v]]
+        rows.append({**infos[v], "system": args.system, "variant": v,
+                     "periodic_mode": args.periodic_mode if args.system == "periodic" else None,
+                     "cpu_s": min(cpu), "cpu_all_s": cpu, "wall_s": min(wall), "wall_all_s": wall})
+    return {"rows": rows}
 
 
 # ---------------------------------------------------------------------------------- driver
@@ -209,8 +245,8 @@ def _guard(rows: List[Dict[str, Any]], n: int, limit_gb: float) -> str:
     done = [r for r in rows if "error" not in r]
     if not done:
         return ""
-    big = max(done, key=lambda r: r["num_atoms"])
-    need = big["baseline_memory_gb"] + big["peak_increment_gb"] * n / big["num_atoms"]
+    n_big = max(r["num_atoms"] for r in done)
+    need = max(r["baseline_memory_gb"] + r["peak_increment_gb"] * n / n_big for r in done if r["num_atoms"] == n_big)
     limit = min(limit_gb, 0.8 * mem_available_gb())
     if need > limit:
         return f"skipped: extrapolated peak {need:.1f} GB > {limit:.1f} GB allowed"
@@ -317,7 +353,7 @@ def main(argv=None):
     ap.add_argument("--n-side", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--n-atoms", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--system", default="open", help=argparse.SUPPRESS)
-    ap.add_argument("--variant", default="local", help=argparse.SUPPRESS)
+    ap.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         print(json.dumps(run_one(args)), flush=True)
@@ -339,21 +375,29 @@ def main(argv=None):
         for system in args.systems:
             for s in sides:
                 n = 3 * s ** 3
-                for variant in args.variants:
-                    prev = [r for r in rows if r["system"] == system and r["variant"] == variant]
-                    skip = _guard(prev, n, args.max_memory_gb)
-                    if skip:
-                        r = {"num_atoms": n, "system": system, "variant": variant, "error": skip}
-                    else:
-                        r = _spawn(args, ["--n-side", str(s), "--system", system, "--variant", variant,
-                                          "--periodic-mode", args.periodic_mode])
-                        r.setdefault("num_atoms", n)
-                        r.setdefault("system", system)
-                        r.setdefault("variant", variant)
-                    print(f"  {system:<8} N={n:>6} {variant:<8}: " + (r["error"] if "error" in r else
+                prev = [r for r in rows if r["system"] == system]
+                skip = _guard(prev, n, args.max_memory_gb)
+                if skip:
+                    got = [{"num_atoms": n, "system": system, "variant": v, "error": skip} for v in args.variants]
+                else:
+                    common = ["--n-side", str(s), "--system", system, "--periodic-mode", args.periodic_mode]
+                    res = _spawn(args, common + ["--variants"] + list(args.variants))
+                    got = res["rows"] if "rows" in res else \
+                        [{"num_atoms": n, "system": system, "variant": v, "error": res["error"]} for v in args.variants]
+                    for r in got:
+                        if "error" in r:
+                            continue
+                        m = _spawn(args, common + ["--memory-only", "--variants", r["variant"]])
+                        if "rows" in m:
+                            r.update({k: m["rows"][0][k] for k in ("peak_memory_gb", "baseline_memory_gb",
+                                                                   "peak_increment_gb")})
+                        else:
+                            r["error"] = "memory run: " + m["error"]
+                for r in got:
+                    print(f"  {system:<8} N={n:>6} {r['variant']:<8}: " + (r["error"] if "error" in r else
                           f"{r['cpu_s']:.2f} s cpu ({r['wall_s']:.2f} s wall), peak {r['peak_memory_gb']:.2f} GB"),
                           flush=True)
-                    rows.append(r)
+                rows += got
         summary = _summary(rows)
         print()
         print(_table(rows, summary))
@@ -367,7 +411,7 @@ def main(argv=None):
         path = args.output or (RESULTS / ("efa_cost_quick.json" if args.quick else "efa_cost.json"))
     out["host"] = {**host, "loadavg_end": list(os.getloadavg())}
     out["settings"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                       if k not in ("child", "n_side", "n_atoms", "system", "variant")}
+                       if k not in ("child", "n_side", "n_atoms", "system", "memory_only")}
     out["total_wall_s"] = round(time.perf_counter() - t0, 1)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))
