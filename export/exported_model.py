@@ -522,10 +522,7 @@ class ExportedPotential(nn.Module):
                 jj = st["jj"][:e_c]
                 blk = layer.efa
                 efa = blk.efa
-                mlp1 = blk.mlp1
-                mlp2 = blk.mlp2
-                c = blk.c_switch
-                if efa is not None and mlp1 is not None and mlp2 is not None and c is not None:
+                if efa is not None:
                     # So3kratesLayer.forward with EFABlock.forward, the EFA from the rank-summed key-value sums
                     if kv_total is None or k != start:
                         raise RuntimeError("internal: EFA layer " + str(k) + " reached without its global sums")
@@ -533,24 +530,8 @@ class ExportedPotential(nn.Module):
                     kv = kv_total.to(x.dtype).reshape(shape)
                     x_att, ev_att = layer.attention_block(x, ev, rbf, ylm, cut, ii, jj)
                     xc = x[:n_c]
-                    y = efa.apply_global_sums(xc, pos[:n_c], kv, self._cell_or_none(st)) + xc
-                    y = mlp2(torch.nn.functional.silu(mlp1(y)))
-                    cc = c.to(x.dtype)
-                    xn = xc + torch.nn.functional.silu(cc) * x_att[:n_c] + torch.nn.functional.silu(1.0 - cc) * y
-                    evn = ev[:n_c] + ev_att[:n_c]
-                    if layer.use_ln1:
-                        xn = layer.layer_normalization_1(xn)
-                    if layer.use_mlp1:
-                        xn = xn + layer.res_mlp_1(xn)
-                    x_ex, ev_ex = layer.exchange_block(xn, evn)
-                    xn = xn + x_ex
-                    evn = evn + ev_ex
-                    if layer.use_mlp2:
-                        xn = xn + layer.res_mlp_2(xn)
-                    if layer.use_ln2:
-                        xn = layer.layer_normalization_2(xn)
-                    x = xn
-                    ev = evn
+                    y = efa.apply_global_sums(xc, pos[:n_c], kv, self._cell_or_none(st))
+                    x, ev = layer.finish(blk.blend(xc, x_att[:n_c], y), ev[:n_c] + ev_att[:n_c])
                 else:
                     batch = torch.zeros(n_in, dtype=torch.long, device=pos.device)
                     x, ev = layer(x, ev, rbf, ylm, cut, ii, jj, pos[:n_in], batch, 1, cell1, pbc1)

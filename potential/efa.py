@@ -913,7 +913,17 @@ class EFABlock(nn.Module):
         c = self.c_switch
         if efa is None or mlp1 is None or mlp2 is None or c is None:
             return x + dx_local
-        y = efa(x, positions, batch, num_graphs, cell, pbc) + x
-        y = mlp2(torch.nn.functional.silu(mlp1(y)))
+        return self.blend(x, dx_local, efa(x, positions, batch, num_graphs, cell, pbc))
+
+    def blend(self, x: Tensor, dx_local: Tensor, efa_update: Tensor) -> Tensor:
+        """The gated update from the local update ``dx_local`` and the attention output
+        ``efa_update`` (both [N, F]); engines that compute the attention from rank-summed global sums
+        (``apply_global_sums``) call this directly. Identity blend (x + dx_local) when disabled."""
+        mlp1 = self.mlp1
+        mlp2 = self.mlp2
+        c = self.c_switch
+        if mlp1 is None or mlp2 is None or c is None:
+            return x + dx_local
+        y = mlp2(torch.nn.functional.silu(mlp1(efa_update + x)))
         c = c.to(x.dtype)
         return x + torch.nn.functional.silu(c) * dx_local + torch.nn.functional.silu(1.0 - c) * y

@@ -66,7 +66,11 @@ class So3kratesLayer(nn.Module):
                num_graphs: int, cell: Tensor, pbc: Tensor) -> Tuple[Tensor, Tensor]:
         """Everything after the attention sums (per atom): (x, ev, x_att, ev_att) -> new (x, ev)."""
         x = self.efa(x, x_att, positions, batch, num_graphs, cell, pbc)
-        ev = ev + ev_att
+        return self.finish(x, ev + ev_att)
+
+    def finish(self, x: Tensor, ev: Tensor) -> Tuple[Tensor, Tensor]:
+        """Everything after the (EFA-blended) attention update: normalisation, residual MLPs and
+        the exchange block, (x [N, F], ev [N, m_tot]) -> new (x, ev)."""
         if self.use_ln1:
             x = self.layer_normalization_1(x)
         if self.use_mlp1:

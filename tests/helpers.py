@@ -86,3 +86,30 @@ def random_periodic(n: int = 20, seed: int = 1, skew: bool = True):
             pos.append(p)
     z = rng.choice([1, 6, 8], size=n)
     return np.array(pos), z, cell
+
+
+def periodic_images_within(pos, z, cell, shell: float):
+    """Owned atoms (the unit cell) plus every periodic image within ``shell`` Å of the cell: what one
+    LAMMPS rank owning the whole cell sees. Returns (positions [Ntot, 3] Å, numbers, owner index)."""
+    pos = np.asarray(pos, dtype=float)
+    z = np.asarray(z)
+    cell = np.asarray(cell, dtype=float)
+    inv = np.linalg.inv(cell)
+    heights = 1.0 / np.linalg.norm(inv, axis=0)
+    reps = np.ceil(shell / heights).astype(int)
+    out_pos, out_z, owner = [pos], [z], [np.arange(len(z))]
+    frac = pos @ inv
+    for a in range(-reps[0], reps[0] + 1):
+        for b in range(-reps[1], reps[1] + 1):
+            for c in range(-reps[2], reps[2] + 1):
+                if a == b == c == 0:
+                    continue
+                f = frac + np.array([a, b, c])
+                # distance from the unit cell in each direction (fractional excess times height)
+                excess = np.maximum(np.maximum(-f, f - 1.0), 0.0) * heights
+                keep = np.linalg.norm(excess, axis=1) < shell
+                if keep.any():
+                    out_pos.append(f[keep] @ cell)
+                    out_z.append(z[keep])
+                    owner.append(np.arange(len(z))[keep])
+    return np.concatenate(out_pos), np.concatenate(out_z), np.concatenate(owner)

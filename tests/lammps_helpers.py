@@ -408,27 +408,9 @@ def ghost_system(atoms, shell: float):
     """What one LAMMPS rank owning the whole periodic cell sees: the atoms of the cell first, then
     every periodic image within ``shell`` Å of the cell. Returns (positions [Ntot,3] Å, numbers,
     owner index of each atom)."""
-    pos = atoms.positions
-    z = atoms.numbers
-    cell = np.asarray(atoms.cell)
-    inv = np.linalg.inv(cell)
-    heights = 1.0 / np.linalg.norm(inv, axis=0)
-    reps = np.ceil(shell / heights).astype(int)
-    out_pos, out_z, owner = [pos], [z], [np.arange(len(z))]
-    frac = pos @ inv
-    for a in range(-reps[0], reps[0] + 1):
-        for b in range(-reps[1], reps[1] + 1):
-            for c in range(-reps[2], reps[2] + 1):
-                if a == b == c == 0:
-                    continue
-                f = frac + np.array([a, b, c])
-                excess = np.maximum(np.maximum(-f, f - 1.0), 0.0) * heights
-                keep = np.linalg.norm(excess, axis=1) < shell
-                if keep.any():
-                    out_pos.append(f[keep] @ cell)
-                    out_z.append(z[keep])
-                    owner.append(np.arange(len(z))[keep])
-    return np.concatenate(out_pos), np.concatenate(out_z), np.concatenate(owner)
+    from helpers import periodic_images_within
+
+    return periodic_images_within(atoms.positions, atoms.numbers, np.asarray(atoms.cell), shell)
 
 
 def engine_edges(all_pos, nlocal: int, cutoff: float, cutoff_lr: float):

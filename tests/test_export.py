@@ -13,7 +13,7 @@ import torch
 from ase.io import read
 from ase.neighborlist import neighbor_list as ase_neighbor_list
 
-from helpers import ROOT, random_molecule, random_periodic, small_model, so3lr_dir
+from helpers import ROOT, periodic_images_within, random_molecule, random_periodic, small_model, so3lr_dir
 from so3krates.export.exporter import export_potential
 from so3krates.export.metadata import FORMAT_VERSION, METADATA_NAME, ModelFileError, load_exported, read_metadata
 from so3krates.potential.calculator import So3kratesPotential
@@ -151,28 +151,6 @@ assert not [m for m in sys.modules if m == 'so3krates' or m.startswith('so3krate
 
 
 # ----------------------------------------------------------------------------- engine entry point
-def _ghost_system(pos, z, cell, shell):
-    """Owned atoms (the unit cell) plus every periodic image within `shell` Å of the cell: what LAMMPS
-    hands a pair style on one rank. Returns (all positions, numbers, owner index of each atom)."""
-    inv = np.linalg.inv(cell)
-    heights = 1.0 / np.linalg.norm(inv, axis=0)
-    reps = np.ceil(shell / heights).astype(int)
-    out_pos, out_z, owner = [pos], [z], [np.arange(len(z))]
-    frac = pos @ inv
-    for a in range(-reps[0], reps[0] + 1):
-        for b in range(-reps[1], reps[1] + 1):
-            for c in range(-reps[2], reps[2] + 1):
-                if a == b == c == 0:
-                    continue
-                f = frac + np.array([a, b, c])
-                # distance from the unit cell in each direction (fractional excess times height)
-                excess = np.maximum(np.maximum(-f, f - 1.0), 0.0) * heights
-                keep = np.linalg.norm(excess, axis=1) < shell
-                if keep.any():
-                    out_pos.append(f[keep] @ cell)
-                    out_z.append(z[keep])
-                    owner.append(np.arange(len(z))[keep])
-    return np.concatenate(out_pos), np.concatenate(out_z), np.concatenate(owner)
 
 
 def _engine_energy_forces(module, meta, all_pos, all_z, owner, owned_sets):
@@ -224,7 +202,7 @@ def test_engine_entry_points_match_forward_on_1_and_2_ranks(tmp_path, long_range
     module, meta = load_exported(tmp_path / "m.pt")
     pos, z, cell = random_periodic(16, seed=9)
     ref = _eval(module, pos, z, cell, (True,) * 3)
-    all_pos, all_z, owner = _ghost_system(pos, z, cell, meta["receptive_field"])
+    all_pos, all_z, owner = periodic_images_within(pos, z, cell, meta["receptive_field"])
     n = len(z)
     for sets in ([np.arange(n)], [np.arange(0, n, 2), np.arange(1, n, 2)]):
         energy, forces = _engine_energy_forces(module, meta, all_pos, all_z, owner, sets)
