@@ -121,3 +121,26 @@ def test_truncated_file_is_repaired_and_failures_logged(tmp_path):
     assert "h2/squeezed" in log and "max-force" in log and "h/odd" in log
     assert _datagen.scan_frame_ids(out) == ["w/0"]
     assert label_xtb.main([str(src), "-o", out]) == 0  # failures are not retried by default
+
+
+def test_periodic_water_box_sampled_and_labelled_with_its_cell(tmp_path):
+    """sample_water_boxes writes periodic frames (Lattice, pbc T T T); label_xtb --periodic labels
+    them with periodic GFN2-xTB and keeps the cell (the open-cluster energy of the same atoms differs)."""
+    import sample_water_boxes
+
+    raw, out = str(tmp_path / "boxes.extxyz"), str(tmp_path / "labelled.extxyz")
+    sample_water_boxes.main(["-o", raw, "--n-water-box", "1", "--n-ala3-water-box", "0", "--water-edges", "1.0",
+                             "--equil-steps", "10", "--stride", "10"])
+    assert label_xtb.main([raw, "-o", out, "--periodic"]) == 0
+    (a,) = ase_io.read(out, index=":")
+    assert a.info["subset"] == "water_box" and a.pbc.all()
+    np.testing.assert_allclose(a.cell.lengths(), [10.0, 10.0, 10.0], atol=1e-4)
+    assert len(a) == 3 * a.info["n_waters"] and a.get_chemical_symbols().count("O") == a.info["n_waters"]
+    e, f = _datagen.energy_forces(a)
+    assert np.isfinite(e) and np.all(np.isfinite(f)) and np.abs(f).max() < 50
+    assert abs(f.sum(axis=0)).max() < 1e-2  # periodic: no net force
+    e_open, _ = label_xtb.gfn2(a.numbers, a.positions)
+    assert abs(e_open - e) > 0.1, "the label ignored the cell"
+    d_ = a.get_all_distances(mic=True)
+    np.fill_diagonal(d_, 10)
+    assert d_.min() > 0.7

@@ -52,8 +52,10 @@ def _fmt_value(v) -> str:
     return s
 
 
-def format_frame(symbols, positions, info: dict, forces=None) -> str:
-    """One extxyz frame as text: positions Å and forces eV/Å with 5 decimals, energy eV with 8."""
+def format_frame(symbols, positions, info: dict, forces=None, cell=None) -> str:
+    """One extxyz frame as text: positions Å and forces eV/Å with 5 decimals, energy eV with 8.
+    ``cell`` (3×3 Å, rows = lattice vectors) makes the frame periodic (``Lattice``, pbc T T T);
+    without it the frame is an open molecule or cluster (pbc F F F)."""
     positions = np.asarray(positions, dtype=float)
     n = len(symbols)
     if positions.shape != (n, 3) or not np.all(np.isfinite(positions)):
@@ -68,7 +70,14 @@ def format_frame(symbols, positions, info: dict, forces=None) -> str:
         if isinstance(v, (list, tuple, np.ndarray)):
             continue
         keys.append(f"{k}={_fmt_value(v)}")
-    lines = [str(n), f"Properties={props} " + " ".join(keys) + ' pbc="F F F"']
+    if cell is None:
+        pbc = ' pbc="F F F"'
+    else:
+        cell = np.asarray(cell, dtype=float).reshape(3, 3)
+        if not np.all(np.isfinite(cell)) or abs(np.linalg.det(cell)) < 1e-6:
+            raise ValueError(f"cell must be a finite, non-singular 3x3 matrix (Å), got {cell.tolist()}")
+        pbc = ' Lattice="' + " ".join(f"{x:.6f}" for x in cell.ravel()) + '" pbc="T T T"'
+    lines = [str(n), f"Properties={props} " + " ".join(keys) + pbc]
     if forces is None:
         for s, p in zip(symbols, positions):
             lines.append(f"{s} {p[0]:.5f} {p[1]:.5f} {p[2]:.5f}")

@@ -158,7 +158,7 @@ def main(argv=None):
                 continue
             info.update({"frame_id": fid, "energy": e, "total_charge": charge})
             C.append_frames(args.output, [C.format_frame(atoms.get_chemical_symbols(),
-                                                         atoms.positions, info, forces=f)])
+                                                         atoms.positions, info, forces=f, cell=cell)])
             done.add(fid)
             n_new += 1
     dt = time.time() - t0

@@ -2,14 +2,16 @@
 """Make the committed demo dataset ``examples/data/so3krates_demo.extxyz`` in one command.
 
 Runs ``sample_peptides.py`` and ``sample_fragments.py`` (OpenMM, amber14/TIP3P) into a work
-folder, then labels all frames with GFN2-xTB through ``label_xtb.py``. Units: positions Å,
+folder, then labels all frames with GFN2-xTB through ``label_xtb.py``. ``--boxes`` also runs
+``sample_water_boxes.py`` (periodic bulk water and a solvated Ace-Ala3-Nme box, labelled with
+periodic GFN2-xTB: the committed ``water_boxes.extxyz`` is these 100 frames alone). Units: positions Å,
 energy eV (``info['energy']``), forces eV/Å (``arrays['forces']``), net charge e
 (``info['total_charge']``); ``info['subset']`` says where a frame comes from.
 
 Every step resumes: run the same command again after an interruption and only the missing
 frames are sampled or labelled. ``--scale`` multiplies all frame counts (e.g. 0.1 for a
-quick look). 2790 frames, 5.6 MB; measured 6.5 min from scratch on one heavily shared core
-(3.4 min of CPU time). See README.md for what is in it.
+quick look). 2790 frames, 5.6 MB (+100 periodic frames with ``--boxes``, 4–20 s each to label);
+README.md says what is in it and how long it took.
 
     OMP_NUM_THREADS=1 python examples/data/make_dataset.py
 """
@@ -28,6 +30,7 @@ import _datagen as C  # noqa: E402
 import label_xtb  # noqa: E402
 import sample_fragments  # noqa: E402
 import sample_peptides  # noqa: E402
+import sample_water_boxes  # noqa: E402
 
 # frames at --scale 1
 COUNTS = {
@@ -38,6 +41,8 @@ COUNTS = {
     "capped_aa_per_residue": 40,   # x 19 residues
     "villin_snapshots": 12,
     "villin_per_snapshot": 40,
+    "water_box": 60,         # --boxes only
+    "ala3_water_box": 40,    # --boxes only
 }
 
 
@@ -68,6 +73,8 @@ def main(argv=None):
                    help="unlabelled frames go here (default: build/data, git-ignored)")
     p.add_argument("--scale", type=float, default=1.0, help="multiply all frame counts")
     p.add_argument("--seed", type=int, default=2026)
+    p.add_argument("--boxes", action="store_true",
+                   help="also the periodic water / solvated-peptide boxes (sample_water_boxes.py)")
     args = p.parse_args(argv)
 
     def n(key):
@@ -76,6 +83,7 @@ def main(argv=None):
     os.makedirs(args.workdir, exist_ok=True)
     pep = os.path.join(args.workdir, "peptides_raw.extxyz")
     frag = os.path.join(args.workdir, "fragments_raw.extxyz")
+    boxes = os.path.join(args.workdir, "boxes_raw.extxyz")
     times = {}
     t = time.time()
     sample_peptides.main(["-o", pep, "--seed", str(args.seed),
@@ -90,7 +98,14 @@ def main(argv=None):
                            "--n-per-snapshot", str(n("villin_per_snapshot"))])
     times["sample_fragments"] = time.time() - t
     t = time.time()
-    label_xtb.main([pep, frag, "-o", args.output])
+    inputs = [pep, frag]
+    if args.boxes:
+        sample_water_boxes.main(["-o", boxes, "--seed", str(args.seed), "--n-water-box", str(n("water_box")),
+                                 "--n-ala3-water-box", str(n("ala3_water_box"))])
+        times["sample_water_boxes"] = time.time() - t
+        inputs.append(boxes)
+        t = time.time()
+    label_xtb.main(inputs + ["-o", args.output, "--periodic"])
     times["label_xtb"] = time.time() - t
     s = summarize(args.output)
     print(f"\n[make_dataset] {args.output}: {s['frames']} frames, {s['bytes'] / 1e6:.1f} MB, "
