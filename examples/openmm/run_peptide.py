@@ -59,7 +59,7 @@ def parse_args(argv=None):
     p.add_argument("--dtype", choices=["float64", "float32"], default=None,
                    help="model precision (default: the dtype the file was exported in; float32 for the shipped model)")
     p.add_argument("--platform", default=None, help="OpenMM platform (default: fastest available)")
-    p.add_argument("--minimize-iterations", type=int, default=500)
+    p.add_argument("--minimize-iterations", type=int, default=500, help="L-BFGS iterations before MD (0: none)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", default="runs/openmm_peptide", help="output directory")
     return p.parse_args(argv)
@@ -102,9 +102,10 @@ def main(argv=None):
           f"({args.implementation} force, {dtype}); timestep {timestep} fs")
 
     e0 = simulation.context.getState(getEnergy=True).getPotentialEnergy()
-    simulation.minimizeEnergy(maxIterations=args.minimize_iterations)
+    if args.minimize_iterations > 0:  # OpenMM reads maxIterations=0 as "no limit": 0 here means none
+        simulation.minimizeEnergy(maxIterations=args.minimize_iterations)
     state = simulation.context.getState(getEnergy=True, getPositions=True)
-    print(f"minimised: {e0.value_in_unit(unit.kilojoule_per_mole):.1f} -> "
+    print(f"minimised ({args.minimize_iterations} iterations at most): {e0.value_in_unit(unit.kilojoule_per_mole):.1f} -> "
           f"{state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole):.1f} kJ/mol")
     with open(out / "topology.pdb", "w") as fh:
         app.PDBFile.writeFile(top, state.getPositions(), fh)
