@@ -248,6 +248,27 @@ def make_platform(name: str = "CPU"):
     return plat, props
 
 
+def equilibrated_langevin(system, positions, temperature: float, friction: float, timestep_fs: float,
+                          seed: int, platform: str, equil_steps: int, min_iterations: int = 200):
+    """An OpenMM Context for sampling: LangevinMiddleIntegrator (K, 1/ps, fs) seeded with ``seed``,
+    positions set, minimised (``min_iterations``, tolerance 10 kJ/mol/nm; 0 skips it), velocities
+    drawn at ``temperature`` and ``equil_steps`` steps run. Returns (context, integrator)."""
+    import openmm
+    from openmm import unit
+
+    integ = openmm.LangevinMiddleIntegrator(temperature * unit.kelvin, friction / unit.picosecond,
+                                            timestep_fs * unit.femtosecond)
+    integ.setRandomNumberSeed(seed)
+    plat, props = make_platform(platform)
+    ctx = openmm.Context(system, integ, plat, props)
+    ctx.setPositions(positions)
+    if min_iterations > 0:
+        openmm.LocalEnergyMinimizer.minimize(ctx, 10.0, min_iterations)
+    ctx.setVelocitiesToTemperature(temperature * unit.kelvin, seed)
+    integ.step(equil_steps)
+    return ctx, integ
+
+
 def elements_of(topology) -> list[str]:
     return [a.element.symbol for a in topology.atoms()]
 

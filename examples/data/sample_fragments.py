@@ -70,7 +70,6 @@ def capped_ids(res3: str, traj: int, n: int) -> list[str]:
 
 
 def run_capped(letter, traj, n_frames, args, done, pbar):
-    import openmm
     from openmm import app, unit
 
     res3 = ONE_TO_THREE[letter]
@@ -89,15 +88,8 @@ def run_capped(letter, traj, n_frames, args, done, pbar):
     system = C.forcefield().createSystem(top, nonbondedMethod=app.NoCutoff, constraints=None)
     charge = sum(C.residue_charges(system, top))
     symbols = C.elements_of(top)
-    integ = openmm.LangevinMiddleIntegrator(temperature * unit.kelvin, 1.0 / unit.picosecond,
-                                            args.timestep * unit.femtosecond)
-    integ.setRandomNumberSeed(seed)
-    plat, props = C.make_platform(args.gas_platform)
-    ctx = openmm.Context(system, integ, plat, props)
-    ctx.setPositions(pos)
-    openmm.LocalEnergyMinimizer.minimize(ctx, 10.0, 200)
-    ctx.setVelocitiesToTemperature(temperature * unit.kelvin, seed)
-    integ.step(args.equil_steps)
+    ctx, integ = C.equilibrated_langevin(system, pos, temperature, 1.0, args.timestep, seed, args.gas_platform,
+                                         args.equil_steps)
     for fid in ids:
         integ.step(args.stride)
         if fid in done:
@@ -211,7 +203,6 @@ class Cutter:
 
 
 def run_villin(args, done, pbar):
-    import openmm
     from openmm import app, unit
 
     all_ids = [cutout_ids(s, args.n_per_snapshot) for s in range(args.n_snapshots)]
@@ -224,16 +215,8 @@ def run_villin(args, done, pbar):
                                          constraints=None, rigidWater=False)
     cutter = Cutter(top, C.residue_charges(system, top), args.max_abs_charge)
     seed = seed_for(args.seed, "villin")
-    integ = openmm.LangevinMiddleIntegrator(args.villin_temperature * unit.kelvin, 1.0 / unit.picosecond,
-                                            args.timestep * unit.femtosecond)
-    integ.setRandomNumberSeed(seed)
-    plat, props = C.make_platform(args.platform)
-    ctx = openmm.Context(system, integ, plat, props)
-    ctx.setPositions(pdb.positions)
-    if args.villin_min_iter > 0:
-        openmm.LocalEnergyMinimizer.minimize(ctx, 10.0, args.villin_min_iter)
-    ctx.setVelocitiesToTemperature(args.villin_temperature * unit.kelvin, seed)
-    integ.step(args.villin_equil_steps)
+    ctx, integ = C.equilibrated_langevin(system, pdb.positions, args.villin_temperature, 1.0, args.timestep, seed,
+                                         args.platform, args.villin_equil_steps, args.villin_min_iter)
     for snap, ids in enumerate(all_ids):
         if all(i in done for ids2 in all_ids[snap:] for i in ids2):
             return

@@ -83,7 +83,6 @@ def nearest_waters(pos_a, solute, waters, box_a, n):
 
 
 def run_trajectory(subset, traj, n_frames, temperature, args, done, pbar):
-    import openmm
     from openmm import app, unit
 
     sequence, solvated, (wmin, wmax) = SUBSETS[subset]
@@ -119,15 +118,9 @@ def run_trajectory(subset, traj, n_frames, temperature, args, done, pbar):
                        for r in residues if r.name == "HOH"]).reshape(-1, 3)
     symbols = np.array(C.elements_of(top))
 
-    integ = openmm.LangevinMiddleIntegrator(temperature * unit.kelvin, args.friction / unit.picosecond,
-                                            args.timestep * unit.femtosecond)
-    integ.setRandomNumberSeed(seed)
-    plat, props = C.make_platform(args.platform if solvated else args.gas_platform)
-    ctx = openmm.Context(system, integ, plat, props)
-    ctx.setPositions(pos)
-    openmm.LocalEnergyMinimizer.minimize(ctx, 10.0, 200)
-    ctx.setVelocitiesToTemperature(temperature * unit.kelvin, seed)
-    integ.step(args.equil_steps_water if solvated else args.equil_steps)
+    ctx, integ = C.equilibrated_langevin(system, pos, temperature, args.friction, args.timestep, seed,
+                                         args.platform if solvated else args.gas_platform,
+                                         args.equil_steps_water if solvated else args.equil_steps)
     for fid in ids:
         integ.step(args.stride)
         if fid in done:

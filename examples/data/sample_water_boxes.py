@@ -57,7 +57,6 @@ def build_box(subset: str, edge_nm: float, seed: int, rng):
 
 
 def run_trajectory(subset, traj, n_frames, temperature, edge_nm, args, done, pbar):
-    import openmm
     from openmm import app, unit
 
     ids = frame_ids(subset, traj, n_frames)
@@ -72,15 +71,8 @@ def run_trajectory(subset, traj, n_frames, temperature, edge_nm, args, done, pba
     charge = int(round(sum(q for q in C.residue_charges(system, top))))
     n_waters = sum(1 for r in top.residues() if r.name == "HOH")
     symbols = np.array(C.elements_of(top))
-    integ = openmm.LangevinMiddleIntegrator(temperature * unit.kelvin, args.friction / unit.picosecond,
-                                            args.timestep * unit.femtosecond)
-    integ.setRandomNumberSeed(seed)
-    plat, props = C.make_platform(args.platform)
-    ctx = openmm.Context(system, integ, plat, props)
-    ctx.setPositions(pos)
-    openmm.LocalEnergyMinimizer.minimize(ctx, 10.0, 200)
-    ctx.setVelocitiesToTemperature(temperature * unit.kelvin, seed)
-    integ.step(args.equil_steps)
+    ctx, integ = C.equilibrated_langevin(system, pos, temperature, args.friction, args.timestep, seed, args.platform,
+                                         args.equil_steps)
     for fid in ids:
         integ.step(args.stride)
         if fid in done:
