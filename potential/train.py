@@ -14,7 +14,8 @@ Config (YAML; every key optional except ``data.path``; defaults in :data:`DEFAUL
                                 # `avg_num_neighbors` (for message_normalization avg_num_neighbors)
                                 # are filled from the training set when absent
     data:
-      path: data.extxyz         # extxyz / anything ASE reads / EFA-style npz (relative to the YAML)
+      path: data.extxyz         # extxyz / anything ASE reads / EFA-style npz (relative to the YAML);
+                                # a list of files is read in order as one data set
       valid_path: null          # optional separate validation file (then no random valid split)
       test_path: null           # optional separate test file
       index: ":"                # ASE index string applied to `path`
@@ -233,7 +234,8 @@ def load_config(config_path: Optional[str] = None, overrides: Optional[Dict[str,
         return str(base_dir / x)
 
     for key in ("path", "valid_path", "test_path"):
-        d[key] = resolve(d.get(key))
+        v = d.get(key)
+        d[key] = [resolve(x) for x in v] if isinstance(v, (list, tuple)) else resolve(v)
     d["index_files"] = {k: resolve(v) for k, v in (d.get("index_files") or {}).items() if v is not None}
     if cfg.get("init_from"):
         cfg["init_from"] = resolve(cfg["init_from"])
@@ -542,7 +544,8 @@ def _seed_everything(seed: int) -> None:
 def _load_splits(cfg: Dict[str, Any], progress: bool) -> Dict[str, List[Frame]]:
     d = cfg["data"]
     keys = {k: d[k] for k in ("energy_key", "forces_key", "stress_key", "charge_key")}
-    frames = read_frames(d["path"], index=d.get("index", ":"), **keys)
+    paths = d["path"] if isinstance(d["path"], list) else [d["path"]]
+    frames = [f for path in paths for f in read_frames(path, index=d.get("index", ":"), **keys)]
     sp = dict(d.get("split") or {})
     if d.get("valid_path"):
         sp["valid"] = 0

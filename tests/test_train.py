@@ -483,3 +483,22 @@ def test_split_by_trajectory_script_writes_index_files(tmp_path):
     assert idx["test"] == [13, 14, 28, 29] and idx["valid"] == [11, 26]
     split = D.split_indices(30, index_files={k: tmp_path / "s" / f"{k}.txt" for k in idx})
     assert split["train"].tolist() == idx["train"] == list(range(10)) + list(range(15, 25))
+
+
+def test_data_path_list_reads_the_files_in_order(dataset, tmp_path):
+    """data.path may list several files (relative to the YAML): one data set, in order, so the split
+    of [a, b] equals the split of the file a + b."""
+    frames = ase.io.read(dataset, ":")
+    ase.io.write(tmp_path / "a.extxyz", frames[:10])
+    ase.io.write(tmp_path / "b.extxyz", frames[10:])
+    cfg = _cfg(dataset, tmp_path / "run")
+    cfg["data"]["path"] = ["a.extxyz", "b.extxyz"]
+    loaded = T.load_config(_write_cfg(tmp_path, cfg))
+    assert loaded["data"]["path"] == [str(tmp_path / "a.extxyz"), str(tmp_path / "b.extxyz")]
+    split_list = T._load_splits(loaded, progress=False)
+    cfg["data"]["path"] = str(dataset)
+    split_one = T._load_splits(T.load_config(_write_cfg(tmp_path, cfg)), progress=False)
+    for k in ("train", "valid", "test"):
+        assert len(split_list[k]) == len(split_one[k])
+        for x, y in zip(split_list[k], split_one[k]):
+            np.testing.assert_allclose(x.positions, y.positions)
