@@ -908,10 +908,7 @@ class EFABlock(nn.Module):
     def forward(self, x: Tensor, dx_local: Tensor, positions: Tensor, batch: Tensor, num_graphs: int,
                 cell: Tensor, pbc: Tensor) -> Tensor:
         efa = self.efa
-        mlp1 = self.mlp1
-        mlp2 = self.mlp2
-        c = self.c_switch
-        if efa is None or mlp1 is None or mlp2 is None or c is None:
+        if efa is None:  # disabled: blend's identity, without computing an attention
             return x + dx_local
         return self.blend(x, dx_local, efa(x, positions, batch, num_graphs, cell, pbc))
 

@@ -269,6 +269,17 @@ def equilibrated_langevin(system, positions, temperature: float, friction: float
     return ctx, integ
 
 
+def periodic_frame(context, symbols, info: dict) -> str:
+    """The context's current state as one periodic extxyz frame (positions wrapped into the box and
+    the box vectors, both in Å; ``format_frame`` with ``cell``)."""
+    from openmm import unit
+
+    st = context.getState(getPositions=True, enforcePeriodicBox=True)
+    xyz = st.getPositions(asNumpy=True).value_in_unit(unit.angstrom)
+    cell = st.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.angstrom)
+    return format_frame(symbols, xyz, info, cell=cell)
+
+
 def elements_of(topology) -> list[str]:
     return [a.element.symbol for a in topology.atoms()]
 

@@ -50,7 +50,6 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     import so3krates.openmm  # noqa: F401  (torch before OpenMM's plugins)
-    import openmm
     from openmm import app, unit
     from openmmml import MLPotential
     from peptide import build_peptide, solvate
@@ -59,13 +58,8 @@ def main(argv=None):
     top, pos = build_peptide(3, "ppii", ff)
     top, pos = solvate(top, pos, ff, box_nm=args.box)
     system = MLPotential("so3krates", modelPath=args.model).createSystem(top)
-    integ = openmm.LangevinMiddleIntegrator(args.temperature * unit.kelvin, 10 / unit.picosecond,
-                                            0.5 * unit.femtosecond)
-    integ.setRandomNumberSeed(args.seed)
-    ctx = openmm.Context(system, integ, openmm.Platform.getPlatformByName("CPU"))
-    ctx.setPositions(pos)
-    ctx.setVelocitiesToTemperature(args.temperature * unit.kelvin, args.seed)
-    integ.step(args.equil_steps)
+    ctx, integ = C.equilibrated_langevin(system, pos, args.temperature, 10.0, 0.5, args.seed, "CPU",
+                                         args.equil_steps, min_iterations=0)
     integ.setFriction(1 / unit.picosecond)
     symbols = [a.element.symbol for a in top.atoms()]
     n_waters = sum(1 for r in top.residues() if r.name == "HOH")
@@ -75,14 +69,11 @@ def main(argv=None):
         fid = f"ala3_box_al/s{args.seed}/f{k:04d}"
         if fid in done:
             continue
-        st = ctx.getState(getPositions=True, getEnergy=True, enforcePeriodicBox=True)
-        x = st.getPositions(asNumpy=True).value_in_unit(unit.angstrom)
-        cell = st.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.angstrom)
-        temp = 2 * st.getKineticEnergy().value_in_unit(unit.kilojoule_per_mole) / (
-            (3 * len(x) - 3) * BOLTZMANN_KJ_MOL_K)
+        kinetic = ctx.getState(getEnergy=True).getKineticEnergy().value_in_unit(unit.kilojoule_per_mole)
+        temp = 2 * kinetic / ((3 * len(symbols) - 3) * BOLTZMANN_KJ_MOL_K)
         info = {"frame_id": fid, "subset": "ala3_water_box_al", "total_charge": 0, "temperature": round(temp, 1),
                 "n_waters": n_waters, "box_nm": args.box}
-        C.append_frames(args.output, [C.format_frame(symbols, x, info, cell=cell)])
+        C.append_frames(args.output, [C.periodic_frame(ctx, symbols, info)])
 
 
 if __name__ == "__main__":

@@ -77,12 +77,9 @@ def run_trajectory(subset, traj, n_frames, temperature, edge_nm, args, done, pba
         integ.step(args.stride)
         if fid in done:
             continue
-        st = ctx.getState(getPositions=True, enforcePeriodicBox=True)
-        xyz = st.getPositions(asNumpy=True).value_in_unit(unit.angstrom)
-        cell = st.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.angstrom)
         info = {"frame_id": fid, "subset": subset, "total_charge": charge, "temperature": float(temperature),
                 "n_waters": n_waters, "box_nm": float(edge_nm)}
-        C.append_frames(args.output, [C.format_frame(symbols, xyz, info, cell=cell)])
+        C.append_frames(args.output, [C.periodic_frame(ctx, symbols, info)])
         done.add(fid)
         pbar.update(1)
 
