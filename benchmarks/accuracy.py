@@ -12,7 +12,7 @@ acids, villin cut-outs; H C N O S; charges 0/±1). The benchmark writes the spli
 (``<workdir>/split/{train,valid,test}.txt``) and every model reads exactly those frames. ``random``
 (default) is the shipped model's split (85/5/10 %, seed 7), so the so3krates row is comparable to
 ``examples/models/shipped_test_metrics.json``; ``trajectory`` is
-:func:`so3krates.potential.data.split_by_trajectory` (the end of every trajectory held out).
+:func:`so3krates.potential.train.data.split_by_trajectory` (the end of every trajectory held out).
 
 Models (each trained from scratch in its own process, one thread):
 
@@ -75,7 +75,7 @@ ARCH = {
     "torchmd-net": dict(embedding_dimension=48, num_layers=2, num_rbf=32, cutoff=5.0, max_num_neighbors=128),
 }
 QUICK_ARCH = {
-    "so3krates": dict(num_features=16, num_layers=1, degrees=[1, 2], num_heads=2, num_features_head=8, cutoff=5.0,
+    "so3krates": dict(num_features=16, num_layers=1, degrees=[1, 2], num_heads=2, cutoff=5.0,
                       num_radial_basis_fn=8, energy_regression_dim=16, use_charge_embed=True),
     "mace": dict(hidden_irreps="8x0e+8x1o", max_ell=1, correlation=2, num_interactions=1, num_bessel=4,
                  radial_MLP=[16], MLP_irreps="8x0e", cutoff=5.0, charge_emb_dim=4),
@@ -89,7 +89,7 @@ def make_split(args, workdir: Path) -> Dict[str, Any]:
     import ase.io
     import numpy as np
 
-    from so3krates.potential.data import split_by_trajectory, split_indices
+    from so3krates.potential.train.data import split_by_trajectory, split_indices
 
     images = ase.io.read(str(args.data), ":")
     data_path = Path(args.data)
@@ -118,8 +118,8 @@ def make_split(args, workdir: Path) -> Dict[str, Any]:
 
 def normalisation(images, idx) -> Dict[str, Any]:
     """Per-element energy shifts (least squares on the training split) and RMS force, eV and eV/Å."""
-    from so3krates.potential.data import frames_from_atoms
-    from so3krates.potential.train import fit_energy_shifts, force_rms
+    from so3krates.potential.train.data import frames_from_atoms
+    from so3krates.potential.train.trainer import fit_energy_shifts, force_rms
 
     train = frames_from_atoms([images[i] for i in idx["train"]])
     species = sorted({int(z) for a in images for z in a.numbers})
@@ -159,9 +159,9 @@ def worker_so3krates(params_path: str, result_path: str) -> None:
     import torch
 
     from so3krates.potential.checkpoint import load_checkpoint, model_from_checkpoint
-    from so3krates.potential.data import read_frames
-    from so3krates.potential.evaluate import error_metrics, predict_frames
-    from so3krates.potential.train import train_main
+    from so3krates.potential.train.data import read_frames
+    from so3krates.potential.train.evaluate import error_metrics, predict_frames
+    from so3krates.potential.train.trainer import train_main
 
     params = json.loads(Path(params_path).read_text())
     torch.set_num_threads(int(params.get("threads", 1)))

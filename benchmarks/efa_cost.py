@@ -102,7 +102,7 @@ def model_config(args, variant: str):
 def _model_workload(args, variant: str):
     import torch
 
-    from so3krates.potential.calculator import So3kratesPotential
+    from so3krates.potential.potential import So3kratesPotential
     from so3krates.potential.model import So3krates
     sys.path.insert(0, str(HERE))
     from model_speed import water_box

@@ -21,7 +21,7 @@ the receptive field 2·r_c is smaller than the largest pair distance (``cluster3
 both layers (``efa_layers: [true, true]``, Lebedev grid ``efa_grid``, ``efa_max_frequency`` = the
 grid's limit π for 50 points, ``efa_max_length`` ≥ the largest pair distance). The local model gets
 more features so that both have (nearly) the same number of parameters; both are trained with
-``so3krates.potential.train.train_main`` for the same number of steps, from the same seed, on the
+``so3krates.potential.train.trainer.train_main`` for the same number of steps, from the same seed, on the
 same split, with the same optimiser/schedule. Test errors are those of ``train_main``'s final test
 evaluation (best checkpoint, EMA weights, float64); for ``two_atoms`` the energy MAE on the test
 pairs beyond the cutoff is reported too.
@@ -203,7 +203,7 @@ def train_one(dataset: str, efa: bool, seed: int, mode: str, run_dir: Path, data
               progress: bool = True, lr: Optional[float] = None,
               cutoff: Optional[float] = None) -> Dict[str, Any]:
     """Train one model with ``train_main``; returns test metrics, parameter count, wall time."""
-    from so3krates.potential.train import train_main
+    from so3krates.potential.train.trainer import train_main
 
     ds = DATASETS[dataset]
     sz = ds[mode]
@@ -261,8 +261,8 @@ def _pair_distance_errors(model, path: Path, sz: Dict[str, Any], cutoff: float, 
     import numpy as np
     import torch
 
-    from so3krates.potential.data import attach_neighbors, read_frames, split_indices
-    from so3krates.potential.train import evaluate_frames
+    from so3krates.potential.train.data import attach_neighbors, read_frames, split_indices
+    from so3krates.potential.train.trainer import evaluate_frames
 
     frames = read_frames(path)
     idx = split_indices(len(frames), train=int(sz["train"]), valid=int(sz["valid"]), test=int(sz["test"]), seed=0)

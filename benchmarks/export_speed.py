@@ -47,7 +47,7 @@ def worker(args) -> dict:
     """Runs in a fresh process: load, then time calls."""
     import torch
     torch.set_num_threads(1)
-    from so3krates.export.metadata import load_exported
+    from so3krates.export.loader import load_exported
     from so3krates.export.exporter import potential_from_checkpoint
     atoms = water_box(args.n_side)
     dtype = getattr(torch, args.dtype)

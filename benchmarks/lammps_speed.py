@@ -106,7 +106,7 @@ def bare_worker(model: str, data: str, repeats: int) -> None:
     import numpy as np
     import torch
 
-    from so3krates.export.metadata import load_exported
+    from so3krates.export.loader import load_exported
 
     torch.set_num_threads(1)
     module, meta = load_exported(model)
@@ -222,13 +222,13 @@ def main(argv=None) -> Dict:
         import torch
 
         from so3krates.export.exporter import export_potential
-        from so3krates.potential.calculator import So3kratesPotential
+        from so3krates.potential.potential import So3kratesPotential
         from so3krates.potential.config import So3kratesConfig
         from so3krates.potential.model import So3krates
 
         torch.manual_seed(0)
         f = args.random_features
-        cfg = So3kratesConfig(cutoff=5.0, num_layers=2, num_features=f, num_heads=2, num_features_head=f // 2,
+        cfg = So3kratesConfig(cutoff=5.0, num_layers=2, num_features=f, num_heads=2,
                               degrees=[1, 2], num_radial_basis_fn=16, energy_regression_dim=f, species=[1, 8])
         args.model = str(work / "model.pt")
         export_potential(So3kratesPotential(So3krates(cfg).eval()), args.model, dtype="float32")

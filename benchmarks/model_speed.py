@@ -81,10 +81,10 @@ def worker(args):
     """One size, one thread count; prints one JSON line."""
     import torch
     torch.set_num_threads(args.threads)
-    from so3krates.potential.calculator import So3kratesPotential
+    from so3krates.potential.potential import So3kratesPotential
     from so3krates.potential.config import So3kratesConfig
     from so3krates.potential.model import So3krates
-    from so3krates.potential.neighbors import neighbor_list
+    from so3krates.potential.graph.neighbors import neighbor_list
 
     torch.manual_seed(0)
     pot = So3kratesPotential(So3krates(So3kratesConfig.so3lr())).float().eval()

@@ -58,7 +58,7 @@ QUICK_SIZES = [300, 1000]
 # when present) for the random-weight timing models; speed does not depend on the weight values
 SHIPPED_CONFIG = ROOT / "examples" / "models" / "config_shipped.yaml"
 DEMO_ARCH = dict(cutoff=5.0, cutoff_fn="phys", radial_basis_fn="bernstein", num_radial_basis_fn=16,
-                 degrees=[1, 2, 3], num_features=72, num_layers=2, num_heads=4, num_features_head=18,
+                 degrees=[1, 2, 3], num_features=72, num_layers=2, num_heads=4,
                  activation_fn="silu", layer_normalization_1=True, residual_mlp_1=True,
                  message_normalization="avg_num_neighbors", energy_regression_dim=72,
                  energy_activation_fn="silu", use_charge_embed=True)
@@ -76,7 +76,7 @@ def make_timing_model(path: str, efa: bool = False, dtype: str = "float32", seed
     """Export a random-weight So3krates with the shipped model's architecture (optionally with EFA)."""
     import torch
     from so3krates.export.exporter import export_potential
-    from so3krates.potential.calculator import So3kratesPotential
+    from so3krates.potential.potential import So3kratesPotential
     from so3krates.potential.config import So3kratesConfig
     from so3krates.potential.model import So3krates
     torch.manual_seed(seed)
@@ -97,7 +97,7 @@ def make_timing_model(path: str, efa: bool = False, dtype: str = "float32", seed
 def worker_module(p: dict) -> dict:
     import torch
     import _systems
-    from so3krates.export.metadata import load_exported
+    from so3krates.export.loader import load_exported
     torch.set_num_threads(p["threads"])
     module, meta = load_exported(p["model"])
     dtype = getattr(torch, p["dtype"])

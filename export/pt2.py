@@ -29,7 +29,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from so3krates.export.metadata import PT2_METADATA_NAME
+from so3krates.export.metadata import PT2_METADATA_NAME, build_metadata, read_metadata
+from so3krates.potential.forces import autograd_gradients, strain
+from so3krates.potential.graph.edges import pair_vectors
+from so3krates.potential.graph.neighbors import neighbor_list
+from so3krates.potential.validate import check_cell, check_min_distance, check_species, check_structure, is_open
 MIN_SIZE = 2  # torch.export specialises dimensions of size 0 and 1: the compiled graph needs >= 2
 
 
@@ -51,20 +55,17 @@ class EdgeEnergyForces(nn.Module):
                 shifts: Tensor, idx_i_lr: Tensor, idx_j_lr: Tensor, shifts_lr: Tensor, total_charge: Tensor,
                 num_unpaired_electrons: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         pos = positions.detach().requires_grad_(True)
-        strain = torch.zeros(3, 3, dtype=pos.dtype, device=pos.device, requires_grad=True)
-        deform = torch.eye(3, dtype=pos.dtype, device=pos.device) + 0.5 * (strain + strain.t())
-        pos_s = pos @ deform
-        cell_s = cell @ deform
-        vec = pos_s[idx_j] - pos_s[idx_i] + shifts @ cell_s
-        vec_lr = pos_s[idx_j_lr] - pos_s[idx_i_lr] + shifts_lr @ cell_s
         n = pos.shape[0]
         batch = torch.zeros(n, dtype=torch.long, device=pos.device)
+        pos_s, cell_s, eps = strain(pos, cell.unsqueeze(0), batch, 1, True)
+        vec = pair_vectors(pos_s, cell_s[0], idx_i, idx_j, shifts)
+        vec_lr = pair_vectors(pos_s, cell_s[0], idx_i_lr, idx_j_lr, shifts_lr)
         pbc = torch.zeros(1, 3, dtype=torch.bool, device=pos.device)  # only EFA reads it (refused)
         out = self.model(pos_s, atomic_numbers, vec, idx_i, idx_j, vec_lr, idx_i_lr, idx_j_lr, batch, 1,
-                         total_charge, num_unpaired_electrons, cell_s.unsqueeze(0), pbc)
+                         total_charge, num_unpaired_electrons, cell_s, pbc)
         atomic = out["atomic_energies"]
-        g_pos, g_strain = torch.autograd.grad([atomic.sum()], [pos, strain])
-        return atomic, -g_pos, g_strain
+        g_pos, g_eps = autograd_gradients(atomic.sum(), pos, eps, True, True, False)
+        return atomic, -g_pos, g_eps[0]
 
 
 def _supported(cfg) -> Optional[str]:
@@ -101,17 +102,15 @@ def edge_inputs(positions: Tensor, atomic_numbers: Tensor, cell: Tensor, pbc: Te
                 num_unpaired_electrons: float, cutoff: float, cutoff_lr: float, dtype: torch.dtype,
                 device: torch.device):
     """Neighbour lists (Å) and the argument tuple of :class:`EdgeEnergyForces` for one structure."""
-    from so3krates.potential.neighbors import neighbor_list
-    from so3krates.potential.validate import is_open
     pbc_b = pbc.to(torch.bool)
     open_sys = is_open(cell, pbc_b)
     cell_m = torch.zeros(3, 3, dtype=dtype, device=device) if open_sys else cell.to(dtype)
     if open_sys:
         pbc_b = torch.zeros(3, dtype=torch.bool, device=device)
     pos = positions.detach().to(dtype)
-    idx_i, idx_j, shifts = neighbor_list(pos, cutoff, cell_m, pbc_b)
+    idx_i, idx_j, shifts = neighbor_list(pos, cutoff, cell_m, pbc_b, True)
     if cutoff_lr > 0.0:
-        il, jl, sl = neighbor_list(pos, cutoff_lr, cell_m, pbc_b)
+        il, jl, sl = neighbor_list(pos, cutoff_lr, cell_m, pbc_b, True)
     else:  # unused by the compiled graph of a local model
         il, jl, sl = idx_i[:MIN_SIZE], idx_j[:MIN_SIZE], shifts[:MIN_SIZE]
     if pos.shape[0] < MIN_SIZE or idx_i.shape[0] < MIN_SIZE or il.shape[0] < MIN_SIZE:
@@ -163,7 +162,6 @@ def export_pt2(potential, output: str | os.PathLike, dtype: str = "float64", dev
     files = torch._inductor.aot_compile(program.module(), example, options={"aot_inductor.package": True})
     say(f"compiled ({time.perf_counter() - t0:.1f} s)")
 
-    from so3krates.export.exporter import build_metadata
     meta = build_metadata(potential, dtype)
     meta.update({"format": "pt2", "device": device, "entry_points": ["So3kratesPT2 (so3krates.export.pt2)"],
                  "compiled_with": f"torch {torch.__version__} AOTInductor"})
@@ -204,7 +202,6 @@ class So3kratesPT2:
     """
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu"):
-        from so3krates.export.metadata import read_metadata
         self.metadata = read_metadata(path)
         if self.metadata.get("format") != "pt2":
             raise ValueError(f"'{path}' is a TorchScript file; load it with so3krates.export.metadata.load_exported")
@@ -224,7 +221,6 @@ class So3kratesPT2:
     def __call__(self, positions: Tensor, atomic_numbers: Tensor, cell: Tensor, pbc: Tensor,
                  total_charge: float = 0.0, num_unpaired_electrons: float = 0.0,
                  compute_forces: bool = True, compute_stress: bool = False) -> Dict[str, Tensor]:
-        from so3krates.potential.validate import check_cell, check_min_distance, check_species, check_structure
         check_structure(positions, atomic_numbers, cell, pbc)
         check_species(atomic_numbers, self.known_species, self.species)
         check_cell(cell, pbc)

@@ -13,6 +13,9 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from .config import So3kratesConfig
+from .model import So3krates
+
 CHECKPOINT_FORMAT = "so3krates-checkpoint"
 CHECKPOINT_VERSION = 1
 
@@ -56,8 +59,6 @@ def load_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
 def model_from_checkpoint(path: str | os.PathLike, dtype: Optional[torch.dtype] = None,
                           use_ema: bool = True):
     """Build the So3krates model stored in a checkpoint (EMA weights when present and ``use_ema``)."""
-    from so3krates.potential.config import So3kratesConfig
-    from so3krates.potential.model import So3krates
     payload = load_checkpoint(path)
     model = So3krates(So3kratesConfig.from_dict(payload["config"]))
     state = payload.get("ema_state_dict") if use_ema and payload.get("ema_state_dict") else payload["state_dict"]

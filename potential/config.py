@@ -10,12 +10,15 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from .nn.activation import ACTIVATIONS as _ACTIVATIONS
+from .nn.efa import QK_ACTIVATIONS as _EFA_QK_ACTIVATIONS
+from .nn.efa_periodic import PERIODIC_MODES as _EFA_PERIODIC_MODES
+
 _RADIAL_BASES = ("bernstein", "physnet", "fourier")
 _CUTOFF_FNS = ("phys", "cosine", "exponential", "polynomial")
-_ACTIVATIONS = ("silu", "identity", "relu", "tanh", "softplus", "gelu")
 _NORMALISATIONS = ("identity", "sqrt_num_features", "avg_num_neighbors")
-_EFA_QK_ACTIVATIONS = ("identity", "silu", "gelu")  # = potential.efa.QK_ACTIVATIONS
-_EFA_PERIODIC_MODES = ("simplex", "kshell")  # = potential.efa.PERIODIC_MODES
+#: keys of older configs (and of mlff's hyperparameters) that no longer mean anything here
+_IGNORED_KEYS = ("num_features_head",)
 
 
 @dataclass
@@ -36,7 +39,6 @@ class So3kratesConfig:
     num_features: int = 128
     num_layers: int = 2
     num_heads: int = 4
-    num_features_head: int = 32
     activation_fn: str = "silu"
     qk_non_linearity: str = "identity"
     residual_mlp_1: bool = False
@@ -61,7 +63,7 @@ class So3kratesConfig:
     dispersion_energy_scale: float = 1.0
     cutoff_lr: Optional[float] = None
     dispersion_energy_cutoff_lr_damping: Optional[float] = None
-    # --- Euclidean fast attention (potential/efa.py); efa_layers[k] switches it on in layer k
+    # --- Euclidean fast attention (potential/nn/efa.py); efa_layers[k] switches it on in layer k
     efa_layers: List[bool] = field(default_factory=list)
     # sizes default to the EFA paper's (cost ∝ grid · qk/2 · v: ~10 % of the SO3LR network at these
     # values, 3-8x it at qk = v = 128, grid 86; docs/efa.md); None = num_features (older checkpoints)
@@ -140,10 +142,10 @@ class So3kratesConfig:
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "So3kratesConfig":
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
+        unknown = sorted(set(d) - names - set(_IGNORED_KEYS))
         if unknown:
             raise ValueError(f"unknown So3kratesConfig keys {unknown}; valid keys are {sorted(names)}")
-        return cls(**dict(d))
+        return cls(**{k: v for k, v in d.items() if k in names})
 
     def replace(self, **changes: Any) -> "So3kratesConfig":
         return dataclasses.replace(self, **changes)
@@ -176,7 +178,7 @@ class So3kratesConfig:
         """SO3LR (Kabylda et al. 2024): the published `hyperparameters.yaml`, lr cutoff 12 Å, damping 2 Å."""
         return cls(
             cutoff=4.5, cutoff_fn="phys", radial_basis_fn="bernstein", num_radial_basis_fn=32,
-            degrees=[1, 2, 3, 4], num_features=128, num_layers=3, num_heads=4, num_features_head=32,
+            degrees=[1, 2, 3, 4], num_features=128, num_layers=3, num_heads=4,
             activation_fn="silu", qk_non_linearity="identity",
             residual_mlp_1=True, residual_mlp_2=False, layer_normalization_1=True, layer_normalization_2=True,
             message_normalization="avg_num_neighbors", avg_num_neighbors=13.168995780096482,
@@ -195,7 +197,7 @@ class So3kratesConfig:
         cosine cutoff at 5 Å, purely local (no long-range terms)."""
         return cls(
             cutoff=5.0, cutoff_fn="cosine", radial_basis_fn="physnet", num_radial_basis_fn=32,
-            degrees=[1, 2, 3], num_features=132, num_layers=3, num_heads=4, num_features_head=33,
+            degrees=[1, 2, 3], num_features=132, num_layers=3, num_heads=4,
             activation_fn="silu", qk_non_linearity="identity",
             residual_mlp_1=False, residual_mlp_2=False, layer_normalization_1=False, layer_normalization_2=False,
             message_normalization="sqrt_num_features",

@@ -20,6 +20,7 @@ import torch
 
 from .config import So3kratesConfig
 from .model import So3krates
+from .physics.zbl import ZBL_PARAMETERS
 
 PathLike = Union[str, os.PathLike]
 # Elements of the SO3LR training data (SPICE, QM7-X, AQM, DES, ...): H Li C N O F Na Mg P S Cl K Ca Br I.
@@ -165,6 +166,22 @@ def _flax_subdict(params: Dict[str, Any], name: str) -> Optional[Dict[str, Any]]
     return found[1][name]
 
 
+def _load_zbl(zbl, sub: Optional[Dict[str, Any]]) -> None:
+    """The raw (pre-softplus) ZBL parameters of ``observables_0/zbl_repulsion`` (a1..a4, c1..c4, p, d;
+    shape (1,) each)."""
+    if sub is None:
+        raise ValueError("ZBL repulsion is on but the parameter tree has no 'zbl_repulsion' entry")
+    with torch.no_grad():
+        for k in ZBL_PARAMETERS:
+            param = getattr(zbl, k)
+            if k not in sub:
+                raise ValueError(f"zbl_repulsion/{k} is missing from the parameter tree")
+            v = torch.as_tensor(np.asarray(sub[k], dtype=np.float64).reshape(-1), dtype=param.dtype)
+            if v.shape != param.shape:
+                raise ValueError(f"zbl_repulsion/{k}: expected shape (1,), got {tuple(v.shape)}")
+            param.copy_(v)
+
+
 def model_from_flax_params(params: Dict[str, Any], config: So3kratesConfig,
                            dtype: torch.dtype = torch.float64) -> So3krates:
     """Build `So3krates(config)` and load the flax parameters (network + physical terms)."""
@@ -174,15 +191,10 @@ def model_from_flax_params(params: Dict[str, Any], config: So3kratesConfig,
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if unexpected:
         raise ValueError(f"converted parameters not in the model: {unexpected}")
-    # parameters of the physical terms are loaded by their own modules
-    for attr, key in (("zbl", "zbl_repulsion"), ("electrostatics", "electrostatic_energy"),
-                      ("dispersion", "dispersion_energy")):
-        mod = getattr(model, attr)
-        if mod is not None and hasattr(mod, "load_flax_params"):
-            sub = _flax_subdict(params, key)
-            mod.load_flax_params(sub if sub is not None else {})
-    prefixes = ("zbl.", "electrostatics.", "dispersion.")
-    left = [k for k in missing if not k.startswith(prefixes)]
+    zbl = model.zbl
+    if zbl is not None:
+        _load_zbl(zbl, _flax_subdict(params, "zbl_repulsion"))
+    left = [k for k in missing if not k.startswith(("zbl.", "dispersion."))]
     if left:
         raise ValueError(f"model parameters missing from the JAX checkpoint: {left}")
     return model.to(dtype).eval()

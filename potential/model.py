@@ -1,8 +1,25 @@
 """The So3krates network (Frank et al. 2024) with the optional SO3LR physical terms (Kabylda et al. 2024).
 
-`So3krates(config).forward(...)` maps a graph to per-atom energies (eV) and, for SO3LR, partial
-charges (e) and Hirshfeld ratios. Units: Å, eV, e. TorchScript-able; float32 and float64.
-See docs/internals.md for the exact contract.
+A model evaluation is a sequence of *stages*; every way of running the model composes the same
+stage methods of :class:`So3krates`:
+
+1. ``embed`` (atom types, total charge and spin; its normalisation ``embedding_weight_sums`` is a
+   sum over the whole system),
+2. per layer ``k``: ``messages`` (attention sums over the pairs of the local graph, built from
+   ``project`` and ``pair_messages``), then ``update`` (per atom: EFA, residual MLPs, exchange
+   block; EFA's key-value sums ``efa_sums`` run over the whole system),
+3. ``readout`` (per-atom energy, raw partial charges and Hirshfeld ratios, and the per-graph sums
+   of the charge constraint), ``long_range_values`` (charges corrected to the total charge),
+4. pair terms ``zbl_pair_energy`` (local pairs) and ``long_range_pair_energy`` (electrostatics +
+   dispersion, long-range pairs), each credited half to each atom of the pair.
+
+:meth:`So3krates.forward` chains them with autograd (training, Hessians); the memory-lean inference
+pass (``energy_and_gradients``, :mod:`so3krates.potential.backward`) chains them with their
+explicit backward methods; the engines (``so3krates.export``, the LAMMPS pair style) call them
+stage by stage with MPI communication in between. Units: Å, eV, e.
+
+Graphs are *pair lists*: every unordered pair {i, j} of atoms within the cutoff appears once, as
+``idx_i``, ``idx_j`` with the vector ``r_j - r_i (+ shift · cell)``; messages flow both ways.
 """
 from __future__ import annotations
 
@@ -12,62 +29,63 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .basis import CutoffFunction, RadialBasis, safe_norm, spherical_harmonics
+from .backward import StageGradients
 from .config import So3kratesConfig
-from .efa import EFABlock
-from .embedding import AtomTypeEmbedding, ChargeSpinEmbedding
-from .layer import So3kratesLayer
-from .readout import EnergyHead, HirshfeldHead, PartialChargesHead
+from .nn.basis import CutoffFunction, RadialBasis, safe_norm, spherical_harmonics
+from .nn.efa_block import EFABlock
+from .nn.embedding import AtomTypeEmbedding, ChargeSpinEmbedding
+from .nn.layer import So3kratesLayer
+from .nn.readout import EnergyHead, HirshfeldHead, PartialChargesHead
+from .physics.dispersion import DispersionEnergy
+from .physics.electrostatics import ElectrostaticEnergy
+from .physics.zbl import ZBLRepulsion
+
+#: pairs per chunk of the chunked stages is CHUNK_ELEMENTS / num_features (bounded temporaries)
+CHUNK_ELEMENTS = 2097152
 
 
-def _or_zeros(g: Optional[Tensor], like: Tensor) -> Tensor:
-    """A gradient from autograd.grad(..., allow_unused=True), zeros where the input was unused."""
-    if g is None:
-        return torch.zeros_like(like)
-    return g
+class So3krates(StageGradients):
+    """So3krates / SO3LR model; see the module docstring for the stages.
 
-
-class So3krates(nn.Module):
-    """So3krates / SO3LR model.
-
-    forward(positions [N,3] Å, atomic_numbers [N] long, edge_vectors [E,3] Å (r_j - r_i + shift),
-            idx_i [E], idx_j [E], edge_vectors_lr [E',3] Å, idx_i_lr [E'], idx_j_lr [E'],
-            batch [N] long, num_graphs, total_charge [B] e, num_unpaired_electrons [B],
-            cell [B,3,3] Å, pbc [B,3] bool) -> Dict[str, Tensor]
-      "atomic_energies" [N] eV (local network + ZBL + electrostatics + dispersion, as configured),
-      "partial_charges" [N] e (when electrostatics is on), "hirshfeld_ratios" [N] (when dispersion is on).
-    The local graph must hold both directions of every pair within `config.cutoff`; the long-range
-    graph (both directions) every pair within `config.cutoff_lr` (all pairs when cutoff_lr is None).
+    forward(positions [N,3] Å, atomic_numbers [N] long, edge_vectors [P,3] Å, idx_i [P], idx_j [P],
+            edge_vectors_lr [P',3] Å, idx_i_lr [P'], idx_j_lr [P'], batch [N] long, num_graphs,
+            total_charge [B] e, num_unpaired_electrons [B], cell [B,3,3] Å, pbc [B,3] bool) -> Dict
+      "atomic_energies" [N] eV (network + ZBL + electrostatics + dispersion, as configured),
+      "partial_charges" [N] e (with electrostatics), "hirshfeld_ratios" [N] (with dispersion).
+    The local pair list holds every pair within ``config.cutoff`` once; the long-range list every
+    pair within ``config.cutoff_lr`` once (all pairs when cutoff_lr is None).
     """
 
     def __init__(self, config: So3kratesConfig):
         super().__init__()
         config.validate()
-        self.config = config  # not used in forward (TorchScript ignores non-tensor Python objects)
+        self.config = config  # not used by the stages (TorchScript ignores non-tensor Python objects)
         self.cutoff: float = float(config.cutoff)
         # long-range pair cutoff in Å; -1.0 = no cutoff (all pairs; open systems only)
         self.cutoff_lr: float = float(config.cutoff_lr) if config.cutoff_lr is not None else -1.0
-        self.long_range: bool = bool(config.long_range)  # needs the long-range pair graph
-        # number of system-wide sums needed in engine mode (see global_partials)
-        self.num_globals: int = 2 if config.electrostatic_energy_bool else 0
+        self.long_range: bool = bool(config.long_range)  # needs the long-range pair list
         self.degrees: List[int] = [int(d) for d in config.degrees]
         self.m_tot: int = sum(2 * l + 1 for l in self.degrees)
         self.num_layers: int = int(config.num_layers)
-        self.has_efa: bool = any(bool(b) for b in (config.efa_layers or []))
+        self.num_features: int = int(config.num_features)
+        self.chunk_elements: int = CHUNK_ELEMENTS
+        self.efa_layers: List[bool] = [bool(config.efa_layers[k]) if k < len(config.efa_layers) else False
+                                       for k in range(self.num_layers)]
+        self.has_efa: bool = any(self.efa_layers)
         self.species: List[int] = [int(z) for z in config.species] if config.species is not None \
             else list(range(1, config.zmax + 1))
+        # per-atom long-range values: [partial charge (e)] with electrostatics, [Hirshfeld ratio] with dispersion
+        self.exchange_width: int = int(config.electrostatic_energy_bool) + int(config.dispersion_energy_bool)
+        # per-graph sums of the readout: [sum of raw charges (e), number of atoms] with electrostatics
+        self.num_readout_sums: int = 2 if config.electrostatic_energy_bool else 0
         f = config.num_features
 
         self.radial_basis = RadialBasis(config.radial_basis_fn, config.num_radial_basis_fn, config.cutoff)
         self.cutoff_fn = CutoffFunction(config.cutoff_fn, config.cutoff, config.cutoff_fn_p)
-
         self.atom_embedding = AtomTypeEmbedding(f, config.zmax)
-        self.charge_embedding = \
-            ChargeSpinEmbedding(f, config.zmax, "silu") if config.use_charge_embed else None
-        self.spin_embedding = \
-            ChargeSpinEmbedding(f, config.zmax, "silu") if config.use_spin_embed else None
+        self.charge_embedding = ChargeSpinEmbedding(f, config.zmax, "silu") if config.use_charge_embed else None
+        self.spin_embedding = ChargeSpinEmbedding(f, config.zmax, "silu") if config.use_spin_embed else None
         self.num_embeddings: int = 1 + int(config.use_charge_embed) + int(config.use_spin_embed)
-
         avg = float(config.avg_num_neighbors) if config.avg_num_neighbors is not None else 1.0
         self.layers = nn.ModuleList([
             So3kratesLayer(f, config.num_heads, self.degrees, config.num_radial_basis_fn,
@@ -76,359 +94,249 @@ class So3krates(nn.Module):
                            config.layer_normalization_1, config.layer_normalization_2,
                            EFABlock.from_config(config, k))
             for k in range(config.num_layers)])
-
         self.energy_head = EnergyHead(f, config.energy_regression_dim, config.energy_activation_fn, config.zmax,
-                                      config.energy_learn_atomic_type_scales,
-                                      config.energy_learn_atomic_type_shifts)
-        self.charges_head = \
-            PartialChargesHead(f, config.energy_regression_dim, config.energy_activation_fn) \
+                                      config.energy_learn_atomic_type_scales, config.energy_learn_atomic_type_shifts)
+        self.charges_head = PartialChargesHead(f, config.energy_regression_dim, config.energy_activation_fn) \
             if config.electrostatic_energy_bool else None
-        self.hirshfeld_head = \
-            HirshfeldHead(f, config.energy_regression_dim, config.energy_activation_fn) \
+        self.hirshfeld_head = HirshfeldHead(f, config.energy_regression_dim, config.energy_activation_fn) \
+            if config.dispersion_energy_bool else None
+        self.zbl = ZBLRepulsion() if config.zbl_repulsion_bool else None
+        self.electrostatics = ElectrostaticEnergy(config.electrostatic_energy_scale, config.cutoff_lr) \
+            if config.electrostatic_energy_bool else None
+        self.dispersion = DispersionEnergy(config.dispersion_energy_scale, config.cutoff_lr,
+                                           config.dispersion_energy_cutoff_lr_damping) \
             if config.dispersion_energy_bool else None
 
-        self.zbl = None
-        self.electrostatics = None
-        self.dispersion = None
-        if config.zbl_repulsion_bool or config.electrostatic_energy_bool or config.dispersion_energy_bool:
-            from . import longrange  # another part of the package; imported only when needed
-            if config.zbl_repulsion_bool:
-                self.zbl = longrange.ZBLRepulsion(cutoff=config.cutoff)
-            if config.electrostatic_energy_bool:
-                self.electrostatics = longrange.ElectrostaticEnergy(
-                    scale=config.electrostatic_energy_scale, cutoff_lr=config.cutoff_lr)
-            if config.dispersion_energy_bool:
-                self.dispersion = longrange.DispersionEnergy(
-                    scale=config.dispersion_energy_scale, cutoff_lr=config.cutoff_lr,
-                    damping=config.dispersion_energy_cutoff_lr_damping)
+    @torch.jit.export
+    def chunk(self, chunk_size: int) -> int:
+        """Pairs per chunk: ``chunk_size`` if positive, else CHUNK_ELEMENTS / num_features."""
+        return chunk_size if chunk_size > 0 else max(1024, self.chunk_elements // self.num_features)
+
+    @torch.jit.export
+    def chunk_bounds(self, num_pairs: int, chunk_size: int) -> List[int]:
+        """Start of every chunk of pairs, then ``num_pairs``; ``chunk_size`` < 0: one chunk (autograd
+        through everything anyway; keeps the number of pairs symbolic for torch.export)."""
+        if chunk_size < 0:
+            return [0, num_pairs]
+        bounds = list(range(0, num_pairs, self.chunk(chunk_size)))
+        bounds.append(num_pairs)
+        return bounds
 
     @torch.jit.export
     def geometry(self, edge_vectors: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Edge lengths d [E] Å, radial basis [E, K], cutoff values [E] and Y_l(r_ij/|r_ij|) [E, m_tot]."""
-        d = safe_norm(edge_vectors)  # [E]
-        rbf = self.radial_basis(d)  # [E, K]
-        cut = self.cutoff_fn(d)  # [E]
+        """Pair lengths d [P] Å, radial basis [P, K], cutoff values [P] and Y_l(r_ij/|r_ij|) [P, m_tot]."""
+        d = safe_norm(edge_vectors)
         d_pos = d > 0.0
         unit = edge_vectors / torch.where(d_pos, d, torch.ones_like(d)).unsqueeze(-1)
         unit = torch.where(d_pos.unsqueeze(-1), unit, torch.zeros_like(unit))
-        ylm = spherical_harmonics(unit, self.degrees)  # [E, m_tot]
-        return d, rbf, cut, ylm
+        return d, self.radial_basis(d), self.cutoff_fn(d), spherical_harmonics(unit, self.degrees)
 
+    # ------------------------------------------------------------------------ stage 1: embedding
     @torch.jit.export
-    def embed(self, atomic_numbers: Tensor, total_charge: Tensor, num_unpaired_electrons: Tensor, batch: Tensor,
-              num_graphs: int, nlocal: int = -1) -> Tensor:
-        """Initial invariant features [N, F]: atom-type (+ charge, spin) embeddings."""
-        z = atomic_numbers
-        x = self.atom_embedding(z)
-        charge_embedding = self.charge_embedding
-        if charge_embedding is not None:
-            x = x + charge_embedding(z, total_charge, batch, num_graphs, nlocal)
-        spin_embedding = self.spin_embedding
-        if spin_embedding is not None:
-            x = x + spin_embedding(z, num_unpaired_electrons, batch, num_graphs, nlocal)
-        return x / math.sqrt(float(self.num_embeddings))
-
-    @torch.jit.export
-    def representation(self, positions: Tensor, atomic_numbers: Tensor, edge_vectors: Tensor, idx_i: Tensor,
-                       idx_j: Tensor, batch: Tensor, num_graphs: int, total_charge: Tensor,
-                       num_unpaired_electrons: Tensor, cell: Tensor, pbc: Tensor, nlocal: int = -1
-                       ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Embedding + message passing: invariant features x [N, F], Euclidean variables ev [N, m_tot]
-        (degrees in `config.degrees`, m = -l..l each), edge lengths d [E] Å and cutoff values [E]."""
-        d, rbf, cut, ylm = self.geometry(edge_vectors)
-        x = self.embed(atomic_numbers, total_charge, num_unpaired_electrons, batch, num_graphs, nlocal)
-        ev = torch.zeros(atomic_numbers.shape[0], self.m_tot, dtype=x.dtype, device=x.device)
-
-        for layer in self.layers:
-            x, ev = layer(x, ev, rbf, ylm, cut, idx_i, idx_j, positions, batch, num_graphs, cell, pbc)
-        return x, ev, d, cut
-
-    # ------------------------------------------------------------------------------------------
-    def forward(self, positions: Tensor, atomic_numbers: Tensor, edge_vectors: Tensor,
-                idx_i: Tensor, idx_j: Tensor, edge_vectors_lr: Tensor, idx_i_lr: Tensor, idx_j_lr: Tensor,
-                batch: Tensor, num_graphs: int, total_charge: Tensor, num_unpaired_electrons: Tensor,
-                cell: Tensor, pbc: Tensor, nlocal: int = -1,
-                global_sums: Optional[Tensor] = None) -> Dict[str, Tensor]:
-        """See the class docstring. Engine mode (LAMMPS, `so3krates.export`): `nlocal` >= 0 marks atoms
-        0..nlocal-1 as owned, the rest as ghosts; `global_sums` [B, num_globals] are the system-wide
-        sums of `global_partials` (all ranks), used instead of per-graph sums over the given atoms."""
-        z = atomic_numbers
-        x, ev, d, cut = self.representation(positions, atomic_numbers, edge_vectors, idx_i, idx_j, batch,
-                                            num_graphs, total_charge, num_unpaired_electrons, cell, pbc, nlocal)
-
-        out: Dict[str, Tensor] = {}
-        energy = self.energy_head(x, z)
-
-        zbl = self.zbl
-        if zbl is not None:
-            energy = energy + zbl(z, d, idx_i, idx_j, cut)
-
-        d_lr = safe_norm(edge_vectors_lr)
-        charges_head = self.charges_head
-        if charges_head is not None:
-            if global_sums is None:
-                q = charges_head(x, z, batch, num_graphs, total_charge)
-            else:
-                q = charges_head.correct(charges_head.raw(x, z), batch, total_charge,
-                                         global_sums[:, 0].to(x.dtype), global_sums[:, 1].to(x.dtype))
-            out["partial_charges"] = q
-            electrostatics = self.electrostatics
-            if electrostatics is not None:
-                energy = energy + electrostatics(q, d_lr, idx_i_lr, idx_j_lr)
-        hirshfeld_head = self.hirshfeld_head
-        if hirshfeld_head is not None:
-            v = hirshfeld_head(x, z)
-            out["hirshfeld_ratios"] = v
-            dispersion = self.dispersion
-            if dispersion is not None:
-                energy = energy + dispersion(v, z, d_lr, idx_i_lr, idx_j_lr)
-
-        out["atomic_energies"] = energy
+    def embedding_weight_sums(self, atomic_numbers: Tensor, total_charge: Tensor, num_unpaired_electrons: Tensor,
+                              batch: Tensor, num_graphs: int) -> Tensor:
+        """[B, 2]: per graph the sums of the charge- and spin-embedding weights over the given atoms
+        (zeros for an embedding the model does not have): the normalisation of :meth:`embed`."""
+        out = torch.zeros(num_graphs, 2, dtype=self.atom_embedding.embedding.weight.dtype,
+                          device=atomic_numbers.device)
+        ce = self.charge_embedding
+        if ce is not None:
+            out[:, 0] = ce.weight_sums(atomic_numbers, total_charge, batch, num_graphs)
+        se = self.spin_embedding
+        if se is not None:
+            out[:, 1] = se.weight_sums(atomic_numbers, num_unpaired_electrons, batch, num_graphs)
         return out
 
     @torch.jit.export
-    def energy_and_gradients(self, positions: Tensor, atomic_numbers: Tensor, edge_vectors: Tensor,
-                             idx_i: Tensor, idx_j: Tensor, edge_vectors_lr: Tensor, idx_i_lr: Tensor,
-                             idx_j_lr: Tensor, batch: Tensor, num_graphs: int, total_charge: Tensor,
-                             num_unpaired_electrons: Tensor, cell: Tensor, pbc: Tensor,
-                             chunk_size: int = 0, half_pairs: bool = False) -> Tuple[Dict[str, Tensor], List[Tensor]]:
-        """``forward``'s outputs (values, no graph) and the gradients of the total energy
-        E = sum(atomic_energies) (eV) w.r.t. the inputs: [dE/d edge_vectors [E,3] eV/Å,
-        dE/d edge_vectors_lr [E',3] eV/Å, dE/d positions [N,3] eV/Å (explicit dependence: EFA),
-        dE/d cell [B,3,3] eV/Å (periodic EFA)]. Forces and stress follow by the chain rule through
-        the edge vectors (``So3kratesPotential`` does this in eval mode).
+    def embed(self, atomic_numbers: Tensor, total_charge: Tensor, num_unpaired_electrons: Tensor, batch: Tensor,
+              num_graphs: int, weight_sums: Optional[Tensor] = None) -> Tensor:
+        """Initial invariant features [N, F]; ``weight_sums`` [B, 2] from ``embedding_weight_sums`` over
+        the whole system (engines), None to normalise over the given atoms."""
+        x = self.atom_embedding(atomic_numbers)
+        ce = self.charge_embedding
+        if ce is not None:
+            x = x + ce(atomic_numbers, total_charge, batch, num_graphs,
+                       None if weight_sums is None else weight_sums[:, 0])
+        se = self.spin_embedding
+        if se is not None:
+            x = x + se(atomic_numbers, num_unpaired_electrons, batch, num_graphs,
+                       None if weight_sums is None else weight_sums[:, 1])
+        return x / math.sqrt(float(self.num_embeddings))
 
-        Same values as ``forward`` + autograd, with memory O(N·F·layers + chunk·F) instead of
-        O(E·F·layers): the layers run once without a graph keeping only the per-atom features of each
-        layer; the backward pass then recomputes each layer's edge messages in chunks of
-        ``chunk_size`` edges (0: about 2^21 / num_features) and back-propagates through one chunk at a
-        time; the long-range pair terms use their analytic derivatives. First derivatives only (no
-        graph is returned: use ``forward`` + autograd for force training or Hessians).
-
-        ``half_pairs``: both graphs list each unordered pair once (``neighbor_list(..., half=True)``):
-        the edge j -> i with vector -r_ij is implied. The filters, geometry and long-range pair terms
-        are then computed once per pair; the gradients refer to the listed vectors."""
-        n = atomic_numbers.shape[0]
-        z = atomic_numbers
-        f = self.atom_embedding.embedding.weight.shape[1]
-        chunk = chunk_size if chunk_size > 0 else max(1024, 2097152 // f)
-        vec = edge_vectors.detach()
-        vec_lr = edge_vectors_lr.detach()
-        pos = positions.detach()
-        cell_d = cell.detach()
-        n_edges = vec.shape[0]
-        bounds: List[int] = list(range(0, n_edges, chunk)) + [n_edges]
-        grad_was_enabled = torch.is_grad_enabled()
-
-        # 1. layers without a graph; keep the per-atom inputs and attention sums of every layer
-        torch.set_grad_enabled(False)
-        x = self.embed(z, total_charge, num_unpaired_electrons, batch, num_graphs, -1)
-        ev = torch.zeros(n, self.m_tot, dtype=x.dtype, device=x.device)
-        xs: List[Tensor] = []
-        evs: List[Tensor] = []
-        x_atts: List[Tensor] = []
-        ev_atts: List[Tensor] = []
-        for layer in self.layers:
-            att = layer.attention_block
-            p = att.project(x)
-            x_att = torch.zeros_like(x)
-            ev_att = torch.zeros_like(ev)
-            for c in range(len(bounds) - 1):
-                ii = idx_i[bounds[c]:bounds[c + 1]]
-                jj = idx_j[bounds[c]:bounds[c + 1]]
-                d, rbf, cut, ylm = self.geometry(vec[bounds[c]:bounds[c + 1]])
-                dev = ev.index_select(0, jj) - ev.index_select(0, ii)
-                if half_pairs:
-                    m = att.pair_messages([t.index_select(0, ii) for t in p], [t.index_select(0, jj) for t in p],
-                                          dev, rbf, ylm, cut)
-                    x_att.index_add_(0, ii, m[0])
-                    ev_att.index_add_(0, ii, m[1])
-                    x_att.index_add_(0, jj, m[2])
-                    ev_att.index_add_(0, jj, m[3])
-                else:
-                    msg, ev_msg = att.edge_messages(p[0].index_select(0, ii), p[1].index_select(0, ii),
-                                                    p[2].index_select(0, jj), p[3].index_select(0, jj),
-                                                    p[4].index_select(0, jj), dev, rbf, ylm, cut)
-                    x_att.index_add_(0, ii, msg)
-                    ev_att.index_add_(0, ii, ev_msg)
-            xs.append(x)
-            evs.append(ev)
-            x_atts.append(x_att)
-            ev_atts.append(ev_att)
-            x, ev = layer.update(x, ev, x_att, ev_att, pos, batch, num_graphs, cell_d, pbc)
-        torch.set_grad_enabled(True)
-
-        # 2. readouts and physical terms; adjoint of the last features
-        out: Dict[str, Tensor] = {}
-        x_last = x.detach().requires_grad_(True)
-        e_head = self.energy_head(x_last, z)
-        atomic = e_head.detach()
-        scalar = e_head.sum()  # its gradient w.r.t. x_last is the adjoint of the readouts
-        g_vec = torch.zeros_like(vec)
-        zbl = self.zbl
-        if zbl is not None:
-            e_zbl = torch.zeros_like(atomic)
-            for c in range(len(bounds) - 1):
-                ii = idx_i[bounds[c]:bounds[c + 1]]
-                jj = idx_j[bounds[c]:bounds[c + 1]]
-                v = vec[bounds[c]:bounds[c + 1]].requires_grad_(True)
-                d = safe_norm(v)
-                cut = self.cutoff_fn(d)
-                if half_pairs:
-                    e_c = zbl(z, torch.cat([d, d]), torch.cat([ii, jj]), torch.cat([jj, ii]), torch.cat([cut, cut]))
-                else:
-                    e_c = zbl(z, d, ii, jj, cut)
-                g = torch.autograd.grad([e_c.sum()], [v], allow_unused=True)[0]
-                if g is not None:
-                    g_vec[bounds[c]:bounds[c + 1]] = g
-                e_zbl = e_zbl + e_c.detach()
-            atomic = atomic + e_zbl
-        d_lr = safe_norm(vec_lr)
-        de_dr_lr = torch.zeros_like(d_lr)
-        charges_head = self.charges_head
-        if charges_head is not None:
-            q = charges_head(x_last, z, batch, num_graphs, total_charge)
-            out["partial_charges"] = q.detach()
-            electrostatics = self.electrostatics
-            if electrostatics is not None:
-                r = electrostatics.energies_and_derivatives(q, d_lr, idx_i_lr, idx_j_lr, electrostatics.use_cutoff,
-                                                            electrostatics.cutoff_lr, half_pairs)
-                atomic = atomic + r[0]
-                de_dr_lr = de_dr_lr + r[1]
-                de_dq = r[2].index_add(0, idx_j_lr, r[3])
-                scalar = scalar + (de_dq * q).sum()
-        hirshfeld_head = self.hirshfeld_head
-        if hirshfeld_head is not None:
-            h = hirshfeld_head(x_last, z)
-            out["hirshfeld_ratios"] = h.detach()
-            dispersion = self.dispersion
-            if dispersion is not None:
-                r = dispersion.energies_and_derivatives(h, z, d_lr, idx_i_lr, idx_j_lr, dispersion.use_cutoff,
-                                                        dispersion.cutoff_lr, dispersion.damping, half_pairs)
-                atomic = atomic + r[0]
-                de_dr_lr = de_dr_lr + r[1]
-                de_dh = r[2].index_add(0, idx_j_lr, r[3])
-                scalar = scalar + (de_dh * h).sum()
-        out["atomic_energies"] = atomic
-        d_pos = d_lr > 0.0
-        unit_lr = vec_lr / torch.where(d_pos, d_lr, torch.ones_like(d_lr)).unsqueeze(-1)
-        g_vec_lr = torch.where(d_pos.unsqueeze(-1), unit_lr, torch.zeros_like(unit_lr)) * de_dr_lr.unsqueeze(-1)
-        gx = torch.autograd.grad([scalar], [x_last], allow_unused=True)[0]
-        if gx is None:
-            gx = torch.zeros_like(x)
-        gev = torch.zeros_like(ev)
-
-        # 3. back through the layers, last to first (ModuleList: select by index inside the loop)
-        g_pos = torch.zeros_like(pos)
-        g_cell = torch.zeros_like(cell_d)
-        num_layers = len(xs)
-        for step in range(num_layers):
-            k = num_layers - 1 - step
-            for kk, blk in enumerate(self.layers):
-                if kk == k:
-                    inner = k > 0  # layer 0's inputs do not depend on the positions
-                    x_in = xs[k].detach().requires_grad_(inner)
-                    ev_in = evs[k].detach().requires_grad_(inner)
-                    x_att = x_atts[k].detach().requires_grad_(True)
-                    ev_att = ev_atts[k].detach().requires_grad_(True)
-                    pos_l = pos.requires_grad_(True) if self.has_efa else pos
-                    cell_l = cell_d.requires_grad_(True) if self.has_efa else cell_d
-                    x_out, ev_out = blk.update(x_in, ev_in, x_att, ev_att, pos_l, batch, num_graphs, cell_l, pbc)
-                    leaves = [x_att, ev_att]
-                    if inner:
-                        leaves = leaves + [x_in, ev_in]
-                    if self.has_efa:
-                        leaves = leaves + [pos_l, cell_l]
-                    go: List[Optional[Tensor]] = [gx, gev]
-                    gu = torch.autograd.grad([x_out, ev_out], leaves, grad_outputs=go, allow_unused=True)
-                    g_xatt = _or_zeros(gu[0], x_att)
-                    g_evatt = _or_zeros(gu[1], ev_att)
-                    if self.has_efa:
-                        g_pos = g_pos + _or_zeros(gu[len(gu) - 2], pos)
-                        g_cell = g_cell + _or_zeros(gu[len(gu) - 1], cell_d)
-                    # edge messages, one chunk at a time
-                    attb = blk.attention_block
-                    x_p = xs[k].detach().requires_grad_(inner)
-                    p = attb.project(x_p)
-                    pd: List[Tensor] = [t.detach() for t in p]
-                    gp: List[Tensor] = [torch.zeros_like(t) for t in pd]
-                    g_ev_edges = torch.zeros_like(ev)
-                    ev_k = evs[k]
-                    for c in range(len(bounds) - 1):
-                        ii = idx_i[bounds[c]:bounds[c + 1]]
-                        jj = idx_j[bounds[c]:bounds[c + 1]]
-                        v = vec[bounds[c]:bounds[c + 1]].requires_grad_(True)
-                        d, rbf, cut, ylm = self.geometry(v)
-                        dev = (ev_k.index_select(0, jj) - ev_k.index_select(0, ii)).requires_grad_(inner)
-                        if half_pairs:
-                            p_i = [t.index_select(0, ii).requires_grad_(inner) for t in pd]
-                            p_j = [t.index_select(0, jj).requires_grad_(inner) for t in pd]
-                            m = attb.pair_messages(p_i, p_j, dev, rbf, ylm, cut)
-                            ins = [v]
-                            if inner:
-                                ins = ins + p_i + p_j + [dev]
-                            gm: List[Optional[Tensor]] = [g_xatt.index_select(0, ii), g_evatt.index_select(0, ii),
-                                                          g_xatt.index_select(0, jj), g_evatt.index_select(0, jj)]
-                            ge = torch.autograd.grad(m, ins, grad_outputs=gm, allow_unused=True)
-                            g_vec[bounds[c]:bounds[c + 1]] += _or_zeros(ge[0], v)
-                            if inner:
-                                for t in range(5):
-                                    gp[t].index_add_(0, ii, _or_zeros(ge[1 + t], p_i[t]))
-                                    gp[t].index_add_(0, jj, _or_zeros(ge[6 + t], p_j[t]))
-                                g_dev = _or_zeros(ge[11], dev)
-                                g_ev_edges.index_add_(0, jj, g_dev)
-                                g_ev_edges.index_add_(0, ii, -g_dev)
-                        else:
-                            q1 = pd[0].index_select(0, ii).requires_grad_(inner)
-                            q2 = pd[1].index_select(0, ii).requires_grad_(inner)
-                            k1 = pd[2].index_select(0, jj).requires_grad_(inner)
-                            k2 = pd[3].index_select(0, jj).requires_grad_(inner)
-                            v1 = pd[4].index_select(0, jj).requires_grad_(inner)
-                            msg, ev_msg = attb.edge_messages(q1, q2, k1, k2, v1, dev, rbf, ylm, cut)
-                            ins = [v]
-                            if inner:
-                                ins = ins + [q1, q2, k1, k2, v1, dev]
-                            gm2: List[Optional[Tensor]] = [g_xatt.index_select(0, ii), g_evatt.index_select(0, ii)]
-                            ge = torch.autograd.grad([msg, ev_msg], ins, grad_outputs=gm2, allow_unused=True)
-                            g_vec[bounds[c]:bounds[c + 1]] += _or_zeros(ge[0], v)
-                            if inner:
-                                gp[0].index_add_(0, ii, _or_zeros(ge[1], q1))
-                                gp[1].index_add_(0, ii, _or_zeros(ge[2], q2))
-                                gp[2].index_add_(0, jj, _or_zeros(ge[3], k1))
-                                gp[3].index_add_(0, jj, _or_zeros(ge[4], k2))
-                                gp[4].index_add_(0, jj, _or_zeros(ge[5], v1))
-                                g_dev = _or_zeros(ge[6], dev)
-                                g_ev_edges.index_add_(0, jj, g_dev)
-                                g_ev_edges.index_add_(0, ii, -g_dev)
-                    if inner:
-                        gpo: List[Optional[Tensor]] = [gp[0], gp[1], gp[2], gp[3], gp[4]]
-                        g_proj = torch.autograd.grad(p, [x_p], grad_outputs=gpo, allow_unused=True)[0]
-                        gx = _or_zeros(gu[2], x_in) + _or_zeros(g_proj, x_in)
-                        gev = _or_zeros(gu[3], ev_in) + g_ev_edges
-        torch.set_grad_enabled(grad_was_enabled)
-        return out, [g_vec, g_vec_lr, g_pos, g_cell]
+    # ------------------------------------------------------------------------ stage 2: layers
+    @torch.jit.export
+    def project(self, k: int, x: Tensor) -> List[Tensor]:
+        """Queries, keys and values of layer ``k`` per atom: [q1, q2, k1, k2, v1], each [N, F]."""
+        out: List[Tensor] = []
+        for i, layer in enumerate(self.layers):
+            if i == k:
+                out = layer.attention_block.project(x)
+        return out
 
     @torch.jit.export
-    def global_partials(self, positions: Tensor, atomic_numbers: Tensor, edge_vectors: Tensor, idx_i: Tensor,
-                        idx_j: Tensor, batch: Tensor, num_graphs: int, total_charge: Tensor,
-                        num_unpaired_electrons: Tensor, nlocal: int = -1) -> Tensor:
-        """[B, num_globals] partial sums over the owned atoms (index < nlocal; all if nlocal < 0) of the
-        quantities global terms need: [sum of raw partial charges (e), number of atoms] with
-        electrostatics (SO3LR), nothing for local models. Summed over all ranks they are the
-        `global_sums` of `forward`. Exact at any number of ranks when total charge and spin are zero;
-        otherwise the charge/spin embedding normalisation is per rank (exact on one rank)."""
-        charges_head = self.charges_head
-        if charges_head is None:
-            return torch.zeros(num_graphs, 0, dtype=positions.dtype, device=positions.device)
-        cell = torch.zeros(num_graphs, 3, 3, dtype=positions.dtype, device=positions.device)
-        pbc = torch.zeros(num_graphs, 3, dtype=torch.bool, device=positions.device)
-        x, ev, d, cut = self.representation(positions, atomic_numbers, edge_vectors, idx_i, idx_j, batch,
-                                            num_graphs, total_charge, num_unpaired_electrons, cell, pbc, nlocal)
-        raw = charges_head.raw(x, atomic_numbers)
-        ones = torch.ones_like(raw)
-        if nlocal >= 0:
-            owned = torch.arange(raw.shape[0], device=raw.device) < nlocal
-            raw = torch.where(owned, raw, torch.zeros_like(raw))
-            ones = torch.where(owned, ones, torch.zeros_like(ones))
-        zeros = torch.zeros(num_graphs, dtype=raw.dtype, device=raw.device)
-        return torch.stack([zeros.index_add(0, batch, raw), zeros.index_add(0, batch, ones)], dim=1)
+    def pair_messages(self, k: int, p_i: List[Tensor], p_j: List[Tensor], ev_i: Tensor, ev_j: Tensor,
+                      edge_vectors: Tensor) -> List[Tensor]:
+        """Messages of layer ``k`` in both directions of P pairs: p_i / p_j the rows of ``project`` at
+        the two atoms, ev_i / ev_j their Euclidean variables [P, m_tot], edge_vectors r_j - r_i [P, 3]
+        -> [to i: [P, F], [P, m_tot], to j: [P, F], [P, m_tot]]."""
+        d, rbf, cut, ylm = self.geometry(edge_vectors)
+        out: List[Tensor] = []
+        for i, layer in enumerate(self.layers):
+            if i == k:
+                out = layer.attention_block.pair_messages(p_i, p_j, ev_j - ev_i, rbf, ylm, cut)
+        return out
+
+    @torch.jit.export
+    def messages(self, k: int, x: Tensor, ev: Tensor, edge_vectors: Tensor, idx_i: Tensor, idx_j: Tensor,
+                 chunk_size: int = 0) -> Tuple[Tensor, Tensor]:
+        """Attention sums of layer ``k`` over the local pairs, x_att [N, F] and ev_att [N, m_tot], formed
+        in chunks of pairs (``chunk_bounds``; differentiable; without a graph only one chunk's
+        temporaries live)."""
+        p = self.project(k, x)
+        x_att = torch.zeros_like(x)
+        ev_att = torch.zeros_like(ev)
+        b = self.chunk_bounds(idx_i.shape[0], chunk_size)
+        for c in range(len(b) - 1):
+            ii = idx_i[b[c]:b[c + 1]]
+            jj = idx_j[b[c]:b[c + 1]]
+            m = self.pair_messages(k, [t.index_select(0, ii) for t in p], [t.index_select(0, jj) for t in p],
+                                   ev.index_select(0, ii), ev.index_select(0, jj), edge_vectors[b[c]:b[c + 1]])
+            x_att = x_att.index_add(0, ii, m[0]).index_add(0, jj, m[2])
+            ev_att = ev_att.index_add(0, ii, m[1]).index_add(0, jj, m[3])
+        return x_att, ev_att
+
+    @torch.jit.export
+    def efa_sums(self, k: int, x: Tensor, positions: Tensor, cell: Tensor, pbc: Tensor) -> Tensor:
+        """Key-value sums of layer ``k``'s Euclidean fast attention over the given atoms (one graph;
+        empty without EFA in that layer). Engines sum them over all ranks and pass the total to ``update``."""
+        out = torch.zeros(0, dtype=x.dtype, device=x.device)
+        for i, layer in enumerate(self.layers):
+            if i == k:
+                out = layer.efa.global_sums(x, positions, cell, pbc)
+        return out
+
+    @torch.jit.export
+    def update(self, k: int, x: Tensor, ev: Tensor, x_att: Tensor, ev_att: Tensor, positions: Tensor, batch: Tensor,
+               num_graphs: int, cell: Tensor, pbc: Tensor, efa_sums: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """Per-atom update of layer ``k`` (see ``So3kratesLayer.forward``); ``efa_sums``: the system's
+        EFA key-value sums (engines), None to form them from the given atoms."""
+        out = (x, ev)
+        for i, layer in enumerate(self.layers):
+            if i == k:
+                out = layer(x, ev, x_att, ev_att, positions, batch, num_graphs, cell, pbc, efa_sums)
+        return out
+
+    # ------------------------------------------------------------------------ stage 3: readout
+    @torch.jit.export
+    def readout(self, x: Tensor, atomic_numbers: Tensor, batch: Tensor, num_graphs: int
+                ) -> Tuple[Tensor, Tensor, Tensor]:
+        """Per-atom energies [N] (eV), raw long-range values [N, W] (uncorrected partial charges in e,
+        Hirshfeld ratios) and per-graph sums [B, K] of the charge constraint (sum of raw charges,
+        number of atoms; K = 0 without electrostatics)."""
+        e = self.energy_head(x, atomic_numbers)
+        cols: List[Tensor] = []
+        sums = torch.zeros(num_graphs, 0, dtype=x.dtype, device=x.device)
+        ch = self.charges_head
+        if ch is not None:
+            raw = ch.raw(x, atomic_numbers)
+            cols.append(raw)
+            zeros = torch.zeros(num_graphs, dtype=x.dtype, device=x.device)
+            sums = torch.stack([zeros.index_add(0, batch, raw), zeros.index_add(0, batch, torch.ones_like(raw))], 1)
+        hh = self.hirshfeld_head
+        if hh is not None:
+            cols.append(hh(x, atomic_numbers))
+        lr = torch.stack(cols, 1) if len(cols) > 0 else torch.zeros(x.shape[0], 0, dtype=x.dtype, device=x.device)
+        return e, lr, sums
+
+    @torch.jit.export
+    def long_range_values(self, lr_raw: Tensor, sums: Tensor, total_charge: Tensor, batch: Tensor) -> Tensor:
+        """[N, W]: partial charges corrected to the total charge of their graph, q_i = q~_i + (Q - Σq~)/n
+        (e), and the Hirshfeld ratios as they are; ``sums`` [B, 2] over the whole system."""
+        ch = self.charges_head
+        if ch is None:
+            return lr_raw
+        q = ch.correct(lr_raw[:, 0], batch, total_charge, sums[:, 0], sums[:, 1])
+        return torch.cat([q.unsqueeze(1), lr_raw[:, 1:]], 1)
+
+    # ------------------------------------------------------------------------ stage 4: pair terms
+    @torch.jit.export
+    def zbl_pair_energy(self, z_i: Tensor, z_j: Tensor, edge_vectors: Tensor) -> Tensor:
+        """ZBL repulsion of local pairs [P] (eV); zeros without ZBL."""
+        zbl = self.zbl
+        if zbl is None:
+            return torch.zeros(edge_vectors.shape[0], dtype=edge_vectors.dtype, device=edge_vectors.device)
+        d = safe_norm(edge_vectors)
+        return zbl.pair_energy(z_i, z_j, d, self.cutoff_fn(d))
+
+    @torch.jit.export
+    def long_range_pair_energy(self, z_i: Tensor, z_j: Tensor, lr_i: Tensor, lr_j: Tensor,
+                               edge_vectors: Tensor) -> Tensor:
+        """Electrostatics + dispersion of long-range pairs [P] (eV); lr_i / lr_j the two atoms' rows of
+        ``long_range_values``."""
+        d = safe_norm(edge_vectors)
+        e = torch.zeros_like(d)
+        col = 0
+        es = self.electrostatics
+        if es is not None:
+            e = e + es.pair_energy(lr_i[:, 0], lr_j[:, 0], d)
+            col = 1
+        disp = self.dispersion
+        if disp is not None:
+            e = e + disp.pair_energy(lr_i[:, col], lr_j[:, col], z_i, z_j, d)
+        return e
+
+    @torch.jit.export
+    def pair_energies(self, atomic_numbers: Tensor, lr: Tensor, edge_vectors: Tensor, idx_i: Tensor, idx_j: Tensor,
+                      edge_vectors_lr: Tensor, idx_i_lr: Tensor, idx_j_lr: Tensor, chunk_size: int = 0) -> Tensor:
+        """Per-atom pair energies [N] (eV): ZBL on the local pairs and the long-range terms on the
+        long-range pairs, half of each pair energy credited to each of its atoms."""
+        z = atomic_numbers
+        e = torch.zeros(z.shape[0], dtype=edge_vectors.dtype, device=edge_vectors.device)
+        if self.zbl is not None:
+            b = self.chunk_bounds(idx_i.shape[0], chunk_size)
+            for c in range(len(b) - 1):
+                ii = idx_i[b[c]:b[c + 1]]
+                jj = idx_j[b[c]:b[c + 1]]
+                h = 0.5 * self.zbl_pair_energy(z.index_select(0, ii), z.index_select(0, jj),
+                                               edge_vectors[b[c]:b[c + 1]])
+                e = e.index_add(0, ii, h).index_add(0, jj, h)
+        if self.exchange_width > 0:
+            b = self.chunk_bounds(idx_i_lr.shape[0], chunk_size)
+            for c in range(len(b) - 1):
+                ii = idx_i_lr[b[c]:b[c + 1]]
+                jj = idx_j_lr[b[c]:b[c + 1]]
+                h = 0.5 * self.long_range_pair_energy(z.index_select(0, ii), z.index_select(0, jj),
+                                                      lr.index_select(0, ii), lr.index_select(0, jj),
+                                                      edge_vectors_lr[b[c]:b[c + 1]])
+                e = e.index_add(0, ii, h).index_add(0, jj, h)
+        return e
+
+    # ------------------------------------------------------------------------ all stages, with autograd
+    def forward(self, positions: Tensor, atomic_numbers: Tensor, edge_vectors: Tensor,
+                idx_i: Tensor, idx_j: Tensor, edge_vectors_lr: Tensor, idx_i_lr: Tensor, idx_j_lr: Tensor,
+                batch: Tensor, num_graphs: int, total_charge: Tensor, num_unpaired_electrons: Tensor,
+                cell: Tensor, pbc: Tensor) -> Dict[str, Tensor]:
+        """See the class docstring."""
+        z = atomic_numbers
+        x = self.embed(z, total_charge, num_unpaired_electrons, batch, num_graphs, None)
+        ev = torch.zeros(z.shape[0], self.m_tot, dtype=x.dtype, device=x.device)
+        for k in range(self.num_layers):
+            x_att, ev_att = self.messages(k, x, ev, edge_vectors, idx_i, idx_j, -1)
+            x, ev = self.update(k, x, ev, x_att, ev_att, positions, batch, num_graphs, cell, pbc, None)
+        energy, lr_raw, sums = self.readout(x, z, batch, num_graphs)
+        lr = self.long_range_values(lr_raw, sums, total_charge, batch)
+        energy = energy + self.pair_energies(z, lr, edge_vectors, idx_i, idx_j, edge_vectors_lr, idx_i_lr, idx_j_lr,
+                                             -1)
+        return self.outputs(energy, lr)
+
+    @torch.jit.export
+    def outputs(self, atomic_energies: Tensor, lr: Tensor) -> Dict[str, Tensor]:
+        """The output dictionary from the per-atom energies and long-range values."""
+        out: Dict[str, Tensor] = {"atomic_energies": atomic_energies}
+        col = 0
+        if self.charges_head is not None:
+            out["partial_charges"] = lr[:, 0]
+            col = 1
+        if self.hirshfeld_head is not None:
+            out["hirshfeld_ratios"] = lr[:, col]
+        return out

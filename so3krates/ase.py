@@ -15,12 +15,14 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 
+from so3krates.export.exporter import potential_from_checkpoint
+from so3krates.export.loader import load_exported
+from so3krates.export.metadata import build_metadata
+
 
 def _load_model(path: str, dtype: Optional[str], device: str):
     """Return (callable module, metadata dict) for an exported file or a checkpoint."""
-    from so3krates.export.metadata import read_metadata, load_exported
     if str(path).endswith((".ckpt", ".pth")) and os.path.exists(path):
-        from so3krates.export.exporter import potential_from_checkpoint, build_metadata
         potential = potential_from_checkpoint(path, dtype=dtype or "float64").to(device)
         return potential, build_metadata(potential)
     module, meta = load_exported(path, device=device)

@@ -40,7 +40,7 @@ def _cmd_info(args) -> None:
         return
     print(summary_line(meta))
     for key in ("format", "format_version", "package_version", "torch_version", "dtype", "device", "cutoff", "cutoff_lr",
-                "num_layers", "receptive_field", "ghost_shell", "num_globals", "efa", "long_range", "units", "entry_points",
+                "num_layers", "receptive_field", "ghost_cutoff", "efa", "long_range", "units", "entry_points",
                 "source_checkpoint"):
         if key in meta:
             print(f"  {key:18s} {meta[key]}")
@@ -48,13 +48,13 @@ def _cmd_info(args) -> None:
 
 
 def _cmd_train(args) -> None:
-    from so3krates.potential.train import parse_overrides, train_main
+    from so3krates.potential.train.trainer import parse_overrides, train_main
     run = train_main(args.config, resume=args.resume, overrides=parse_overrides(args.set or []))
     print(f"training finished: {run}")
 
 
 def _cmd_evaluate(args) -> None:
-    from so3krates.potential.evaluate import evaluate_cli
+    from so3krates.potential.train.evaluate import evaluate_cli
     evaluate_cli(args)
 
 

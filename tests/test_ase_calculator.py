@@ -16,7 +16,7 @@ from helpers import random_molecule, random_periodic, small_model
 from so3krates.ase import So3kratesCalculator
 from so3krates.export.exporter import export_potential
 from so3krates.export.metadata import read_metadata
-from so3krates.potential.calculator import So3kratesPotential
+from so3krates.potential.potential import So3kratesPotential
 from so3krates.potential.checkpoint import save_checkpoint
 
 

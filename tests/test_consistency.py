@@ -16,8 +16,8 @@ from ase import Atoms
 import lammps_helpers as LH
 from helpers import ROOT, small_model
 from so3krates.export.exporter import export_potential
-from so3krates.export.metadata import load_exported
-from so3krates.potential.calculator import So3kratesPotential
+from so3krates.export.loader import load_exported
+from so3krates.potential.potential import So3kratesPotential
 from so3krates.potential.checkpoint import model_from_checkpoint
 
 SHIPPED_CKPT = ROOT / "examples" / "models" / "so3krates_demo.ckpt"

@@ -1,4 +1,4 @@
-"""Tests for Euclidean fast attention (potential/efa.py) and the Lebedev grids (potential/lebedev.py).
+"""Tests for Euclidean fast attention (potential/nn/efa.py) and the Lebedev grids (potential/nn/lebedev.py).
 
 Tolerances
 ----------
@@ -18,8 +18,10 @@ import math
 import pytest
 import torch
 
-from so3krates.potential import lebedev
-from so3krates.potential.efa import EFABlock, EuclideanFastAttention, PeriodicEuclideanFastAttention
+from so3krates.potential.nn import lebedev
+from so3krates.potential.nn.efa import EuclideanFastAttention
+from so3krates.potential.nn.efa_block import EFABlock
+from so3krates.potential.nn.efa_periodic import PeriodicEuclideanFastAttention
 
 GRIDS = [50, 86, 110, 146, 194, 302]
 F64 = torch.float64
@@ -539,7 +541,7 @@ def test_kshell_tends_to_open_kernel_in_large_box():
 # EFA disabled), so none of them can pass with EFA switched off.
 def _model_config(**kw):
     from so3krates.potential.config import So3kratesConfig
-    args = dict(num_features=16, num_layers=2, num_heads=2, num_features_head=8, degrees=[1, 2], cutoff=3.0,
+    args = dict(num_features=16, num_layers=2, num_heads=2, degrees=[1, 2], cutoff=3.0,
                 cutoff_fn="cosine", radial_basis_fn="bernstein", num_radial_basis_fn=8, energy_regression_dim=16,
                 energy_learn_atomic_type_scales=True, energy_learn_atomic_type_shifts=True, species=[1, 6, 8],
                 efa_layers=[True, True], efa_grid=50, efa_max_length=12.0, efa_num_heads=2, efa_qk_features=16,
@@ -564,7 +566,7 @@ def _efa_model(seed=0, dtype=F64, **kw):
 
 
 def _potential(model):
-    from so3krates.potential.calculator import So3kratesPotential
+    from so3krates.potential.potential import So3kratesPotential
     return So3kratesPotential(model).eval()
 
 
@@ -752,7 +754,7 @@ def test_config_defaults_and_old_checkpoints(tmp_path):
     assert efa.d_qk == cfg.num_features and efa.d_v == cfg.num_features and efa.grid_size == 86
     assert efa.qk_activation == "identity" and efa.periodic_mode == "simplex"
     assert abs(float(_energy_forces(_potential(old), pos, z, cell, pbc)["energy"]) - e_ref) < 1e-12
-    new = So3krates(So3kratesConfig(num_features=128, num_heads=4, num_features_head=32, efa_layers=[True, True]))
+    new = So3krates(So3kratesConfig(num_features=128, num_heads=4, efa_layers=[True, True]))
     efa = new.layers[1].efa.efa
     assert (efa.grid_size, efa.d_qk, efa.d_v, efa.periodic_mode) == (50, 16, 32, "simplex")
     with pytest.raises(ValueError, match="efa_periodic_mode"):

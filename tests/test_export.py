@@ -11,22 +11,22 @@ import numpy as np
 import pytest
 import torch
 from ase.io import read
-from ase.neighborlist import neighbor_list as ase_neighbor_list
 
-from helpers import ROOT, periodic_images_within, random_molecule, random_periodic, small_model, so3lr_dir
+from helpers import ROOT, random_molecule, random_periodic, small_model, so3lr_dir
 from so3krates.export.exporter import export_potential
-from so3krates.export.metadata import FORMAT_VERSION, METADATA_NAME, ModelFileError, load_exported, read_metadata
-from so3krates.potential.calculator import So3kratesPotential
+from so3krates.export.loader import load_exported
+from so3krates.export.metadata import FORMAT_VERSION, METADATA_NAME, ModelFileError, read_metadata
+from so3krates.potential.potential import So3kratesPotential
 
 
 def _t(x, dtype=torch.float64):
     return torch.tensor(np.asarray(x), dtype=dtype)
 
 
-def _eval(module, pos, z, cell=None, pbc=(False,) * 3, dtype=torch.float64, stress=False):
+def _eval(module, pos, z, cell=None, pbc=(False,) * 3, dtype=torch.float64, stress=False, charge=0.0):
     cell = np.zeros((3, 3)) if cell is None else cell
     out = module(_t(pos, dtype), torch.tensor(z, dtype=torch.long), _t(cell, dtype), torch.tensor(pbc),
-                 0.0, 0.0, True, stress)
+                 charge, 0.0, True, stress)
     return {k: v.detach() for k, v in out.items()}
 
 
@@ -83,13 +83,15 @@ def test_metadata_and_info_cli(tmp_path):
     assert meta["receptive_field"] == pytest.approx(2 * 3.0 + 4.5)
     assert meta["species"] == [1, 6, 8] and meta["symbols"] == ["H", "C", "O"]
     assert meta["units"]["length"] == "Angstrom" and meta["units"]["energy"] == "eV"
-    assert meta["num_globals"] == 2
-    assert {"forward", "engine_begin", "engine_continue", "atomic_energies_from_edges"} <= set(meta["entry_points"])
-    assert meta["ghost_shell"] == pytest.approx(max(2 * 3.0, 4.5))
+    assert {"forward", "engine_layout", "engine_atoms", "engine_atoms_vjp", "engine_pairs",
+            "engine_pairs_vjp"} <= set(meta["entry_points"])
+    assert meta["ghost_cutoff"] == pytest.approx(max(3.0, 4.5))
     module, _ = load_exported(tmp_path / "m.pt")
     for name in meta["entry_points"]:  # every listed entry point exists in the file
         assert hasattr(module, name), name
-    assert float(module.engine_ghost_shell()) == pytest.approx(meta["ghost_shell"])
+    layout = module.engine_layout()
+    assert layout["num_layers"] == 2 and layout["feature_width"] == 16 + 3 + 5 and layout["exchange_width"] == 2
+    assert layout["readout_sums"] == 2 and layout["embedding_sums"] == 1
     out = subprocess.run([sys.executable, "-m", "so3krates.cli", "info", str(tmp_path / "m.pt")],
                          capture_output=True, text=True, check=True).stdout
     assert "2 layers" in out and "receptive field 10.5 Å" in out and "elements H C O" in out
@@ -150,77 +152,57 @@ assert not [m for m in sys.modules if m == 'so3krates' or m.startswith('so3krate
     assert float(res.stdout.strip()) == pytest.approx(ref, rel=1e-12, abs=1e-12)
 
 
-# ----------------------------------------------------------------------------- engine entry point
+# ----------------------------------------------------------------------------- engine entry points
+ENGINE_MODELS = {
+    "local": dict(long_range=False),
+    "long_range": dict(long_range=True),  # ZBL, electrostatics, dispersion, charge and spin embeddings
+    "efa": dict(long_range=True, efa=True),
+}
 
 
-def _engine_energy_forces(module, meta, all_pos, all_z, owner, owned_sets):
-    """Energy and forces the way the LAMMPS pair style computes them, with each set in `owned_sets` a
-    'rank' (its owned atoms first, everything else as ghosts), global sums reduced across ranks, and
-    the adjoint of the global sums reduced and back-propagated through each rank's partial sums."""
-    n_owned_total = int(owner.max()) + 1
-    ranks = []
-    for owned in owned_sets:
-        order = np.concatenate([owned, np.setdiff1d(np.arange(len(all_z)), owned)])
-        pos = torch.tensor(all_pos[order], dtype=torch.float64, requires_grad=True)
-        zz = torch.tensor(all_z[order], dtype=torch.long)
-        i, j, _ = ase_neighbor_list("ijS", _atoms(all_pos[order], all_z[order]),
-                                    max(meta["cutoff"], meta["cutoff_lr"]) + 0.3)  # with a 'skin'
-        ranks.append((order, pos, zz, torch.tensor(i), torch.tensor(j), len(owned)))
-    partials = [module.global_partials(p, zz, i, j, nl, 0.0, 0.0) for (_, p, zz, i, j, nl) in ranks]
-    total = torch.stack(partials).sum(0).detach() if partials[0].numel() else partials[0].detach()
-    energy = 0.0
-    forces = np.zeros((n_owned_total, 3))
-    adjoints = []
-    grads = []
-    for (order, pos, zz, i, j, nl) in ranks:
-        g = total.clone().requires_grad_(True)
-        e = module.atomic_energies_from_edges(pos, zz, i, j, nl, 0.0, 0.0, g)[:nl].sum()
-        inputs = [pos, g] if g.numel() else [pos]
-        res = torch.autograd.grad(e, inputs, allow_unused=True)
-        energy += float(e)
-        grads.append(res[0] if res[0] is not None else torch.zeros_like(pos))
-        adjoints.append(res[1] if g.numel() and res[1] is not None else None)
-    if adjoints[0] is not None:
-        adj = torch.stack(adjoints).sum(0)  # MPI_Allreduce of dE_rank/dG
-        for k, ((order, pos, zz, i, j, nl), part) in enumerate(zip(ranks, partials)):
-            (gp,) = torch.autograd.grad(part, pos, grad_outputs=adj, retain_graph=True)
-            grads[k] = grads[k] + gp
-    for (order, *_), g in zip(ranks, grads):
-        np.add.at(forces, owner[order], -g.numpy())  # reverse communication: ghosts -> owners
-    return energy, forces
-
-
-def _atoms(pos, z):
-    from ase import Atoms
-    return Atoms(numbers=z, positions=pos, pbc=False)
-
-
-@pytest.mark.parametrize("long_range", [False, True], ids=["local", "long_range"])
-def test_engine_entry_points_match_forward_on_1_and_2_ranks(tmp_path, long_range):
-    pot = So3kratesPotential(small_model(long_range=long_range))
-    meta = export_potential(pot, tmp_path / "m.pt", dtype="float64")
-    module, meta = load_exported(tmp_path / "m.pt")
+@pytest.mark.parametrize("kind", list(ENGINE_MODELS))
+@pytest.mark.parametrize("periodic", [True, False], ids=["periodic", "open"])
+def test_engine_stages_on_simulated_ranks_equal_forward(tmp_path, kind, periodic):
+    """The exported stages with halo exchange and sums over ranks (tests/engine_reference.py, what the
+    LAMMPS pair style does) = the file's forward, on 1, 2 and 5 simulated ranks (5 ranks on 16 atoms
+    leave some ranks without atoms), to 1e-10 in energies, forces and per-atom energies."""
+    import engine_reference
+    model = small_model(**ENGINE_MODELS[kind])
+    if kind == "efa":
+        with torch.no_grad():  # the EFA output layers start at zero: make them count
+            for layer in model.layers:
+                layer.efa.mlp2.weight.normal_(0.0, 0.5)
+    export_potential(So3kratesPotential(model), tmp_path / "m.pt", dtype="float64")
+    module, _ = load_exported(tmp_path / "m.pt")
     pos, z, cell = random_periodic(16, seed=9)
-    ref = _eval(module, pos, z, cell, (True,) * 3)
-    all_pos, all_z, owner = periodic_images_within(pos, z, cell, meta["receptive_field"])
-    n = len(z)
-    for sets in ([np.arange(n)], [np.arange(0, n, 2), np.arange(1, n, 2)]):
-        energy, forces = _engine_energy_forces(module, meta, all_pos, all_z, owner, sets)
-        assert abs(energy - float(ref["energy"])) <= 1e-10 * max(1.0, abs(float(ref["energy"])))
-        assert np.abs(forces - ref["forces"].numpy()).max() <= 1e-10
+    pbc = np.array([periodic] * 3)
+    if not periodic:
+        cell = np.zeros((3, 3))
+    ref = _eval(module, pos, z, cell, tuple(pbc))
+    for nranks in (1, 2, 5):
+        out = engine_reference.evaluate(module, pos, z, cell, pbc, nranks, charge=1.0 if kind != "local" else 0.0,
+                                        chunk=11)
+        if kind != "local":  # the reference for a charged system
+            ref = _eval(module, pos, z, cell, tuple(pbc), charge=1.0)
+        assert abs(out["energy"] - float(ref["energy"])) <= 1e-10 * max(1.0, abs(float(ref["energy"])))
+        assert np.abs(out["forces"] - ref["forces"].numpy()).max() <= 1e-10
+        assert np.abs(out["atomic_energies"] - ref["atomic_energies"].numpy()).max() <= 1e-10
+
+
+def test_engine_stage_errors(tmp_path):
+    export_potential(So3kratesPotential(small_model(long_range=False)), tmp_path / "m.pt")
+    module, _ = load_exported(tmp_path / "m.pt")
+    pos = torch.zeros(2, 3, dtype=torch.float64)
+    pos[1, 0] = float("nan")
+    with pytest.raises(Exception, match="NaN or inf"):
+        module.engine_atoms("check", 0, [pos, torch.tensor([1, 1])])
+    with pytest.raises(Exception, match=r"unknown element Cl .*only knows H, C, O"):
+        module.engine_atoms("check", 0, [torch.zeros(2, 3, dtype=torch.float64), torch.tensor([1, 17])])
+    with pytest.raises(Exception, match="unknown stage 'nonsense'"):
+        module.engine_atoms("nonsense", 0, [pos])
 
 
 # ----------------------------------------------------------------------------- SO3LR through the file
-@pytest.fixture(scope="module")
-def so3lr_file(tmp_path_factory):
-    from so3krates.potential.convert import convert_to_checkpoint
-    from so3krates.export.exporter import export_checkpoint
-    d = tmp_path_factory.mktemp("so3lr")
-    convert_to_checkpoint(so3lr_dir() / "params.pkl", d / "so3lr.ckpt")
-    export_checkpoint(str(d / "so3lr.ckpt"), str(d / "so3lr.pt"), dtype="float64")
-    return d / "so3lr.pt"
-
-
 def test_so3lr_parity_through_exported_file_and_ase(so3lr_file):
     from so3krates.ase import So3kratesCalculator
     atoms = read(so3lr_dir() / "tests" / "dha.xyz")
@@ -250,14 +232,3 @@ def test_so3lr_water_box_through_exported_file(so3lr_file):
     assert abs(e - e_ref) <= 1e-6 * abs(e_ref)
     assert np.abs(f - ref["forces"].reshape(f.shape)).max() <= 5e-4
     assert atoms.get_stress().shape == (6,)
-
-
-def test_engine_entry_point_refuses_efa_models(tmp_path):
-    export_potential(So3kratesPotential(small_model(long_range=False, efa=True)), tmp_path / "m.pt")
-    module, meta = load_exported(tmp_path / "m.pt")
-    assert meta["efa"] is True
-    pos = torch.zeros(2, 3, dtype=torch.float64)
-    pos[1, 0] = 1.0
-    with pytest.raises(Exception, match="Euclidean fast attention"):
-        module.atomic_energies_from_edges(pos, torch.tensor([1, 1]), torch.tensor([0, 1]), torch.tensor([1, 0]),
-                                          2, 0.0, 0.0, torch.zeros(0, dtype=torch.float64))

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from helpers import random_molecule, random_periodic, small_model
-from so3krates.export.metadata import load_exported, read_metadata
-from so3krates.potential.calculator import So3kratesPotential
+from so3krates.export.loader import load_exported
+from so3krates.export.metadata import read_metadata
+from so3krates.potential.potential import So3kratesPotential
 from so3krates.potential.checkpoint import save_checkpoint
 
 CLI = [sys.executable, "-m", "so3krates.cli"]

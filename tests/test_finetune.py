@@ -18,22 +18,20 @@ import yaml
 
 from helpers import ROOT, so3lr_dir
 
-from so3krates.potential import train as T
+from so3krates.potential.train import trainer as T
 from so3krates.potential.checkpoint import load_checkpoint, model_from_checkpoint
-from so3krates.potential.convert import convert_to_checkpoint
-from so3krates.potential.data import read_frames
-from so3krates.potential.evaluate import predict_frames
+from so3krates.potential.train.data import read_frames
+from so3krates.potential.train.evaluate import predict_frames
 
 DATA = ROOT / "examples" / "data" / "so3krates_demo.extxyz"
 FRAMES = [0, 150, 300, 450]  # alanine dipeptide (22 atoms) from different trajectories/temperatures
 
 
 @pytest.fixture(scope="module")
-def finetuned(tmp_path_factory):
+def finetuned(tmp_path_factory, so3lr_checkpoint):
     tmp = tmp_path_factory.mktemp("finetune")
-    convert_to_checkpoint(so3lr_dir() / "params.pkl", tmp / "so3lr.ckpt")
     np.savetxt(tmp / "frames.txt", FRAMES, fmt="%d")
-    cfg = {"run_dir": str(tmp / "run"), "seed": 0, "init_from": str(tmp / "so3lr.ckpt"),
+    cfg = {"run_dir": str(tmp / "run"), "seed": 0, "init_from": str(so3lr_checkpoint),
            "data": {"path": str(DATA), "index_files": {"train": str(tmp / "frames.txt"),
                                                         "valid": str(tmp / "frames.txt")}},
            "training": {"batch_size": 2, "valid_batch_size": 4, "max_steps": 8, "eval_every": 2, "lr": 2e-4,
@@ -42,11 +40,11 @@ def finetuned(tmp_path_factory):
     path = tmp / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     run = T.train_main(str(path))
-    return tmp, run
+    return tmp, run, so3lr_checkpoint
 
 
 def test_finetune_from_converted_so3lr_lowers_the_loss(finetuned):
-    tmp, run = finetuned
+    tmp, run, source = finetuned
     with open(run / "metrics.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [int(r["step"]) for r in rows] == [2, 4, 6, 8]
@@ -55,7 +53,7 @@ def test_finetune_from_converted_so3lr_lowers_the_loss(finetuned):
     assert all(math.isfinite(float(r["train_loss"])) for r in rows)
     assert losses[-1] < 0.9 * losses[0], losses  # on the frames it is trained on
     ck = load_checkpoint(run / "last.ckpt")
-    src = load_checkpoint(tmp / "so3lr.ckpt")
+    src = load_checkpoint(source)
     assert ck["finished"] and ck["step"] == 8
     assert ck["config"] == src["config"]  # the architecture of the converted checkpoint (long-range terms on)
     assert ck["config"]["electrostatic_energy_bool"] and ck["config"]["dispersion_energy_bool"]
@@ -70,7 +68,7 @@ def test_finetune_from_converted_so3lr_lowers_the_loss(finetuned):
 def test_finetuned_checkpoint_loads_and_exports(finetuned, tmp_path):
     import so3krates.export.exporter as exporter
 
-    _, run = finetuned
+    _, run, _ = finetuned
     model = model_from_checkpoint(run / "best.ckpt", dtype=torch.float64)
     assert model.config.cutoff_lr == 12.0
     pt = tmp_path / "so3lr_finetuned.pt"

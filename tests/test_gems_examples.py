@@ -25,7 +25,7 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1")
 def model_file(tmp_path_factory):
     import torch
     from so3krates.export.exporter import export_potential
-    from so3krates.potential.calculator import So3kratesPotential
+    from so3krates.potential.potential import So3kratesPotential
     path = tmp_path_factory.mktemp("gems") / "small.pt"
     model = small_model(dtype=torch.float32, long_range=False, species=[1, 6, 7, 8, 16])
     export_potential(So3kratesPotential(model), path, dtype="float32")

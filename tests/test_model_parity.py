@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from so3krates.potential.convert import load_so3lr
+from so3krates.potential.graph.neighbors import neighbor_list
 
 REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "so3lr"
 LR_CUTOFF = 12.0
@@ -27,16 +28,8 @@ def _ref_dir() -> Path:
 
 
 def _neighbor_list(positions, cutoff, cell, pbc):
-    try:
-        from so3krates.potential.neighbors import neighbor_list
-        return neighbor_list(positions, cutoff, cell, pbc)
-    except ImportError:  # the project's neighbour list is a separate part; ASE as a fallback
-        from ase.neighborlist import neighbor_list as ase_nl
-        from ase import Atoms
-        a = Atoms(positions=positions.numpy(), cell=cell.numpy(), pbc=pbc.numpy())
-        i, j, s = ase_nl("ijS", a, cutoff)
-        return (torch.as_tensor(i, dtype=torch.long), torch.as_tensor(j, dtype=torch.long),
-                torch.as_tensor(s, dtype=positions.dtype))
+    """Pair list (each pair once), the model's graph convention."""
+    return neighbor_list(positions, cutoff, cell, pbc, True)
 
 
 def energy_forces(model, atoms, dtype=torch.float64, total_charge=0.0):
@@ -58,9 +51,8 @@ def energy_forces(model, atoms, dtype=torch.float64, total_charge=0.0):
 
 
 @pytest.fixture(scope="module")
-def so3lr64():
-    return load_so3lr(_ref_dir() / "params.pkl", lr_cutoff=LR_CUTOFF, dispersion_damping=DAMPING,
-                      dtype=torch.float64)
+def so3lr64(so3lr_model):
+    return so3lr_model
 
 
 def _read_dha():
@@ -120,7 +112,7 @@ def test_parity_through_potential_inference_pass(so3lr64, system):
     """The same tolerances through So3kratesPotential in eval mode: half neighbour lists, layer-wise
     recomputation in chunks and analytic long-range derivatives (the path ASE/OpenMM/benchmarks use)."""
     from ase.io import read
-    from so3krates.potential.calculator import So3kratesPotential
+    from so3krates.potential.potential import So3kratesPotential
     if system == "dha":
         atoms, ref = _read_dha(), np.load(_ref_dir() / "tests" / "dha_ase.npz")
         e_tol, f_tol = 1e-5 + 1e-6 * abs(float(ref["energy"])), 1e-4

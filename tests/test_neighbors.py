@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from so3krates.potential.neighbors import batched_neighbor_list, neighbor_list
+from so3krates.potential.graph.neighbors import batched_neighbor_list, neighbor_list
 
 
 def brute_force(positions, cutoff, cell, pbc):

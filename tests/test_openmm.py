@@ -41,7 +41,7 @@ from so3krates.ase import So3kratesCalculator  # noqa: E402
 from so3krates.export.exporter import export_checkpoint  # noqa: E402
 from so3krates.openmm import EV_PER_A_TO_KJ_PER_MOL_NM, EV_TO_KJ_PER_MOL  # noqa: E402
 from so3krates.openmm._options import parse_bool, parse_nonnegative_int  # noqa: E402
-from so3krates.openmm.standin import make_standin_model  # noqa: E402
+from morse_standin import make_standin_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_CKPT = ROOT / "examples" / "models" / "so3krates_demo.ckpt"
@@ -448,7 +448,7 @@ def test_pythonforce_eager_module(standin_path, model_path, ase_ref, cluster, co
     stand-in's eager class and checks it against its scripted file."""
     top, pos = cluster
     if compile:
-        from so3krates.openmm.standin import MorseStandIn
+        from morse_standin import MorseStandIn
         eager = MorseStandIn((1, 6, 7, 8), cutoff=5.0).double()
         e_ref, f_ref = evaluate(ml_system(top, so_mm.torch_force(standin_path, top)), pos)
         metadata = {"species": [1, 6, 7, 8]}
@@ -487,7 +487,7 @@ def test_bad_model_file(tmp_path, cluster):
     top, _ = cluster
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a model")
-    with pytest.raises(ValueError, match="not a so3krates model file"):
+    with pytest.raises(ValueError, match="not a TorchScript archive"):
         so_mm.torch_force(bad, top)
 
     class Plain(torch.nn.Module):

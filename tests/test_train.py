@@ -19,13 +19,13 @@ import ase.io  # noqa: E402
 from ase import Atoms  # noqa: E402
 from ase.calculators.singlepoint import SinglePointCalculator  # noqa: E402
 
-from so3krates.potential import data as D  # noqa: E402
-from so3krates.potential import train as T  # noqa: E402
+from so3krates.potential.train import data as D  # noqa: E402
+from so3krates.potential.train import trainer as T  # noqa: E402
 from so3krates.potential.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
-from so3krates.potential.evaluate import evaluate_main  # noqa: E402
+from so3krates.potential.train.evaluate import evaluate_main  # noqa: E402
 
 OFFSETS = {1: -13.6, 6: -1030.0, 8: -2040.0}
-TINY_MODEL = {"num_features": 16, "num_layers": 1, "degrees": [1, 2], "num_heads": 2, "num_features_head": 8,
+TINY_MODEL = {"num_features": 16, "num_layers": 1, "degrees": [1, 2], "num_heads": 2,
               "cutoff": 4.0, "num_radial_basis_fn": 8, "energy_regression_dim": 16}
 
 
@@ -224,7 +224,8 @@ def test_collate_mixes_molecules_and_periodic_frames():
     vec = batch.edge_vectors(batch.positions, batch.cell)
     assert torch.all(batch.batch[batch.idx_i] == batch.batch[batch.idx_j])
     assert (vec.norm(dim=-1) < 4.0).all() and (vec.norm(dim=-1) > 0).all()
-    assert int((batch.batch[batch.idx_i] == 1).sum()) == int(per[0].idx_i.shape[0]) > 12  # periodic images
+    # periodic images: 12 + 6 neighbours of the fcc atom within 4 Å, each pair once
+    assert int((batch.batch[batch.idx_i] == 1).sum()) == int(per[0].idx_i.shape[0]) == 9
     # batched energies equal single-frame energies
     from so3krates.potential.config import So3kratesConfig
     from so3krates.potential.model import So3krates
@@ -325,7 +326,7 @@ def test_evaluate_exported_model_matches_checkpoint(trained_run, dataset, tmp_pa
     import so3krates.export.exporter as exporter
     pt = tmp_path / "model.pt"
     exporter.export_checkpoint(str(trained_run / "best.ckpt"), str(pt), dtype="float64")
-    from so3krates.potential.evaluate import predict_frames
+    from so3krates.potential.train.evaluate import predict_frames
 
     frames = D.read_frames(dataset)[:6]
     p_pt = predict_frames(str(pt), frames, progress=False)

@@ -1,5 +1,19 @@
-/* libtorch side of pair_style so3krates (see so3krates_model.h for why it is separate). */
+/* libtorch side of pair_style so3krates: loads an exported file and evaluates it on one rank's atoms
+   with per-layer halo exchange (see so3krates_model.h for why it is a separate translation unit).
+
+   Data flow of one evaluation (every step an autograd node, stage_autograd.h):
+     embed (all atoms; its charge/spin normalisation summed over ranks)
+     per layer k:  project (owned atoms + ghosts that appear in a pair) -> messages over the pairs
+                   -> reverse halo (ghost rows of the attention sums added to their owners)
+                   [-> EFA key-value sums, allreduce] -> update (owned atoms)
+                   -> forward halo (owned feature rows copied to the ghost images; not after the last layer)
+     readout (owned atoms) [-> charge sums, allreduce -> corrected charges -> forward halo]
+     pair terms: ZBL over the local pairs, electrostatics + dispersion over the long-range pairs
+     E_rank = readout energies + pair energies; one torch::autograd::grad gives dE/dx and dE/dcell. */
 #include "so3krates_model.h"
+
+#include "stage_autograd.h"
+#include "stage_backend.h"
 
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/autograd.h>
@@ -14,18 +28,23 @@
 
 namespace so3krates {
 
+using torch::Tensor;
+
 namespace {
 
 const char *METADATA_FILE = "so3krates/metadata.json";
+const char *ENGINE_METHODS[] = {"engine_layout", "engine_atoms", "engine_atoms_vjp", "engine_pairs",
+                                "engine_pairs_vjp"};
 
-// c10::Error messages carry TorchScript stack traces; keep the useful part.
-std::string short_message(const c10::Error &e, bool first_line_only)
+// c10::Error messages carry TorchScript stack traces; keep the useful part (the Python exception's
+// text when the model raised one, else the first line).
+std::string short_message(const c10::Error &e)
 {
   std::string msg = e.what_without_backtrace();
-  if (first_line_only) {
-    auto pos = msg.find('\n');
-    if (pos != std::string::npos) msg = msg.substr(0, pos);
-  }
+  const std::string tag = "builtins.ValueError: ";
+  auto pos = msg.rfind(tag);
+  if (pos != std::string::npos) msg = msg.substr(pos + tag.size());
+  else if ((pos = msg.find('\n')) != std::string::npos) msg = msg.substr(0, pos);
   while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
   return msg;
 }
@@ -41,12 +60,35 @@ std::string torch_lib_dir()
   return "";
 }
 
+Tensor long_tensor(const std::vector<int64_t> &v, const torch::Device &dev)
+{
+  return torch::tensor(v, torch::kInt64).to(dev);
+}
+
 }    // namespace
 
 struct Model::Impl {
   torch::jit::Module module;
+  std::unique_ptr<StageBackend> backend;
   torch::Device device{torch::kCPU};
   torch::Dtype dtype{torch::kFloat64};
+  int64_t chunk = 0;
+};
+
+// The tensors of one evaluation.
+struct Inputs {
+  Tensor pos;       // [ntot, 3] float64 leaf (requires grad)
+  Tensor cell;      // [3, 3] float64 leaf (requires grad)
+  Tensor pbc;       // [3] bool
+  Tensor z;         // [ntot]
+  Tensor rows;      // atoms in the local pair list, owned first [nc]
+  Tensor z_rows;    // their atomic numbers
+  Tensor pi, pj;    // local pairs, indices into rows
+  Tensor vec;       // r_j - r_i of the local pairs [P, 3], model dtype
+  Tensor li, lj;    // long-range pairs, indices into all atoms
+  Tensor vec_lr;    // [P', 3]
+  Tensor charge, spin;
+  int64_t nlocal = 0, ntot = 0;
 };
 
 bool Model::cuda_available(std::string *why)
@@ -66,7 +108,7 @@ bool Model::cuda_available(std::string *why)
     if (why) *why = "torch finds no CUDA GPU on this machine (torch::cuda::is_available() is false)";
     return false;
   } catch (const c10::Error &e) {
-    if (why) *why = short_message(e, true);
+    if (why) *why = short_message(e);
     return false;
   }
 }
@@ -76,12 +118,32 @@ void Model::set_num_threads(int n)
   try {
     at::set_num_threads(n);
   } catch (const c10::Error &e) {
-    throw std::runtime_error("cannot set torch threads: " + short_message(e, true));
+    throw std::runtime_error("cannot set torch threads: " + short_message(e));
   }
 }
 
-Model::Model(const std::string &path, const std::string &device, int device_index) :
-    impl_(new Impl)
+static Layout read_layout(torch::jit::Module &m)
+{
+  Layout lay;
+  auto d = m.run_method("engine_layout").toGenericDict();
+  auto get = [&](const std::string &key) -> int64_t {
+    auto it = d.find(c10::IValue(key));
+    if (it == d.end()) throw std::runtime_error("engine_layout() lacks '" + key + "'");
+    return it->value().toInt();
+  };
+  lay.num_layers = static_cast<int>(get("num_layers"));
+  lay.num_features = static_cast<int>(get("num_features"));
+  lay.feature_width = static_cast<int>(get("feature_width"));
+  lay.table_width = static_cast<int>(get("table_width"));
+  lay.exchange_width = static_cast<int>(get("exchange_width"));
+  lay.readout_sums = static_cast<int>(get("readout_sums"));
+  lay.embedding_sums = get("embedding_sums") != 0;
+  lay.zbl = get("zbl") != 0;
+  for (int k = 0; k < lay.num_layers; ++k) lay.efa.push_back(get("efa" + std::to_string(k)) != 0);
+  return lay;
+}
+
+Model::Model(const std::string &path, const std::string &device, int device_index) : impl_(new Impl)
 {
   {
     std::ifstream f(path, std::ios::binary);
@@ -89,43 +151,42 @@ Model::Model(const std::string &path, const std::string &device, int device_inde
   }
   if (device == "cuda") {
     std::string why;
-    if (!cuda_available(&why))
-      throw std::runtime_error("'device cuda' requested but " + why + "; use 'device cpu'");
+    if (!cuda_available(&why)) throw std::runtime_error("'device cuda' requested but " + why + "; use 'device cpu'");
     try {
       int n = static_cast<int>(torch::cuda::device_count());
       impl_->device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(n > 0 ? device_index % n : 0));
     } catch (const c10::Error &e) {
-      throw std::runtime_error("cannot select a CUDA device: " + short_message(e, true));
+      throw std::runtime_error("cannot select a CUDA device: " + short_message(e));
     }
   } else if (device != "cpu") {
     throw std::runtime_error("unknown device '" + device + "' (use cpu or cuda)");
   }
-
   std::unordered_map<std::string, std::string> extra{{METADATA_FILE, ""}};
   try {
     impl_->module = torch::jit::load(path, impl_->device, extra);
     impl_->module.eval();
   } catch (const c10::Error &e) {
-    throw std::runtime_error("'" + path +
-                             "' is not a TorchScript model file (torch::jit::load: " +
-                             short_message(e, true) +
+    throw std::runtime_error("'" + path + "' is not a TorchScript model file (torch::jit::load: " + short_message(e) +
                              "); export a so3krates model with 'so3krates export'");
   } catch (const std::exception &e) {
     throw std::runtime_error("'" + path + "' cannot be loaded as TorchScript: " + e.what());
   }
   metadata_ = extra[METADATA_FILE];
+  if (metadata_.empty()) return;    // the pair style reports a file without so3krates metadata
+  for (const char *name : ENGINE_METHODS)
+    if (!impl_->module.find_method(name).has_value())
+      throw std::runtime_error("'" + path + "' lacks the engine method " + name +
+                               ": it was exported by an older so3krates; re-export it with this version "
+                               "('so3krates export CHECKPOINT -o model.pt')");
+  try {
+    layout_ = read_layout(impl_->module);
+  } catch (const c10::Error &e) {
+    throw std::runtime_error("cannot read the engine layout of '" + path + "': " + short_message(e));
+  }
+  impl_->backend = std::make_unique<TorchScriptBackend>(impl_->module);
 }
 
 Model::~Model() = default;
-
-bool Model::has_method(const std::string &name) const
-{
-  try {
-    return impl_->module.find_method(name).has_value();
-  } catch (const c10::Error &e) {
-    throw std::runtime_error("cannot inspect the model: " + short_message(e, true));
-  }
-}
 
 void Model::set_dtype(const std::string &dtype)
 {
@@ -137,261 +198,145 @@ void Model::set_dtype(const std::string &dtype)
     throw std::runtime_error("unsupported model dtype '" + dtype + "' (float32 or float64)");
 }
 
-std::string Model::device_string() const
-{
-  return impl_->device.str();
-}
+void Model::set_chunk(long pairs) { impl_->chunk = pairs; }
 
-void Model::set_interface(int legacy_num_globals)
+std::string Model::device_string() const { return impl_->device.str(); }
+
+// Tensors of one step: positions/cell as differentiable float64 leaves, the local pairs on the
+// compact set of atoms they touch (owned atoms first), pair vectors formed in float64.
+static Inputs make_inputs(const Step &s, const torch::Device &dev, torch::Dtype dt)
 {
-  try {
-    auto &m = impl_->module;
-    staged_ = m.find_method("engine_begin").has_value() && m.find_method("engine_continue").has_value() &&
-              m.find_method("engine_num_stages").has_value() && m.find_method("engine_stage_kinds").has_value() &&
-              m.find_method("engine_exchange_width").has_value() && m.find_method("engine_ghost_shell").has_value();
-    stage_names_.clear();
-    stage_exchange_.clear();
-    exchange_width_ = 0;
-    ghost_shell_ = -1.0;
-    if (staged_) {
-      num_stages_ = static_cast<int>(m.run_method("engine_num_stages").toInt());
-      for (const auto &v : m.run_method("engine_stage_kinds").toListRef())
-        stage_exchange_.push_back(v.toStringRef() == "exchange");
-      if (m.find_method("engine_stage_names").has_value())
-        for (const auto &v : m.run_method("engine_stage_names").toListRef()) stage_names_.push_back(v.toStringRef());
-      exchange_width_ = static_cast<int>(m.run_method("engine_exchange_width").toInt());
-      ghost_shell_ = m.run_method("engine_ghost_shell").toDouble();
-      if (static_cast<int>(stage_exchange_.size()) != num_stages_)
-        throw std::runtime_error("the model lists " + std::to_string(stage_exchange_.size()) +
-                                 " stage kinds for " + std::to_string(num_stages_) + " stages");
-    } else {
-      num_stages_ = legacy_num_globals > 0 ? 1 : 0;
-      if (num_stages_) stage_names_.push_back("global_partials");
-      stage_exchange_.assign(num_stages_, false);
-    }
-    while (static_cast<int>(stage_names_.size()) < num_stages_)
-      stage_names_.push_back("stage" + std::to_string(stage_names_.size()));
-    stage_sizes_.assign(num_stages_, 0);
-  } catch (const c10::Error &e) {
-    throw std::runtime_error("cannot inspect the model: " + short_message(e, true));
+  Inputs in;
+  in.nlocal = s.nlocal;
+  in.ntot = s.ntot;
+  auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  Tensor x = s.ntot > 0 ? torch::from_blob(const_cast<double *>(s.x), {s.ntot, 3}, f64).clone()
+                        : torch::zeros({0, 3}, f64);
+  in.pos = x.to(dev).requires_grad_(true);
+  in.cell = torch::from_blob(const_cast<double *>(s.box.cell), {3, 3}, f64).clone().to(dev).requires_grad_(true);
+  in.pbc = torch::tensor({s.box.pbc[0], s.box.pbc[1], s.box.pbc[2]}, torch::kBool).to(dev);
+  in.z = long_tensor(s.z, dev);
+  // compact rows: owned atoms, then the ghosts that appear in a local pair
+  std::vector<int64_t> map(s.ntot, -1), rows;
+  for (int64_t i = 0; i < s.nlocal; ++i) {
+    map[i] = i;
+    rows.push_back(i);
   }
-}
-
-void Model::set_prune(bool on)
-{
-  if (!staged_) return;
-  try {
-    if (impl_->module.hasattr("prune")) impl_->module.setattr("prune", on);
-  } catch (const c10::Error &e) {
-    throw std::runtime_error("cannot set pruning: " + short_message(e, true));
-  }
-}
-
-namespace {
-
-// values of a (small) tensor as doubles on the CPU
-void to_doubles(const torch::Tensor &t, std::vector<double> &buf)
-{
-  auto c = t.detach().reshape({-1}).to(torch::kCPU, torch::kFloat64).contiguous();
-  buf.assign(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
-}
-
-}    // namespace
-
-/* Scheme for global terms (stages s = 0..S-1), exact under any domain decomposition:
-     E_total = sum_r E_r(x_r, G_0..G_{S-1}),   G_s = sum_r g_{s,r}(x_r, G_0..G_{s-1})
-   (g_{s,r}: stage s partial sums over rank r's owned atoms; x_r: r's local + ghost positions
-   and the cell). Forward: each rank evaluates g_0, allreduces it into G_0 (a new autograd
-   leaf), continues to g_1 with G_0, ... and finally E_r with all G_s, keeping one autograd
-   graph. Backward, in reverse stage order: Lambda = E_r; for s = S-1..0 the adjoint
-   A_s = sum_r dLambda_r/dG_s (the derivative through G_s's direct uses, including those in
-   later stages' partial sums) is allreduced and Lambda += A_s . g_s; finally
-   dE_total/dx_r = dLambda/dx_r. Every rank makes the same 2S allreduce calls in the same order
-   (plus S size checks), also a rank that owns no atom.
-   Exchange stages (per-atom values, e.g. partial charges and Hirshfeld ratios) work the same way
-   with the rank sum replaced by communication between owners and ghost images: forward, every
-   ghost row of G_s is its owner's row of g_s (LAMMPS forward communication); backward, the ghost
-   rows of A_s are added to their owners' rows (reverse communication) and the owned rows are
-   used. Legacy files (no staged methods): one stage, g = global_partials,
-   E = atomic_energies_from_edges(G), evaluated independently (recomputing the representation). */
-double Model::compute(const double *x, int ntot, int nlocal, const std::vector<int64_t> &z,
-                      const std::vector<int64_t> &idx_i, const std::vector<int64_t> &idx_j,
-                      double total_charge, double num_unpaired_electrons, const Box &box,
-                      const Collectives &comm, std::vector<double> &atomic_energies,
-                      std::vector<double> &dEdx, double *dEdcell)
-{
-  const AllreduceSum &allreduce = comm.allreduce;
-  const AllreduceMax &allreduce_max = comm.allreduce_max;
-  const int W = exchange_width_;
-  const int S = num_stages_;
-  atomic_energies.assign(ntot, 0.0);
-  dEdx.assign(3 * static_cast<size_t>(ntot), 0.0);
-  for (int k = 0; k < 9; ++k) dEdcell[k] = 0.0;
-  std::vector<double> buf;
-
-  if (nlocal == 0) {
-    // nothing owned here: E_r = 0 and g_r = 0, but the reductions and exchanges are collective
-    for (int s = 0; s < S; ++s) {
-      if (stage_exchange_[s]) {
-        buf.assign(static_cast<size_t>(ntot) * W, 0.0);
-        comm.forward(buf.data(), W);
-        continue;
+  std::vector<int64_t> pi(s.pair_i.size()), pj(s.pair_j.size());
+  for (size_t p = 0; p < s.pair_i.size(); ++p) {
+    for (int64_t a : {s.pair_i[p], s.pair_j[p]})
+      if (map[a] < 0) {
+        map[a] = static_cast<int64_t>(rows.size());
+        rows.push_back(a);
       }
-      stage_sizes_[s] = allreduce_max(0);
-      buf.assign(stage_sizes_[s], 0.0);
-      allreduce(buf.data(), static_cast<int>(buf.size()));
-    }
-    for (int s = S - 1; s >= 0; --s) {
-      if (stage_exchange_[s]) {
-        buf.assign(static_cast<size_t>(ntot) * W, 0.0);
-        comm.reverse(buf.data(), W);
-        continue;
-      }
-      buf.assign(stage_sizes_[s], 0.0);
-      allreduce(buf.data(), static_cast<int>(buf.size()));
-    }
-    return 0.0;
+    pi[p] = map[s.pair_i[p]];
+    pj[p] = map[s.pair_j[p]];
   }
+  in.rows = long_tensor(rows, dev);
+  in.z_rows = in.z.index_select(0, in.rows);
+  in.pi = long_tensor(pi, dev);
+  in.pj = long_tensor(pj, dev);
+  Tensor pos_rows = in.pos.index_select(0, in.rows);
+  in.vec = (pos_rows.index_select(0, in.pj) - pos_rows.index_select(0, in.pi)).to(dt);
+  in.li = long_tensor(s.lr_i, dev);
+  in.lj = long_tensor(s.lr_j, dev);
+  in.vec_lr = (in.pos.index_select(0, in.lj) - in.pos.index_select(0, in.li)).to(dt);
+  in.charge = torch::full({1}, s.total_charge, torch::TensorOptions().dtype(dt).device(dev));
+  in.spin = torch::full({1}, s.num_unpaired_electrons, torch::TensorOptions().dtype(dt).device(dev));
+  return in;
+}
 
-  const auto dev = impl_->device;
+// Initial features of all atoms [ntot, F + m_tot]; no gradient (they depend on the elements only).
+static Tensor embed(StageBackend *b, const Layout &lay, const Inputs &in, const Collectives &comm, torch::Dtype dt)
+{
+  torch::NoGradGuard no_grad;
+  Tensor sums = torch::zeros({2}, torch::TensorOptions().dtype(dt).device(in.z.device()));
+  if (lay.embedding_sums) {
+    Tensor part = b->atoms("embedding_sums", 0, {in.z.narrow(0, 0, in.nlocal), in.charge, in.spin})[0];
+    Tensor buf = part.to(torch::kCPU, torch::kFloat64).contiguous();
+    comm.allreduce(buf.data_ptr<double>(), static_cast<int>(buf.numel()));
+    sums = buf.to(part.options());
+  }
+  return b->atoms("embed", 0, {in.z, in.charge, in.spin, sums})[0];
+}
+
+// The layers: feature rows of the owned atoms after the last layer [nlocal, F + m_tot].
+static Tensor layers(StageBackend *b, const Layout &lay, const Inputs &in, Tensor h, CommChain &chain,
+                     int64_t chunk, torch::Dtype dt)
+{
+  const int64_t nl = in.nlocal;
+  Tensor pos_own = in.pos.narrow(0, 0, nl).to(dt);
+  Tensor cell = in.cell.to(dt);
+  for (int k = 0; k < lay.num_layers; ++k) {
+    Tensor table = run_stage(b, "project", k, {h.index_select(0, in.rows)})[0];
+    Tensor att_rows = run_pairs(b, "messages", k, in.z_rows, in.pi, in.pj, chunk, table, in.vec);
+    Tensor att = torch::zeros({in.ntot, att_rows.size(1)}, att_rows.options()).index_copy(0, in.rows, att_rows);
+    Tensor att_own = chain.reverse_halo(att);
+    Tensor h_own = h.narrow(0, 0, nl);
+    Tensor kv = torch::zeros({0}, att_own.options());
+    if (lay.efa[k]) kv = chain.allreduce(run_stage(b, "efa_sums", k, {h_own, pos_own, cell, in.pbc})[0]);
+    h = run_stage(b, "update", k, {h_own, att_own, pos_own, cell, in.pbc, kv})[0];
+    if (k + 1 < lay.num_layers) h = chain.forward_halo(h);
+  }
+  return h;
+}
+
+// Per-atom energies [ntot] (owned rows: readout + pair shares; ghost rows: pair shares).
+static Tensor energies(StageBackend *b, const Layout &lay, const Inputs &in, const Tensor &h_own, CommChain &chain,
+                       int64_t chunk)
+{
+  auto rd = run_stage(b, "readout", 0, {h_own, in.z.narrow(0, 0, in.nlocal)});
+  Tensor e = torch::zeros({in.ntot}, rd[0].options()).index_copy(0, torch::arange(in.nlocal, in.z.options()), rd[0]);
+  if (lay.zbl) {
+    Tensor empty = torch::zeros({in.rows.size(0), 0}, in.vec.options());
+    Tensor ez = run_pairs(b, "zbl", 0, in.z_rows, in.pi, in.pj, chunk, empty, in.vec).select(1, 0);
+    e = e.index_add(0, in.rows, ez);
+  }
+  if (lay.exchange_width > 0) {
+    Tensor sums = chain.allreduce(rd[2]);
+    Tensor lr = chain.forward_halo(run_stage(b, "long_range_values", 0, {rd[1], sums, in.charge})[0]);
+    e = e + run_pairs(b, "long_range", 0, in.z, in.li, in.lj, chunk, lr, in.vec_lr).select(1, 0);
+  }
+  return e;
+}
+
+void Model::compute(const Step &step, const Collectives &comm, Result &out)
+{
   const auto dt = impl_->dtype;
-  const auto cpu_long = torch::TensorOptions().dtype(torch::kInt64);
-  double e_local = 0.0;
-  std::string where = "model evaluation";
+  StageBackend *b = impl_->backend.get();
+  const int64_t chunk = impl_->chunk > 0 ? impl_->chunk : std::max<int64_t>(1024, 2097152 / layout_.num_features);
+  std::string where = "preparing the inputs";
   try {
-    torch::Tensor pos = torch::from_blob(const_cast<double *>(x), {ntot, 3}, torch::kFloat64)
-                            .to(dev, dt, false, true)
-                            .requires_grad_(true);
-    torch::Tensor cell = torch::from_blob(const_cast<double *>(box.cell), {3, 3}, torch::kFloat64)
-                             .to(dev, dt, false, true)
-                             .requires_grad_(true);
-    torch::Tensor pbc = torch::tensor({box.pbc[0], box.pbc[1], box.pbc[2]}, torch::kBool).to(dev);
-    const auto E = static_cast<int64_t>(idx_i.size());
-    torch::Tensor zt =
-        torch::from_blob(const_cast<int64_t *>(z.data()), {ntot}, cpu_long).to(dev, torch::kInt64, false, true);
-    torch::Tensor ti =
-        torch::from_blob(const_cast<int64_t *>(idx_i.data()), {E}, cpu_long).to(dev, torch::kInt64, false, true);
-    torch::Tensor tj =
-        torch::from_blob(const_cast<int64_t *>(idx_j.data()), {E}, cpu_long).to(dev, torch::kInt64, false, true);
-    const int64_t nl = nlocal;
-
-    std::vector<torch::Tensor> g(S), G(S);
-    torch::Tensor out;
-    c10::IValue state;
-    auto reduce_stage = [&](int s, const torch::Tensor &partial) {
-      if (stage_exchange_[s]) {    // owned rows -> ghost rows
-        if (partial.dim() != 2 || partial.size(0) != nlocal || partial.size(1) != W)
-          throw std::runtime_error("the exchange stage returned shape " + c10::str(partial.sizes()) +
-                                   ", expected [" + std::to_string(nlocal) + ", " + std::to_string(W) + "]");
-        g[s] = partial;
-        buf.assign(static_cast<size_t>(ntot) * W, 0.0);
-        auto pc = partial.detach().to(torch::kCPU, torch::kFloat64).contiguous();
-        std::copy(pc.data_ptr<double>(), pc.data_ptr<double>() + static_cast<size_t>(nlocal) * W, buf.begin());
-        comm.forward(buf.data(), W);
-        G[s] = torch::from_blob(buf.data(), {static_cast<int64_t>(ntot), static_cast<int64_t>(W)}, torch::kFloat64)
-                   .to(dev, dt, false, true)
-                   .requires_grad_(true);
-        return;
-      }
-      g[s] = partial.reshape({-1});
-      const long n = static_cast<long>(g[s].numel());
-      stage_sizes_[s] = allreduce_max(n);
-      if (stage_sizes_[s] != n)
-        throw std::runtime_error("the global sums of stage '" + stage_names_[s] + "' have " +
-                                 std::to_string(n) + " values on this rank but " +
-                                 std::to_string(stage_sizes_[s]) +
-                                 " on another (ranks see different boxes?)");
-      to_doubles(g[s], buf);
-      allreduce(buf.data(), static_cast<int>(buf.size()));
-      G[s] = torch::from_blob(buf.data(), {n}, torch::kFloat64).to(dev, dt, false, true).requires_grad_(true);
-    };
-    if (staged_) {
-      where = "engine_begin";
-      auto r = impl_->module.get_method("engine_begin")(
-          {pos, zt, ti, tj, nl, total_charge, num_unpaired_electrons, cell, pbc});
-      auto tup = r.toTuple();
-      state = tup->elements()[0];
-      out = tup->elements()[1].toTensor();
-      layer_counts_.clear();
-      if (state.isGenericDict()) {
-        auto dict = state.toGenericDict();
-        auto it = dict.find(c10::IValue(std::string("cnt")));
-        if (it != dict.end() && it->value().isTensor()) {
-          auto c = it->value().toTensor().to(torch::kCPU, torch::kInt64).contiguous();
-          layer_counts_.assign(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
-        }
-      }
-      for (int s = 0; s < S; ++s) {
-        reduce_stage(s, out);
-        where = "engine_continue (after stage '" + stage_names_[s] + "')";
-        auto r2 = impl_->module.get_method("engine_continue")({state, static_cast<int64_t>(s + 1), G[s]});
-        auto tup2 = r2.toTuple();
-        state = tup2->elements()[0];
-        out = tup2->elements()[1].toTensor();
-      }
-    } else {
-      if (S > 0) {
-        where = "global_partials";
-        torch::Tensor partial = impl_->module
-                                    .get_method("global_partials")({pos, zt, ti, tj, nl, total_charge,
-                                                                    num_unpaired_electrons})
-                                    .toTensor();
-        reduce_stage(0, partial);
-      }
-      torch::Tensor Gin = S > 0 ? G[0] : torch::zeros({0}, torch::TensorOptions().dtype(dt).device(dev));
-      where = "atomic_energies_from_edges";
-      out = impl_->module
-                .get_method("atomic_energies_from_edges")(
-                    {pos, zt, ti, tj, nl, total_charge, num_unpaired_electrons, Gin})
-                .toTensor();
-    }
+    Inputs in = make_inputs(step, impl_->device, dt);
+    where = "checking the input";
+    b->atoms("check", 0, {in.pos.detach().to(dt), in.z});
+    where = "the embedding";
+    Tensor h = embed(b, layout_, in, comm, dt);
+    CommChain chain(&comm, in.nlocal, in.ntot);
+    where = "the layers";
+    Tensor h_own = layers(b, layout_, in, h, chain, chunk, dt);
+    where = "the readout and pair terms";
+    Tensor e = energies(b, layout_, in, h_own, chain, chunk);
+    Tensor total = e.sum().to(torch::kFloat64) + chain.anchor().to(e.device());
     where = "the gradient";
-    if (out.dim() != 1 || out.size(0) != ntot)
-      throw std::runtime_error("the model returned per-atom energies of shape " + c10::str(out.sizes()) +
-                               ", expected [" + std::to_string(ntot) + "]");
-    torch::Tensor lambda = out.narrow(0, 0, nlocal).sum();
-
-    // backward, stage by stage in reverse order (see above)
-    for (int s = S - 1; s >= 0; --s) {
-      const bool xchg = stage_exchange_[s];
-      buf.assign(xchg ? static_cast<size_t>(ntot) * W : static_cast<size_t>(stage_sizes_[s]), 0.0);
-      if (lambda.requires_grad()) {
-        auto a = torch::autograd::grad({lambda}, {G[s]}, {}, true, false, true);
-        if (a[0].defined()) to_doubles(a[0], buf);
-      }
-      torch::Tensor A;
-      if (xchg) {    // ghost rows -> owners; the owned rows hold the complete adjoint
-        comm.reverse(buf.data(), W);
-        A = torch::from_blob(buf.data(), {static_cast<int64_t>(nlocal), static_cast<int64_t>(W)}, torch::kFloat64)
-                .to(dev, dt, false, true);
-      } else {
-        allreduce(buf.data(), static_cast<int>(buf.size()));
-        A = torch::from_blob(buf.data(), {static_cast<int64_t>(buf.size())}, torch::kFloat64).to(dev, dt, false, true);
-      }
-      if (g[s].requires_grad()) lambda = lambda + (g[s] * A).sum();
+    auto g = torch::autograd::grad({total}, {in.pos, in.cell}, {}, false, false, true);
+    out.energy = total.item<double>();
+    auto ec = e.detach().to(torch::kCPU, torch::kFloat64).contiguous();
+    out.atomic_energies.assign(ec.data_ptr<double>(), ec.data_ptr<double>() + in.ntot);
+    out.dEdx.assign(3 * static_cast<size_t>(in.ntot), 0.0);
+    if (g[0].defined()) {
+      auto gc = g[0].to(torch::kCPU, torch::kFloat64).contiguous();
+      std::copy(gc.data_ptr<double>(), gc.data_ptr<double>() + 3 * in.ntot, out.dEdx.begin());
     }
-    torch::Tensor dpos, dcell;
-    if (lambda.requires_grad()) {
-      auto grads = torch::autograd::grad({lambda}, {pos, cell}, {}, false, false, true);
-      dpos = grads[0];
-      dcell = grads[1];
+    for (int k = 0; k < 9; ++k) out.dEdcell[k] = 0.0;
+    if (g[1].defined()) {
+      auto cc = g[1].to(torch::kCPU, torch::kFloat64).contiguous();
+      for (int k = 0; k < 9; ++k) out.dEdcell[k] = cc.data_ptr<double>()[k];
     }
-
-    auto aec = out.detach().to(torch::kCPU, torch::kFloat64).contiguous();
-    std::copy(aec.data_ptr<double>(), aec.data_ptr<double>() + ntot, atomic_energies.begin());
-    if (dpos.defined()) {
-      auto dc = dpos.detach().to(torch::kCPU, torch::kFloat64).contiguous();
-      std::copy(dc.data_ptr<double>(), dc.data_ptr<double>() + 3 * static_cast<size_t>(ntot), dEdx.begin());
-    }
-    if (dcell.defined()) {
-      auto cc = dcell.detach().to(torch::kCPU, torch::kFloat64).contiguous();
-      for (int k = 0; k < 9; ++k) dEdcell[k] = cc.data_ptr<double>()[k];
-    }
-    for (int i = 0; i < nlocal; ++i) e_local += atomic_energies[i];
+    out.rows_projected = in.rows.size(0);
   } catch (const c10::Error &e) {
-    throw std::runtime_error(where + " failed: " + short_message(e, false));
+    throw std::runtime_error(where + " failed: " + short_message(e));
   }
-  return e_local;
 }
 
 }    // namespace so3krates

@@ -120,7 +120,7 @@ def _eager_metadata(module: torch.nn.Module, metadata: Optional[dict]) -> dict:
         metadata = getattr(module, "metadata", None)
     if metadata is None:
         try:  # an eager So3kratesPotential: the exporter knows how to describe it
-            from so3krates.export.exporter import build_metadata
+            from so3krates.export.metadata import build_metadata
             metadata = build_metadata(module)
         except Exception as exc:
             raise ValueError("python_force with an eager module needs metadata={'species': [...], "

@@ -10,8 +10,6 @@ SI-2019 (CODATA 2018) values e = 1.602176634e-19 C, N_A = 6.02214076e23 /mol; it
 
 from __future__ import annotations
 
-import io
-import json
 import os
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -22,6 +20,9 @@ from torch import Tensor, nn
 import openmm
 import openmm.app
 
+from so3krates.export.loader import load_exported, read_model_bytes
+from so3krates.export.metadata import ModelSource
+
 from ._options import parse_nonnegative_int, parse_optional_bool
 
 # 1 eV in kJ/mol: e * N_A / 1000 with exact SI-2019 constants (CODATA 2018).
@@ -30,11 +31,9 @@ NM_TO_ANGSTROM: float = 10.0
 # Forces: eV/Å → kJ/mol/nm
 EV_PER_A_TO_KJ_PER_MOL_NM: float = EV_TO_KJ_PER_MOL * NM_TO_ANGSTROM
 
-METADATA_FILE = "so3krates/metadata.json"
 _DTYPES = {"float64": torch.float64, "float32": torch.float32, "double": torch.float64,
            "single": torch.float32}
 
-ModelSource = Union[str, os.PathLike, bytes]
 
 
 def import_openmmtorch():
@@ -57,49 +56,12 @@ def import_openmmtorch():
 
 
 # ----------------------------------------------------------------------------- loading
-def read_model_bytes(model_path: ModelSource) -> bytes:
-    """The raw bytes of a model file (``bytes`` are returned unchanged)."""
-    if isinstance(model_path, (bytes, bytearray)):
-        return bytes(model_path)
-    path = os.fspath(model_path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"so3krates model file {path!r} does not exist; export one with "
-            f"`so3krates export run/best.ckpt -o model.pt` and pass its path")
-    with open(path, "rb") as fh:
-        return fh.read()
-
-
 def load_model(model_path: ModelSource, map_location: Union[str, torch.device] = "cpu"
                ) -> Tuple[torch.jit.ScriptModule, dict]:
-    """Load an exported model (path or file bytes) and its metadata dict.
-
-    Raises ``ValueError`` when the file is not a TorchScript archive or lacks
-    ``so3krates/metadata.json``.
-    """
-    data = read_model_bytes(model_path)
-    name = "<bytes>" if isinstance(model_path, (bytes, bytearray)) else os.fspath(model_path)
-    extra = {METADATA_FILE: ""}
-    try:
-        module = torch.jit.load(io.BytesIO(data), map_location=map_location, _extra_files=extra)
-    except Exception as exc:  # not a zip / not TorchScript
-        raise ValueError(
-            f"{name} is not a so3krates model file (torch.jit.load failed: "
-            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
-            f"create one with `so3krates export`") from exc
-    raw = extra[METADATA_FILE]
-    if not raw:
-        raise ValueError(
-            f"{name} is a TorchScript file but not a so3krates model: it has no extra file "
-            f"{METADATA_FILE!r}; create it with `so3krates export`")
-    metadata = json.loads(raw if isinstance(raw, str) else raw.decode())
-    for key in ("species", "cutoff"):
-        if key not in metadata:
-            raise ValueError(f"{name}: metadata lacks {key!r}; re-export the model with `so3krates export`")
-    if not hasattr(module, "forward"):
-        raise ValueError(f"{name}: module has no forward(); re-export the model")
-    module.eval()
-    return module, metadata
+    """Load an exported TorchScript model (path or file bytes) and its metadata dict, with the checks of
+    :func:`so3krates.export.loader.load_exported` (raises ``ModelFileError``, a ``ValueError``)."""
+    read_model_bytes(model_path)  # refuses pt2 packages: TorchForce needs TorchScript
+    return load_exported(model_path, device=map_location)
 
 
 def resolve_dtype(dtype: Union[str, torch.dtype, None], metadata: dict) -> torch.dtype:

@@ -1,7 +1,7 @@
 """So3krates attention block (invariant features + Euclidean variables) and exchange block.
 
-Shapes: N atoms, E edges (i <- j), F features, H heads, D = len(degrees),
-m_tot = sum(2l + 1). Segment sums over the centre atom i use index_add (no N x N tensors).
+Shapes: N atoms, P pairs (each unordered pair of the local graph once; messages i <- j and j <- i),
+F features, H heads, D = len(degrees), m_tot = sum(2l + 1). Segment sums use index_add (no N x N tensors).
 """
 from __future__ import annotations
 
@@ -11,26 +11,9 @@ from typing import List, Tuple
 import torch
 from torch import Tensor, nn
 
+from .activation import activation
 from .basis import degree_repeat_index, l0_contraction_matrix
-from .constants import ExactConstants
-
-
-def activation(x: Tensor, name: str) -> Tensor:
-    """Activation by name (as in mlff/flax): silu, identity, relu, tanh, softplus (log(1 + e^x)),
-    gelu (tanh approximation, the jax.nn.gelu default)."""
-    if name == "silu":
-        return torch.nn.functional.silu(x)
-    if name == "identity":
-        return x
-    if name == "relu":
-        return torch.relu(x)
-    if name == "tanh":
-        return torch.tanh(x)
-    if name == "softplus":
-        return torch.logaddexp(x, torch.zeros_like(x))
-    if name == "gelu":
-        return torch.nn.functional.gelu(x, approximate="tanh")
-    raise ValueError("unknown activation function")
+from .exact import ExactConstants
 
 
 def _block_diagonal_t(w: Tensor) -> Tensor:
@@ -59,9 +42,9 @@ class AttentionBlock(ExactConstants):
     ev_i += sum_j alpha2_ij^{l} Y_l(r_ij / |r_ij|)
     with filters w_ij = MLP(rbf_ij) + MLP(contract_l0(ev_j - ev_i)).
 
-    The computation is split so that callers can process the edges in chunks (see
-    ``So3krates.energy_and_gradients``): ``project`` (per atom) -> gather -> ``edge_messages``
-    (per edge) -> segment sum over the centre atom i (``forward`` does all of it at once).
+    The computation is split so that callers can process the pairs in chunks (see
+    ``So3krates.messages``): ``project`` (per atom) -> gather at both atoms of each pair ->
+    ``pair_messages`` (both directions of each pair) -> segment sums over the receiving atoms.
     """
 
     def __init__(self, num_features: int, num_heads: int, degrees: List[int], num_radial_basis_fn: int,
@@ -170,16 +153,6 @@ class AttentionBlock(ExactConstants):
         ev_msg = alpha2.index_select(1, self.repeat_index) * ylm
         return msg, ev_msg
 
-    def edge_messages(self, q1_i: Tensor, q2_i: Tensor, k1_j: Tensor, k2_j: Tensor, v1_j: Tensor, dev: Tensor,
-                      rbf: Tensor, ylm: Tensor, cut: Tensor) -> Tuple[Tensor, Tensor]:
-        """Messages of E edges i <- j from the rows of ``project`` gathered at the centre i (q1, q2) and
-        the neighbour j (k1, k2, v1), each [E, F]; dev = ev[idx_j] - ev[idx_i] [E, m_tot], rbf [E, K],
-        ylm [E, m_tot], cut [E] -> (invariant messages [E, F], Euclidean messages [E, m_tot]), summed over
-        j by the caller. (No E-sized tensor is sliced: slices of tensors that need gradients cost a
-        full-size zero tensor each in the backward pass.)"""
-        w1, w2 = self.filters(rbf, dev)
-        return self.messages(q1_i, q2_i, k1_j, k2_j, v1_j, w1, w2, ylm, cut)
-
     def pair_messages(self, p_i: List[Tensor], p_j: List[Tensor], dev: Tensor, rbf: Tensor, ylm: Tensor,
                       cut: Tensor) -> List[Tensor]:
         """Both directions of P pairs (i, j) at once, the filters computed once per pair: p_i / p_j are the
@@ -191,19 +164,6 @@ class AttentionBlock(ExactConstants):
         m_ji, e_ji = self.messages(p_j[0], p_j[1], p_i[2], p_i[3], p_i[4], w1, w2,
                                    ylm * self.parity.to(ylm.dtype), cut)
         return [m_ij, e_ij, m_ji, e_ji]
-
-    def forward(self, x: Tensor, ev: Tensor, rbf: Tensor, ylm: Tensor, cut: Tensor,
-                idx_i: Tensor, idx_j: Tensor) -> Tuple[Tensor, Tensor]:
-        """x [N, F], ev [N, m_tot], rbf [E, K], ylm [E, m_tot], cut [E] -> (dx [N, F], dev [N, m_tot])."""
-        n = x.shape[0]
-        p = self.project(x)
-        dev = ev.index_select(0, idx_j) - ev.index_select(0, idx_i)
-        msg, ev_msg = self.edge_messages(p[0].index_select(0, idx_i), p[1].index_select(0, idx_i),
-                                         p[2].index_select(0, idx_j), p[3].index_select(0, idx_j),
-                                         p[4].index_select(0, idx_j), dev, rbf, ylm, cut)
-        x_att = torch.zeros(n, self.num_features, dtype=x.dtype, device=x.device).index_add(0, idx_i, msg)
-        ev_att = torch.zeros(n, ev.shape[1], dtype=ev.dtype, device=ev.device).index_add(0, idx_i, ev_msg)
-        return x_att, ev_att
 
 
 class ExchangeBlock(ExactConstants):

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
-from .attention import activation
+from .activation import activation
 
 
 class AtomTypeEmbedding(nn.Module):
@@ -38,23 +39,28 @@ class ChargeSpinEmbedding(nn.Module):
         self.layer_1 = nn.Linear(num_features, num_features, bias=False)
         self.activation_fn = activation_fn
 
+    def weights(self, atomic_numbers: Tensor, psi: Tensor, batch: Tensor) -> Tensor:
+        """y_i = softplus(q[Z_i] . k[sign psi_b] / sqrt(F)) [N] (b = batch[i]); psi [B]."""
+        sign_idx = (psi.to(self.q.weight.dtype) < 0).long()  # mlff: psi // inf -> -1 (row 1) if negative else 0
+        qk = (self.q(atomic_numbers) * self.k(sign_idx)[batch]).sum(-1) / math.sqrt(self.num_features)
+        return torch.logaddexp(qk, torch.zeros_like(qk))  # softplus exactly as jax.nn.softplus
+
+    def weight_sums(self, atomic_numbers: Tensor, psi: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
+        """Sum of the weights y_i per graph [B] (the normalisation of :meth:`forward`)."""
+        y = self.weights(atomic_numbers, psi, batch)
+        return torch.zeros(num_graphs, dtype=y.dtype, device=y.device).index_add(0, batch, y)
+
     def forward(self, atomic_numbers: Tensor, psi: Tensor, batch: Tensor, num_graphs: int,
-                nlocal: int = -1) -> Tensor:
-        """[N, F] embedding. With nlocal >= 0 the normalising sum runs over atoms 0..nlocal-1 only
-        (engine mode: the rest are ghost images of atoms owned elsewhere)."""
+                weight_sums: Optional[Tensor] = None) -> Tensor:
+        """[N, F] embedding of psi [B] (one value per graph). ``weight_sums`` [B]: the normalising sums
+        over the whole system (engines, whose atoms are one rank's share), else formed from these atoms."""
         psi = psi.to(self.q.weight.dtype)
-        sign_idx = (psi < 0).long()  # [B]; mlff: psi // inf -> -1 (row 1) if negative else 0
-        q = self.q(atomic_numbers)  # [N, F]
-        k = self.k(sign_idx)[batch]  # [N, F]
-        v = self.v(sign_idx)[batch]  # [N, F]
-        qk = (q * k).sum(-1) / math.sqrt(self.num_features)
-        y = torch.logaddexp(qk, torch.zeros_like(qk))  # softplus exactly as jax.nn.softplus
-        y_owned = y
-        if nlocal >= 0:
-            y_owned = torch.where(torch.arange(y.shape[0], device=y.device) < nlocal, y, torch.zeros_like(y))
-        denom = torch.zeros(num_graphs, dtype=y.dtype, device=y.device).index_add(0, batch, y_owned)
-        a = psi[batch] * y / denom[batch]
-        e = a.unsqueeze(-1) * v
+        y = self.weights(atomic_numbers, psi, batch)
+        if weight_sums is None:
+            weight_sums = torch.zeros(num_graphs, dtype=y.dtype, device=y.device).index_add(0, batch, y)
+        sign_idx = (psi < 0).long()
+        a = psi[batch] * y / weight_sums.to(y.dtype)[batch]
+        e = a.unsqueeze(-1) * self.v(sign_idx)[batch]
         h = self.layer_0(activation(e, self.activation_fn))
         h = self.layer_1(activation(h, self.activation_fn))
         return e + h

@@ -1,7 +1,9 @@
-"""One So3krates (Euclidean transformer) layer, as mlff's `SO3kratesLayerSparse`:
+"""One So3krates (Euclidean transformer) layer's per-atom update, as mlff's `SO3kratesLayerSparse`:
 
-x, ev += Attention(x, ev);  [LayerNorm 1];  [x += MLP1(x)];
-x, ev += Exchange(x, ev);   [x += MLP2(x)];  [LayerNorm 2]
+x, ev += Attention(x, ev) [blended with EFA];  [LayerNorm 1];  [x += MLP1(x)];
+x, ev += Exchange(x, ev);  [x += MLP2(x)];  [LayerNorm 2]
+
+The attention sums themselves (pairs of the local graph) are formed by ``So3krates.messages``.
 """
 from __future__ import annotations
 
@@ -9,8 +11,9 @@ from typing import List, Optional, Tuple
 
 from torch import Tensor, nn
 
-from .attention import AttentionBlock, ExchangeBlock, activation
-from .efa import EFABlock
+from .activation import activation
+from .attention import AttentionBlock, ExchangeBlock
+from .efa_block import EFABlock
 
 # flax.linen.LayerNorm default epsilon
 LAYER_NORM_EPS = 1e-6
@@ -55,22 +58,13 @@ class So3kratesLayer(nn.Module):
         self.res_mlp_1 = ResidualMLP(num_features, activation_fn) if residual_mlp_1 else nn.Identity()
         self.res_mlp_2 = ResidualMLP(num_features, activation_fn) if residual_mlp_2 else nn.Identity()
 
-    def forward(self, x: Tensor, ev: Tensor, rbf: Tensor, ylm: Tensor, cut: Tensor,
-                idx_i: Tensor, idx_j: Tensor, positions: Tensor, batch: Tensor, num_graphs: int,
-                cell: Tensor, pbc: Tensor) -> Tuple[Tensor, Tensor]:
-        """x [N, F], ev [N, m_tot]; positions/batch/cell/pbc are used by the EFA block only."""
-        x_att, ev_att = self.attention_block(x, ev, rbf, ylm, cut, idx_i, idx_j)
-        return self.update(x, ev, x_att, ev_att, positions, batch, num_graphs, cell, pbc)
-
-    def update(self, x: Tensor, ev: Tensor, x_att: Tensor, ev_att: Tensor, positions: Tensor, batch: Tensor,
-               num_graphs: int, cell: Tensor, pbc: Tensor) -> Tuple[Tensor, Tensor]:
-        """Everything after the attention sums (per atom): (x, ev, x_att, ev_att) -> new (x, ev)."""
-        x = self.efa(x, x_att, positions, batch, num_graphs, cell, pbc)
-        return self.finish(x, ev + ev_att)
-
-    def finish(self, x: Tensor, ev: Tensor) -> Tuple[Tensor, Tensor]:
-        """Everything after the (EFA-blended) attention update: normalisation, residual MLPs and
-        the exchange block, (x [N, F], ev [N, m_tot]) -> new (x, ev)."""
+    def forward(self, x: Tensor, ev: Tensor, x_att: Tensor, ev_att: Tensor, positions: Tensor, batch: Tensor,
+                num_graphs: int, cell: Tensor, pbc: Tensor, efa_sums: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """Per atom: (x [N,F], ev [N,m_tot], attention sums x_att, ev_att) -> new (x, ev). Positions (Å),
+        batch, cell and pbc are read by the EFA block only; ``efa_sums``: its key-value sums over the
+        whole system (engines that sum them over MPI ranks), None to form them from these atoms."""
+        x = self.efa(x, x_att, positions, batch, num_graphs, cell, pbc, efa_sums)
+        ev = ev + ev_att
         if self.use_ln1:
             x = self.layer_normalization_1(x)
         if self.use_mlp1:

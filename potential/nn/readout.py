@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .attention import activation
+from .activation import activation
 
 
 class _Regression(nn.Module):
@@ -46,7 +46,8 @@ class EnergyHead(nn.Module):
 
 
 class PartialChargesHead(nn.Module):
-    """q_i = MLP(x_i) + q0[Z_i] + (Q - sum_graph(...)) / n_atoms(graph)   (e); sums to Q per graph."""
+    """q_i = MLP(x_i) + q0[Z_i] + (Q - sum_graph(...)) / n_atoms(graph)   (e); sums to Q per graph.
+    ``raw`` gives the first two terms; ``correct`` adds the third from the graph's sums."""
 
     def __init__(self, num_features: int, regression_dim: Optional[int], activation_fn: str,
                  num_embeddings: int = 100):
@@ -63,14 +64,6 @@ class PartialChargesHead(nn.Module):
         """q_i = q~_i + (Q_b - predicted_b) / counts_b with b = batch[i]; predicted/counts [B]."""
         correction = (total_charge.to(raw.dtype) - predicted) / torch.clamp(counts, min=1.0)
         return raw + correction[batch]
-
-    def forward(self, x: Tensor, atomic_numbers: Tensor, batch: Tensor, num_graphs: int,
-                total_charge: Tensor) -> Tensor:
-        xq = self.raw(x, atomic_numbers)
-        zeros = torch.zeros(num_graphs, dtype=xq.dtype, device=xq.device)
-        predicted = zeros.index_add(0, batch, xq)
-        counts = zeros.index_add(0, batch, torch.ones_like(xq))
-        return self.correct(xq, batch, total_charge, predicted, counts)
 
 
 class HirshfeldHead(nn.Module):

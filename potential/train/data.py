@@ -20,8 +20,8 @@ Splitting
 
 Neighbour lists
     :func:`attach_neighbors` precomputes the local (``cutoff``) and, if needed, long-range
-    (``cutoff_lr``) graphs of every frame, periodic frames included. The edge convention is the one of
-    ``so3krates.potential.neighbors``: ``r_ij = positions[j] - positions[i] + shifts @ cell``.
+    (``cutoff_lr``) pair lists of every frame, periodic frames included: each pair once, with the
+    convention of ``so3krates.potential.graph``: ``r_ij = positions[j] - positions[i] + shifts @ cell``.
 
 Batching
     :func:`collate` joins frames of different sizes (open and periodic mixed) into one disjoint
@@ -42,6 +42,9 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+
+from ..graph.edges import pair_vectors
+from ..graph.neighbors import neighbor_list
 
 __all__ = [
     "Frame",
@@ -369,32 +372,21 @@ def split_by_trajectory(
 # Neighbour lists
 # --------------------------------------------------------------------------------------------
 def _all_pairs(n: int) -> Tuple[np.ndarray, np.ndarray]:
-    i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
-    keep = i != j
-    return i[keep].astype(np.int64), j[keep].astype(np.int64)
+    """Every pair i < j of n atoms once."""
+    i, j = np.triu_indices(n, 1)
+    return i.astype(np.int64), j.astype(np.int64)
 
 
 def _neighbor_list_np(positions, cell, pbc, cutoff):
-    """Radius graph with the so3krates convention. Uses so3krates.potential.neighbors when it is
-    available (the same code the exported model runs), else ASE's primitive_neighbor_list."""
-    try:
-        from .neighbors import neighbor_list  # type: ignore
-
-        i, j, s = neighbor_list(
-            torch.as_tensor(positions, dtype=torch.float64),
-            float(cutoff),
-            torch.as_tensor(cell, dtype=torch.float64),
-            torch.as_tensor(pbc, dtype=torch.bool),
-        )
-        return i.numpy().astype(np.int64), j.numpy().astype(np.int64), s.numpy().astype(np.float64)
-    except ImportError:
-        from ase.neighborlist import primitive_neighbor_list
-
-        i, j, s = primitive_neighbor_list(
-            "ijS", np.asarray(pbc, dtype=bool), np.asarray(cell), np.asarray(positions), float(cutoff),
-            self_interaction=False,
-        )
-        return i.astype(np.int64), j.astype(np.int64), s.astype(np.float64)
+    """Pair list (each pair once) with the so3krates convention, as numpy arrays."""
+    i, j, s = neighbor_list(
+        torch.as_tensor(positions, dtype=torch.float64),
+        float(cutoff),
+        torch.as_tensor(cell, dtype=torch.float64),
+        torch.as_tensor(pbc, dtype=torch.bool),
+        True,
+    )
+    return i.numpy().astype(np.int64), j.numpy().astype(np.int64), s.numpy().astype(np.float64)
 
 
 def frame_neighbors(frame: Frame, cutoff: float, cutoff_lr: Optional[float] = None, long_range: bool = False) -> Frame:
@@ -489,14 +481,8 @@ class Batch:
     ) -> torch.Tensor:
         """``r_ij = positions[j] - positions[i] + shifts @ cell[graph(i)]`` for the local (or lr) graph."""
         if long_range:
-            i, j, s = self.idx_i_lr, self.idx_j_lr, self.shifts_lr
-        else:
-            i, j, s = self.idx_i, self.idx_j, self.shifts
-        vec = positions[j] - positions[i]
-        if s.shape[0] > 0:
-            c = cell[self.batch[i]]  # [E,3,3]
-            vec = vec + torch.einsum("ek,ekl->el", s, c)
-        return vec
+            return pair_vectors(positions, cell, self.idx_i_lr, self.idx_j_lr, self.shifts_lr, self.batch)
+        return pair_vectors(positions, cell, self.idx_i, self.idx_j, self.shifts, self.batch)
 
     def model_inputs(
         self, positions: Optional[torch.Tensor] = None, cell: Optional[torch.Tensor] = None

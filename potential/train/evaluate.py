@@ -53,8 +53,8 @@ def predict_frames(model_path: str, frames: Sequence[Frame], batch_size: int = 1
                                 "from `so3krates export`")
     want_stress = any(f.stress is not None and f.pbc.any() for f in frames)
     if _is_checkpoint(path):
-        from .checkpoint import model_from_checkpoint
-        from .train import evaluate_frames
+        from ..checkpoint import model_from_checkpoint
+        from .trainer import evaluate_frames
 
         dtype = dtype or torch.float64
         model = model_from_checkpoint(path, dtype=dtype).to(device=device)
@@ -65,7 +65,7 @@ def predict_frames(model_path: str, frames: Sequence[Frame], batch_size: int = 1
                                    progress=progress, desc="evaluate", return_predictions=True)
         return preds
 
-    from so3krates.export.metadata import load_exported
+    from so3krates.export.loader import load_exported
 
     module, meta = load_exported(path, device=device)
     mdtype = dtype or {"float32": torch.float32, "float64": torch.float64}.get(str(meta.get("dtype")), torch.float32)

@@ -84,7 +84,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from ..checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from ..forces import autograd_gradients, strain
 from .data import (
     Batch,
     BatchLoader,
@@ -271,38 +272,19 @@ def predict(
     create_graph: bool = False,
 ) -> Dict[str, torch.Tensor]:
     """Energies [B] (eV), forces [N,3] (eV/Å, −∂E/∂r) and stress [B,3,3] (eV/Å³, (1/V)∂E/∂ε)
-    of a batch with the raw ``So3krates`` module; ``atomic_energies`` [N] too."""
-    base = batch.positions.detach()
-    if compute_forces:
-        base = base.requires_grad_(True)
-    positions, cell, strain = base, batch.cell, None
-    if compute_stress:
-        strain = torch.zeros_like(cell, requires_grad=True)
-        sym = 0.5 * (strain + strain.transpose(1, 2))
-        positions = base + torch.einsum("na,nab->nb", base, sym[batch.batch])
-        cell = cell + torch.bmm(cell, sym)
-    grads_wrt: List[torch.Tensor] = []
-    if compute_forces:
-        grads_wrt.append(base)
-    if strain is not None:
-        grads_wrt.append(strain)
+    of a batch with the raw ``So3krates`` module (autograd); ``atomic_energies`` [N] too."""
+    base = batch.positions.detach().requires_grad_(compute_forces)
+    positions, cell, eps = strain(base, batch.cell, batch.batch, batch.num_graphs, compute_stress)
     out = model(**batch.model_inputs(positions, cell))
     atomic = out["atomic_energies"]
     energy = torch.zeros(batch.num_graphs, dtype=atomic.dtype, device=atomic.device).index_add(0, batch.batch, atomic)
     res = {"energy": energy, "atomic_energies": atomic}
-    if grads_wrt:
-        grads = torch.autograd.grad(energy.sum(), grads_wrt, create_graph=create_graph, allow_unused=True)
-        k = 0
-        if compute_forces:
-            g = grads[k]
-            res["forces"] = -g if g is not None else torch.zeros_like(batch.positions)
-            k += 1
-        if strain is not None:
-            g = grads[k]
-            if g is None:
-                g = torch.zeros_like(cell)
-            vol = torch.linalg.det(batch.cell).abs().clamp_min(1e-12)
-            res["stress"] = g / vol[:, None, None]
+    g_pos, g_eps = autograd_gradients(energy.sum(), base, eps, compute_forces, compute_stress, create_graph)
+    if g_pos is not None:
+        res["forces"] = -g_pos
+    if g_eps is not None:
+        vol = torch.linalg.det(batch.cell).abs().clamp_min(1e-12)
+        res["stress"] = g_eps / vol[:, None, None]
     return res
 
 
@@ -387,7 +369,7 @@ def force_rms(frames: Sequence[Frame]) -> Optional[float]:
 
 def _type_parameters(model: torch.nn.Module) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """The model's per-atomic-number energy shift and scale tensors (indexed by Z):
-    ``energy_head.energy_offset`` and ``energy_head.atomic_scales`` in potential/readout.py."""
+    ``energy_head.energy_offset`` and ``energy_head.atomic_scales`` in potential/nn/readout.py."""
     head = getattr(model, "energy_head", None)
     if head is not None and hasattr(head, "energy_offset") and hasattr(head, "atomic_scales"):
         return head.energy_offset, head.atomic_scales
@@ -578,8 +560,8 @@ def _avg_num_neighbors(frames: Sequence[Frame]) -> float:
 
 def _build_model(cfg: Dict[str, Any], splits: Dict[str, List[Frame]], progress: bool):
     """Model (config + init/fine-tune weights) and whether per-type normalisation may be fitted."""
-    from .config import So3kratesConfig
-    from .model import So3krates
+    from ..config import So3kratesConfig
+    from ..model import So3krates
 
     train_species = _element_species(splits["train"] + splits["valid"] + splits["test"])
     if cfg.get("init_from"):
@@ -818,7 +800,7 @@ def train_main(config_path: Optional[str], resume: bool = False, overrides: Opti
     # ---- data
     t0 = time.perf_counter()
     splits = _load_splits(cfg, progress)
-    from .config import So3kratesConfig
+    from ..config import So3kratesConfig
 
     mdict = dict(cfg.get("model") or {})
     if resume_payload is not None:
@@ -838,7 +820,7 @@ def train_main(config_path: Optional[str], resume: bool = False, overrides: Opti
     # ---- model
     _seed_everything(seed)
     if resume_payload is not None:  # the architecture of the run being resumed, weights loaded below
-        from .model import So3krates
+        from ..model import So3krates
 
         mcfg = So3kratesConfig.from_dict(resume_payload["config"])
         model, init_payload = So3krates(mcfg), None
@@ -1101,7 +1083,7 @@ def parse_overrides(items: Optional[Sequence[str]]) -> Dict[str, Any]:
 def add_train_arguments(parser) -> None:
     """Arguments of ``so3krates train`` (for the CLI); call
     ``train_main(args.config, resume=args.resume, overrides=parse_overrides(args.set))``."""
-    parser.add_argument("config", help="training config (YAML); see so3krates.potential.train")
+    parser.add_argument("config", help="training config (YAML); see so3krates.potential.train.trainer")
     parser.add_argument("--resume", action="store_true", help="continue the run from run_dir/last.ckpt")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config entry, e.g. --set training.max_steps=100 (repeatable)")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .constants import ExactConstants
+from .exact import ExactConstants
 
 # mlff stores the Bernstein decay rate as float32 even in float64 runs; keep that value.
 BERNSTEIN_GAMMA = float(np.float32(0.9448630629184640))

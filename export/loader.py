@@ -1,0 +1,48 @@
+"""The one way to open an exported file: checks its metadata, then loads TorchScript or a pt2 package.
+
+``load_exported(path, device) -> (module, metadata)``: the module has the exported ``forward``
+(positions Å, atomic numbers, cell Å, pbc, total charge e, unpaired electrons, compute_forces,
+compute_stress -> energy eV, forces eV/Å, stress eV/Å³, atomic energies eV) whatever the format.
+``read_model_bytes`` gives the checked file's bytes (OpenMM's TorchForce deserialises them itself).
+"""
+from __future__ import annotations
+
+import io
+import os
+from typing import Any, Dict, Tuple
+
+import torch
+
+from so3krates.export.metadata import METADATA_NAME, ModelFileError, ModelSource, read_metadata, source_name
+from so3krates.export.pt2 import So3kratesPT2
+
+
+def load_exported(source: ModelSource, device: str | torch.device = "cpu") -> Tuple[Any, Dict[str, Any]]:
+    """Load an exported model (path or file bytes) and its metadata (validated). Returns (module, metadata):
+    a scripted module for a TorchScript file, a :class:`so3krates.export.pt2.So3kratesPT2` for a pt2 package."""
+    meta = read_metadata(source)
+    if meta.get("format") == "pt2":
+        if isinstance(source, (bytes, bytearray)):
+            raise ModelFileError("a pt2 package must be loaded from its path, not from bytes")
+        return So3kratesPT2(source, device=str(device)), meta
+    extra = {METADATA_NAME: ""}
+    target = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray)) else os.fspath(source)
+    try:
+        module = torch.jit.load(target, map_location=device, _extra_files=extra)
+    except RuntimeError as exc:  # corrupt archive or incompatible torch
+        raise ModelFileError(f"could not load '{source_name(source)}' with torch {torch.__version__}: "
+                             f"{exc}".splitlines()[0] + "; re-export the model with this torch version") from None
+    module.eval()
+    return module, meta
+
+
+def read_model_bytes(source: ModelSource) -> bytes:
+    """The bytes of an exported TorchScript file, after the same checks as ``load_exported``."""
+    meta = read_metadata(source)
+    if meta.get("format") == "pt2":
+        raise ModelFileError(f"'{source_name(source)}' is a pt2 package; OpenMM's TorchForce needs the TorchScript "
+                             "file (export without --format pt2); use so3krates.openmm.python_force for pt2 packages")
+    if isinstance(source, (bytes, bytearray)):
+        return bytes(source)
+    with open(source, "rb") as f:
+        return f.read()

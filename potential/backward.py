@@ -1,0 +1,343 @@
+"""Explicit backward passes (vector-Jacobian products) of the model's stages, and the memory-lean
+inference pass built from them.
+
+Every ``*_vjp`` method takes a stage's inputs and the gradient of a scalar (the energy) with respect
+to the stage's outputs, recomputes the stage with autograd (in chunks of pairs where the stage runs
+over pairs) or uses analytic derivatives (long-range pair terms), and returns the gradients with
+respect to the stage's inputs. Nothing is kept between calls, so a caller that stores only per-atom
+features between stages needs memory O(N · F · layers) + one chunk of pairs, instead of the
+O(pairs · F · layers) of autograd through the whole model. The same methods serve
+:meth:`StageGradients.energy_and_gradients` (one process) and the engines (the LAMMPS pair style
+wraps each stage and its ``*_vjp`` in an autograd function, with MPI communication in between).
+
+Units: gradients of the energy (eV) w.r.t. positions / pair vectors in eV/Å, w.r.t. features in eV.
+First derivatives only: Hessians and force training use ``So3krates.forward`` with autograd.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .nn.basis import safe_norm
+
+
+def _or_zeros(g: Optional[Tensor], like: Tensor) -> Tensor:
+    """A gradient from autograd.grad(..., allow_unused=True), zeros where the input was unused."""
+    if g is None:
+        return torch.zeros_like(like)
+    return g
+
+
+def _leaf(t: Tensor, needs_grad: bool) -> Tensor:
+    """``t`` without its graph, a leaf for autograd if ``needs_grad``. (Never requires_grad_(False): under
+    torch.jit.freeze .detach() can vanish, and the flag of a tensor with a graph cannot be changed.)"""
+    if needs_grad:
+        return t.detach().requires_grad_(True)
+    return t.detach()
+
+
+class StageGradients(nn.Module):
+    """Mixin of :class:`so3krates.potential.model.So3krates`: the ``*_vjp`` methods of its stages."""
+
+    # -------------------------------------------------------------------- layers: messages
+    @torch.jit.export
+    def project_vjp(self, k: int, x: Tensor, g_p: List[Tensor]) -> Tensor:
+        """d/dx of Σ g_p · project(k, x): [N, F]."""
+        grad_was = torch.is_grad_enabled()
+        torch.set_grad_enabled(True)
+        x_l = _leaf(x, True)
+        p = self.project(k, x_l)
+        go: List[Optional[Tensor]] = [g_p[0], g_p[1], g_p[2], g_p[3], g_p[4]]
+        g = torch.autograd.grad(p, [x_l], grad_outputs=go, allow_unused=True)[0]
+        torch.set_grad_enabled(grad_was)
+        return _or_zeros(g, x)
+
+    @torch.jit.export
+    def pair_messages_vjp(self, k: int, p_i: List[Tensor], p_j: List[Tensor], ev_i: Tensor, ev_j: Tensor,
+                          edge_vectors: Tensor, g_m: List[Tensor], inputs_grad: bool = True) -> List[Tensor]:
+        """Backward of ``pair_messages`` for one chunk of pairs: g_m = gradients of its four outputs ->
+        [g_p_i (5 tensors), g_p_j (5 tensors), g_ev_i, g_ev_j, g_edge_vectors] (the per-atom inputs'
+        gradients are zeros when ``inputs_grad`` is False: layer 0, whose inputs do not depend on positions)."""
+        grad_was = torch.is_grad_enabled()
+        torch.set_grad_enabled(True)
+        v = _leaf(edge_vectors, True)
+        pi = [_leaf(t, inputs_grad) for t in p_i]
+        pj = [_leaf(t, inputs_grad) for t in p_j]
+        evi = _leaf(ev_i, inputs_grad)
+        evj = _leaf(ev_j, inputs_grad)
+        m = self.pair_messages(k, pi, pj, evi, evj, v)
+        ins = [v]
+        if inputs_grad:
+            ins = ins + pi + pj + [evi, evj]
+        go: List[Optional[Tensor]] = [g_m[0], g_m[1], g_m[2], g_m[3]]
+        ge = torch.autograd.grad(m, ins, grad_outputs=go, allow_unused=True)
+        torch.set_grad_enabled(grad_was)
+        out: List[Tensor] = []
+        if inputs_grad:
+            for t in range(5):
+                out.append(_or_zeros(ge[1 + t], p_i[t]))
+            for t in range(5):
+                out.append(_or_zeros(ge[6 + t], p_j[t]))
+            out.append(_or_zeros(ge[11], ev_i))
+            out.append(_or_zeros(ge[12], ev_j))
+        else:
+            out = [torch.zeros_like(t) for t in p_i] + [torch.zeros_like(t) for t in p_j] + \
+                  [torch.zeros_like(ev_i), torch.zeros_like(ev_j)]
+        out.append(_or_zeros(ge[0], edge_vectors))
+        return out
+
+    @torch.jit.export
+    def messages_vjp(self, k: int, x: Tensor, ev: Tensor, edge_vectors: Tensor, idx_i: Tensor, idx_j: Tensor,
+                     g_x_att: Tensor, g_ev_att: Tensor, chunk_size: int = 0,
+                     inputs_grad: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
+        """Backward of ``messages``: -> (g_x [N, F], g_ev [N, m_tot], g_edge_vectors [P, 3]), recomputing
+        the messages one chunk of pairs at a time."""
+        grad_was = torch.is_grad_enabled()  # (no `with torch.no_grad()`: it crashes frozen TorchScript modules)
+        torch.set_grad_enabled(False)
+        p = self.project(k, x)
+        torch.set_grad_enabled(grad_was)
+        gp = [torch.zeros_like(t) for t in p]
+        g_ev = torch.zeros_like(ev)
+        g_vec = torch.zeros_like(edge_vectors)
+        b = self.chunk_bounds(idx_i.shape[0], chunk_size)
+        for c in range(len(b) - 1):
+            ii = idx_i[b[c]:b[c + 1]]
+            jj = idx_j[b[c]:b[c + 1]]
+            gm = [g_x_att.index_select(0, ii), g_ev_att.index_select(0, ii),
+                  g_x_att.index_select(0, jj), g_ev_att.index_select(0, jj)]
+            ge = self.pair_messages_vjp(k, [t.index_select(0, ii) for t in p], [t.index_select(0, jj) for t in p],
+                                        ev.index_select(0, ii), ev.index_select(0, jj), edge_vectors[b[c]:b[c + 1]],
+                                        gm, inputs_grad)
+            g_vec[b[c]:b[c + 1]] = ge[12]
+            if inputs_grad:
+                for t in range(5):
+                    gp[t].index_add_(0, ii, ge[t])
+                    gp[t].index_add_(0, jj, ge[5 + t])
+                g_ev.index_add_(0, ii, ge[10])
+                g_ev.index_add_(0, jj, ge[11])
+        g_x = self.project_vjp(k, x, gp) if inputs_grad else torch.zeros_like(x)
+        return g_x, g_ev, g_vec
+
+    # -------------------------------------------------------------------- layers: per-atom update
+    @torch.jit.export
+    def update_vjp(self, k: int, x: Tensor, ev: Tensor, x_att: Tensor, ev_att: Tensor, positions: Tensor,
+                   batch: Tensor, num_graphs: int, cell: Tensor, pbc: Tensor, efa_sums: Optional[Tensor],
+                   g_x: Tensor, g_ev: Tensor, inputs_grad: bool = True) -> List[Tensor]:
+        """Backward of ``update`` -> [g_x, g_ev, g_x_att, g_ev_att, g_positions, g_cell, g_efa_sums]
+        (g_positions / g_cell: the explicit dependence through EFA; zeros without EFA in layer k)."""
+        efa = self.efa_layers[k]
+        grad_was = torch.is_grad_enabled()
+        torch.set_grad_enabled(True)
+        x_l = _leaf(x, inputs_grad)
+        ev_l = _leaf(ev, inputs_grad)
+        xa = _leaf(x_att, True)
+        eva = _leaf(ev_att, True)
+        pos = _leaf(positions, efa)
+        cel = _leaf(cell, efa)
+        sums: Optional[Tensor] = None
+        if efa_sums is not None:
+            sums = _leaf(efa_sums, efa)
+        out = self.update(k, x_l, ev_l, xa, eva, pos, batch, num_graphs, cel, pbc, sums)
+        leaves = [xa, eva]
+        if inputs_grad:
+            leaves = leaves + [x_l, ev_l]
+        if efa:
+            leaves = leaves + [pos, cel]
+            if sums is not None:
+                leaves.append(sums)
+        go: List[Optional[Tensor]] = [g_x, g_ev]
+        g = torch.autograd.grad([out[0], out[1]], leaves, grad_outputs=go, allow_unused=True)
+        torch.set_grad_enabled(grad_was)
+        res = [torch.zeros_like(x), torch.zeros_like(ev), _or_zeros(g[0], x_att), _or_zeros(g[1], ev_att),
+               torch.zeros_like(positions), torch.zeros_like(cell), torch.zeros(0, dtype=x.dtype, device=x.device)]
+        n = 2
+        if inputs_grad:
+            res[0] = _or_zeros(g[2], x)
+            res[1] = _or_zeros(g[3], ev)
+            n = 4
+        if efa:
+            res[4] = _or_zeros(g[n], positions)
+            res[5] = _or_zeros(g[n + 1], cell)
+            if sums is not None:
+                res[6] = _or_zeros(g[n + 2], sums)
+        return res
+
+    @torch.jit.export
+    def efa_sums_vjp(self, k: int, x: Tensor, positions: Tensor, cell: Tensor, pbc: Tensor,
+                     g_sums: Tensor) -> List[Tensor]:
+        """Backward of ``efa_sums`` -> [g_x, g_positions, g_cell]."""
+        grad_was = torch.is_grad_enabled()
+        torch.set_grad_enabled(True)
+        x_l = _leaf(x, True)
+        pos = _leaf(positions, True)
+        cel = _leaf(cell, True)
+        s = self.efa_sums(k, x_l, pos, cel, pbc)
+        go: List[Optional[Tensor]] = [g_sums]
+        g = torch.autograd.grad([s], [x_l, pos, cel], grad_outputs=go, allow_unused=True)
+        torch.set_grad_enabled(grad_was)
+        return [_or_zeros(g[0], x), _or_zeros(g[1], positions), _or_zeros(g[2], cell)]
+
+    # -------------------------------------------------------------------- readout
+    @torch.jit.export
+    def readout_vjp(self, x: Tensor, atomic_numbers: Tensor, batch: Tensor, num_graphs: int, g_energy: Tensor,
+                    g_lr: Tensor, g_sums: Tensor) -> Tensor:
+        """Backward of ``readout`` -> g_x [N, F]."""
+        grad_was = torch.is_grad_enabled()
+        torch.set_grad_enabled(True)
+        x_l = _leaf(x, True)
+        e, lr, sums = self.readout(x_l, atomic_numbers, batch, num_graphs)
+        outs = [e]
+        go: List[Optional[Tensor]] = [g_energy]
+        if lr.shape[1] > 0:
+            outs.append(lr)
+            go.append(g_lr)
+        if sums.shape[1] > 0:
+            outs.append(sums)
+            go.append(g_sums)
+        g = torch.autograd.grad(outs, [x_l], grad_outputs=go, allow_unused=True)[0]
+        torch.set_grad_enabled(grad_was)
+        return _or_zeros(g, x)
+
+    @torch.jit.export
+    def long_range_values_vjp(self, lr_raw: Tensor, sums: Tensor, total_charge: Tensor, batch: Tensor,
+                              g_lr: Tensor) -> List[Tensor]:
+        """Backward of ``long_range_values`` -> [g_lr_raw [N, W], g_sums [B, K]]."""
+        if self.charges_head is None:
+            return [g_lr, torch.zeros_like(sums)]
+        grad_was = torch.is_grad_enabled()
+        torch.set_grad_enabled(True)
+        raw = _leaf(lr_raw, True)
+        s = _leaf(sums, True)
+        lr = self.long_range_values(raw, s, total_charge, batch)
+        go: List[Optional[Tensor]] = [g_lr]
+        g = torch.autograd.grad([lr], [raw, s], grad_outputs=go, allow_unused=True)
+        torch.set_grad_enabled(grad_was)
+        return [_or_zeros(g[0], lr_raw), _or_zeros(g[1], sums)]
+
+    # -------------------------------------------------------------------- pair terms
+    @torch.jit.export
+    def zbl_pair_vjp(self, z_i: Tensor, z_j: Tensor, edge_vectors: Tensor, g_pair: Tensor) -> Tensor:
+        """d/d(edge_vectors) of Σ g_pair · zbl_pair_energy: [P, 3]."""
+        grad_was = torch.is_grad_enabled()
+        torch.set_grad_enabled(True)
+        v = _leaf(edge_vectors, True)
+        e = self.zbl_pair_energy(z_i, z_j, v)
+        go: List[Optional[Tensor]] = [g_pair]
+        g = torch.autograd.grad([e], [v], grad_outputs=go, allow_unused=True)[0]
+        torch.set_grad_enabled(grad_was)
+        return _or_zeros(g, edge_vectors)
+
+    @torch.jit.export
+    def long_range_pair_vjp(self, z_i: Tensor, z_j: Tensor, lr_i: Tensor, lr_j: Tensor, edge_vectors: Tensor,
+                            g_pair: Tensor) -> List[Tensor]:
+        """Backward of ``long_range_pair_energy`` with analytic derivatives (no graph):
+        -> [g_lr_i [P, W], g_lr_j [P, W], g_edge_vectors [P, 3]]."""
+        d = safe_norm(edge_vectors)
+        de_dd = torch.zeros_like(d)
+        g_i: List[Tensor] = []
+        g_j: List[Tensor] = []
+        col = 0
+        es = self.electrostatics
+        if es is not None:
+            r = es.pair_energy_and_derivatives(lr_i[:, 0], lr_j[:, 0], d)
+            de_dd = de_dd + r[1]
+            g_i.append(g_pair * r[2])
+            g_j.append(g_pair * r[3])
+            col = 1
+        disp = self.dispersion
+        if disp is not None:
+            r = disp.pair_energy_and_derivatives(lr_i[:, col], lr_j[:, col], z_i, z_j, d)
+            de_dd = de_dd + r[1]
+            g_i.append(g_pair * r[2])
+            g_j.append(g_pair * r[3])
+        d_pos = d > 0.0
+        unit = edge_vectors / torch.where(d_pos, d, torch.ones_like(d)).unsqueeze(-1)
+        g_vec = torch.where(d_pos.unsqueeze(-1), unit, torch.zeros_like(unit)) * (g_pair * de_dd).unsqueeze(-1)
+        empty = torch.zeros(d.shape[0], 0, dtype=d.dtype, device=d.device)
+        gi = torch.stack(g_i, 1) if len(g_i) > 0 else empty
+        gj = torch.stack(g_j, 1) if len(g_j) > 0 else empty
+        return [gi, gj, g_vec]
+
+    @torch.jit.export
+    def pair_energies_vjp(self, atomic_numbers: Tensor, lr: Tensor, edge_vectors: Tensor, idx_i: Tensor,
+                          idx_j: Tensor, edge_vectors_lr: Tensor, idx_i_lr: Tensor, idx_j_lr: Tensor,
+                          g_energy: Tensor, chunk_size: int = 0) -> List[Tensor]:
+        """Backward of ``pair_energies`` -> [g_edge_vectors [P, 3], g_edge_vectors_lr [P', 3], g_lr [N, W]]."""
+        z = atomic_numbers
+        g_vec = torch.zeros_like(edge_vectors)
+        g_vec_lr = torch.zeros_like(edge_vectors_lr)
+        g_lr = torch.zeros_like(lr)
+        if self.zbl is not None:
+            b = self.chunk_bounds(idx_i.shape[0], chunk_size)
+            for c in range(len(b) - 1):
+                ii = idx_i[b[c]:b[c + 1]]
+                jj = idx_j[b[c]:b[c + 1]]
+                gp = 0.5 * (g_energy.index_select(0, ii) + g_energy.index_select(0, jj))
+                g_vec[b[c]:b[c + 1]] = self.zbl_pair_vjp(z.index_select(0, ii), z.index_select(0, jj),
+                                                         edge_vectors[b[c]:b[c + 1]], gp)
+        if self.exchange_width > 0:
+            b = self.chunk_bounds(idx_i_lr.shape[0], chunk_size)
+            for c in range(len(b) - 1):
+                ii = idx_i_lr[b[c]:b[c + 1]]
+                jj = idx_j_lr[b[c]:b[c + 1]]
+                gp = 0.5 * (g_energy.index_select(0, ii) + g_energy.index_select(0, jj))
+                r = self.long_range_pair_vjp(z.index_select(0, ii), z.index_select(0, jj), lr.index_select(0, ii),
+                                             lr.index_select(0, jj), edge_vectors_lr[b[c]:b[c + 1]], gp)
+                g_lr.index_add_(0, ii, r[0])
+                g_lr.index_add_(0, jj, r[1])
+                g_vec_lr[b[c]:b[c + 1]] = r[2]
+        return [g_vec, g_vec_lr, g_lr]
+
+    # -------------------------------------------------------------------- the memory-lean inference pass
+    @torch.jit.export
+    def energy_and_gradients(self, positions: Tensor, atomic_numbers: Tensor, edge_vectors: Tensor,
+                             idx_i: Tensor, idx_j: Tensor, edge_vectors_lr: Tensor, idx_i_lr: Tensor,
+                             idx_j_lr: Tensor, batch: Tensor, num_graphs: int, total_charge: Tensor,
+                             num_unpaired_electrons: Tensor, cell: Tensor, pbc: Tensor,
+                             chunk_size: int = 0) -> Tuple[Dict[str, Tensor], List[Tensor]]:
+        """``forward``'s outputs (no graph) and the gradients of the total energy E = Σ atomic_energies
+        (eV): [dE/d edge_vectors [P,3] eV/Å, dE/d edge_vectors_lr [P',3] eV/Å, dE/d positions [N,3] eV/Å
+        (explicit dependence: EFA), dE/d cell [B,3,3] eV/Å (periodic EFA)]. Forces and stress follow by
+        the chain rule through the pair vectors (:mod:`so3krates.potential.forces`).
+
+        The stages run once without a graph, keeping only per-atom features; the backward pass calls the
+        stages' ``*_vjp`` methods in reverse order (pairs recomputed in chunks of ``chunk_size``; 0: the
+        model's default). Equals ``forward`` + autograd to rounding, with memory O(N·F·layers + chunk·F)."""
+        z = atomic_numbers
+        step = self.chunk(chunk_size)  # the lean pass always works in chunks
+        saved: List[List[Tensor]] = []
+        grad_was = torch.is_grad_enabled()
+        torch.set_grad_enabled(False)
+        x = self.embed(z, total_charge, num_unpaired_electrons, batch, num_graphs, None)
+        ev = torch.zeros(z.shape[0], self.m_tot, dtype=x.dtype, device=x.device)
+        for k in range(self.num_layers):
+            x_att, ev_att = self.messages(k, x, ev, edge_vectors, idx_i, idx_j, step)
+            saved.append([x, ev, x_att, ev_att])
+            x, ev = self.update(k, x, ev, x_att, ev_att, positions, batch, num_graphs, cell, pbc, None)
+        energy, lr_raw, sums = self.readout(x, z, batch, num_graphs)
+        lr = self.long_range_values(lr_raw, sums, total_charge, batch)
+        energy = energy + self.pair_energies(z, lr, edge_vectors, idx_i, idx_j, edge_vectors_lr, idx_i_lr,
+                                             idx_j_lr, step)
+        torch.set_grad_enabled(grad_was)
+        g_e = torch.ones_like(energy)
+        gp = self.pair_energies_vjp(z, lr, edge_vectors, idx_i, idx_j, edge_vectors_lr, idx_i_lr, idx_j_lr, g_e, step)
+        g_vec = gp[0]
+        gl = self.long_range_values_vjp(lr_raw, sums, total_charge, batch, gp[2])
+        g_x = self.readout_vjp(x, z, batch, num_graphs, g_e, gl[0], gl[1])
+        g_ev = torch.zeros_like(ev)
+        g_pos = torch.zeros_like(positions)
+        g_cell = torch.zeros_like(cell)
+        for step_back in range(self.num_layers):
+            k = self.num_layers - 1 - step_back
+            s = saved[k]
+            gu = self.update_vjp(k, s[0], s[1], s[2], s[3], positions, batch, num_graphs, cell, pbc, None,
+                                 g_x, g_ev, k > 0)
+            g_pos = g_pos + gu[4]
+            g_cell = g_cell + gu[5]
+            gm = self.messages_vjp(k, s[0], s[1], edge_vectors, idx_i, idx_j, gu[2], gu[3], step, k > 0)
+            g_vec = g_vec + gm[2]
+            g_x = gu[0] + gm[0]
+            g_ev = gu[1] + gm[1]
+        return self.outputs(energy, lr), [g_vec, gp[1], g_pos, g_cell]

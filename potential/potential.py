@@ -1,0 +1,157 @@
+"""``So3kratesPotential``: energy, forces and stress of one structure (neighbour lists inside).
+
+Units: positions and cell in Å, energy in eV, forces in eV/Å, stress in eV/Å³ (ASE sign
+convention: stress = (1/V) dE/dε, negative when the structure is under compression).
+TorchScript-able; ``so3krates export`` scripts it into the exported file's ``forward``.
+"""
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .forces import autograd_gradients, lean_gradients, strain
+from .graph.edges import pair_vectors, pair_vectors_no_grad
+from .graph.neighbors import neighbor_list
+from .model import So3krates
+from .validate import check_cell, check_min_distance, check_species, check_structure, is_open
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of a model's floating-point parameters (or buffers)."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    for b in model.buffers():
+        if b.is_floating_point():
+            return b.dtype
+    return torch.get_default_dtype()
+
+
+class So3kratesPotential(nn.Module):
+    """Energy, forces, stress and atomic energies of one structure.
+
+    ``forward(positions [N,3] Å, atomic_numbers [N] int, cell [3,3] Å (rows a, b, c; zeros for
+    open), pbc [3] bool, total_charge e, num_unpaired_electrons, compute_forces, compute_stress)``
+    returns ``{"energy": [] eV, "forces": [N,3] eV/Å, "stress": [3,3] eV/Å³ (only with
+    compute_stress), "atomic_energies": [N] eV}`` plus the model's other per-atom outputs
+    (``partial_charges`` in e, ``hirshfeld_ratios``). Inputs are converted to the model's dtype.
+
+    Eval mode: forces and stress come from the model's memory-lean pass (``energy_and_gradients``:
+    memory O(N) + one chunk of pairs; ``chunk_size`` attribute, 0 = the model's default) and carry no
+    graph. Training mode (``.train()``): autograd with ``create_graph=True``, so that a force loss can
+    be back-propagated.
+
+    Raises ``ValueError`` naming the problem and the fix for NaN/inf positions, unknown elements,
+    atoms closer than ``min_distance`` (0.1 Å), a periodic cell of zero volume, stress requested
+    without a periodic cell, and wrong shapes or dtypes.
+    """
+
+    def __init__(self, model: So3krates, min_distance: float = 0.1):
+        super().__init__()
+        self.model = model
+        self.cutoff = float(model.cutoff)
+        self.cutoff_lr = float(model.cutoff_lr)
+        self.long_range = bool(model.long_range)
+        self.species: List[int] = [int(z) for z in model.species]
+        self.min_distance = float(min_distance)
+        self.chunk_size: int = 0
+        if len(self.species) == 0:
+            raise ValueError("the model lists no species (model.species is empty)")
+        known = torch.zeros(max(self.species) + 1, dtype=torch.bool)
+        known[torch.tensor(self.species, dtype=torch.long)] = True
+        self.register_buffer("known_species", known, persistent=False)
+        self.register_buffer("dtype_ref", torch.zeros(0, dtype=model_dtype(model)), persistent=False)
+
+    def pair_lists(self, positions: Tensor, cell: Tensor, pbc: Tensor, open_sys: bool
+                   ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Local and long-range pair lists (each pair once): idx_i, idx_j, shifts, idx_i_lr, idx_j_lr, shifts_lr."""
+        idx_i, idx_j, shifts = neighbor_list(positions, self.cutoff, cell, pbc, True)
+        device = positions.device
+        if self.long_range and self.cutoff_lr > 0.0:
+            idx_i_lr, idx_j_lr, shifts_lr = neighbor_list(positions, self.cutoff_lr, cell, pbc, True)
+        elif self.long_range:
+            if not open_sys:
+                raise ValueError("this model has no long-range cutoff (cutoff_lr = None: long-range terms over "
+                                 "all pairs), which only works for open systems; use pbc=False / a zero cell, or "
+                                 "a model configured with a finite cutoff_lr (e.g. 12 Å) for periodic systems")
+            n = positions.shape[0]
+            pairs = torch.triu_indices(n, n, 1, device=device)
+            idx_i_lr = pairs[0]
+            idx_j_lr = pairs[1]
+            shifts_lr = torch.zeros(idx_i_lr.shape[0], 3, dtype=positions.dtype, device=device)
+        else:
+            idx_i_lr = torch.zeros(0, dtype=torch.long, device=device)
+            idx_j_lr = torch.zeros(0, dtype=torch.long, device=device)
+            shifts_lr = torch.zeros(0, 3, dtype=positions.dtype, device=device)
+        return idx_i, idx_j, shifts, idx_i_lr, idx_j_lr, shifts_lr
+
+    def forward(self, positions: Tensor, atomic_numbers: Tensor, cell: Tensor, pbc: Tensor,
+                total_charge: float = 0.0, num_unpaired_electrons: float = 0.0,
+                compute_forces: bool = True, compute_stress: bool = False) -> Dict[str, Tensor]:
+        check_structure(positions, atomic_numbers, cell, pbc)
+        check_species(atomic_numbers, self.known_species, self.species)
+        check_cell(cell, pbc)
+        dtype = self.dtype_ref.dtype
+        device = positions.device
+        z = atomic_numbers.to(torch.long)
+        n = positions.shape[0]
+        open_sys = is_open(cell, pbc.to(torch.bool))
+        # pair vectors are formed in float64 when the positions come in float64 (then cast to the
+        # model's dtype): differences of large coordinates lose no digits in a float32 model
+        gdt = torch.float64 if positions.dtype == torch.float64 else dtype
+        # the inputs without their graph (.data: torch.jit.freeze, which openmm-torch applies, drops
+        # .detach(), and OpenMM's positions require grad)
+        pos_g = positions.data.to(gdt)
+        if open_sys:
+            cell_g = torch.zeros(3, 3, dtype=gdt, device=device)
+            pbc_b = torch.zeros(3, dtype=torch.bool, device=device)
+        else:
+            cell_g = cell.data.to(gdt)
+            pbc_b = pbc.to(torch.bool)
+        if compute_stress and (open_sys or abs(float(torch.linalg.det(cell_g.to(torch.float64)))) == 0.0):
+            raise ValueError("stress needs a periodic cell with non-zero volume; this structure is open (or its "
+                             "cell volume is zero). Call with compute_stress=False or give a periodic cell")
+        idx_i, idx_j, shifts, idx_i_lr, idx_j_lr, shifts_lr = self.pair_lists(pos_g, cell_g, pbc_b, open_sys)
+        vec_g = pair_vectors_no_grad(pos_g, cell_g, idx_i, idx_j, shifts, gdt)
+        check_min_distance(vec_g, idx_i, idx_j, shifts, self.min_distance)
+
+        batch = torch.zeros(n, dtype=torch.long, device=device)
+        q_tot = torch.full((1,), total_charge, dtype=dtype, device=device)
+        s_tot = torch.full((1,), num_unpaired_electrons, dtype=dtype, device=device)
+        grad_was_enabled = torch.is_grad_enabled()
+        g_pos: Optional[Tensor] = None
+        g_strain: Optional[Tensor] = None
+        if (compute_forces or compute_stress) and not self.training:
+            # memory-lean pass: explicit gradients w.r.t. the pair vectors, no graph
+            vec_lr = pair_vectors_no_grad(pos_g, cell_g, idx_i_lr, idx_j_lr, shifts_lr, dtype)
+            out, g = self.model.energy_and_gradients(pos_g.to(dtype), z, vec_g.to(dtype), idx_i, idx_j, vec_lr,
+                                                     idx_i_lr, idx_j_lr, batch, 1, q_tot, s_tot,
+                                                     cell_g.to(dtype).unsqueeze(0), pbc_b.unsqueeze(0),
+                                                     self.chunk_size)
+            g_pos, g_strain = lean_gradients(pos_g, cell_g, idx_i, idx_j, shifts, idx_i_lr, idx_j_lr, shifts_lr, g,
+                                             compute_stress)
+        else:
+            # autograd (training: graph kept for a force loss), or energy only without a graph
+            torch.set_grad_enabled(self.training or compute_forces or compute_stress or positions.requires_grad)
+            pos = positions.to(gdt) if positions.requires_grad else pos_g.requires_grad_(compute_forces)
+            pos_s, cell_s, eps = strain(pos, cell_g.unsqueeze(0), batch, 1, compute_stress)
+            vec = pair_vectors(pos_s, cell_s[0], idx_i, idx_j, shifts).to(dtype)
+            vec_lr = pair_vectors(pos_s, cell_s[0], idx_i_lr, idx_j_lr, shifts_lr).to(dtype)
+            out = self.model(pos_s.to(dtype), z, vec, idx_i, idx_j, vec_lr, idx_i_lr, idx_j_lr, batch, 1, q_tot, s_tot,
+                             cell_s.to(dtype), pbc_b.unsqueeze(0))
+            g_pos, g_eps = autograd_gradients(out["atomic_energies"].sum(), pos, eps, compute_forces, compute_stress,
+                                              self.training)
+            if g_eps is not None:
+                g_strain = g_eps[0]
+        torch.set_grad_enabled(grad_was_enabled)
+        result: Dict[str, Tensor] = {}
+        for key, value in out.items():
+            result[key] = value
+        result["energy"] = out["atomic_energies"].sum()
+        if compute_forces:
+            result["forces"] = -g_pos.to(dtype) if g_pos is not None else torch.zeros(n, 3, dtype=dtype, device=device)
+        if compute_stress:
+            volume = torch.linalg.det(cell_g).abs()
+            result["stress"] = (g_strain / volume).to(dtype) if g_strain is not None \
+                else torch.zeros(3, 3, dtype=dtype, device=device)
+        return result

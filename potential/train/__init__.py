@@ -1,0 +1,1 @@
+"""Training and evaluation: data sets, batching, the training loop, metrics and plots."""

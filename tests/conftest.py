@@ -1,0 +1,41 @@
+"""Fixtures shared by the test modules: the published SO3LR weights, converted once per session.
+
+The reference data come from ``../shared/reference/so3lr`` beside the repository (CI provides it);
+a missing folder is a failure, never a skip (tests/helpers.so3lr_dir).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers import so3lr_dir
+
+#: SO3LR's calculator settings of the reference outputs: long-range cutoff and dispersion damping (Å)
+SO3LR_LR_CUTOFF = 12.0
+SO3LR_DAMPING = 2.0
+
+
+@pytest.fixture(scope="session")
+def so3lr_model():
+    """The SO3LR network in float64, eval mode (do not modify: copy it first)."""
+    from so3krates.potential.convert import load_so3lr
+    return load_so3lr(so3lr_dir() / "params.pkl", lr_cutoff=SO3LR_LR_CUTOFF, dispersion_damping=SO3LR_DAMPING,
+                      dtype=torch.float64).eval()
+
+
+@pytest.fixture(scope="session")
+def so3lr_checkpoint(tmp_path_factory):
+    """``so3krates convert`` of the published weights: a .ckpt path."""
+    from so3krates.potential.convert import convert_to_checkpoint
+    path = tmp_path_factory.mktemp("so3lr") / "so3lr.ckpt"
+    convert_to_checkpoint(so3lr_dir() / "params.pkl", path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def so3lr_file(so3lr_checkpoint):
+    """The converted weights exported in float64 (TorchScript): a .pt path."""
+    from so3krates.export.exporter import export_checkpoint
+    path = so3lr_checkpoint.with_suffix(".pt")
+    export_checkpoint(str(so3lr_checkpoint), str(path), dtype="float64")
+    return path
