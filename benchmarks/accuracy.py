@@ -12,7 +12,7 @@ acids, villin cut-outs; H C N O S; charges 0/±1). The benchmark writes the spli
 (``<workdir>/split/{train,valid,test}.txt``) and every model reads exactly those frames. ``random``
 (default) is the shipped model's split (85/5/10 %, seed 7), so the so3krates row is comparable to
 ``examples/models/shipped_test_metrics.json``; ``trajectory`` is
-:func:`so3krates.potential.train.data.split_by_trajectory` (the end of every trajectory held out).
+:func:`so3krates.potential.train.splits.split_by_trajectory` (the end of every trajectory held out).
 
 Models (each trained from scratch in its own process, one thread):
 
@@ -45,11 +45,10 @@ import hashlib
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -59,6 +58,7 @@ SHIPPED_CONFIG = ROOT / "examples" / "models" / "config_shipped.yaml"
 WORKER = HERE / "_accuracy_worker.py"
 sys.path.insert(0, str(HERE))
 
+import _measure  # noqa: E402
 import _peers  # noqa: E402
 
 MODELS = ("so3krates", "mace", "torchmd-net")
@@ -89,7 +89,7 @@ def make_split(args, workdir: Path) -> Dict[str, Any]:
     import ase.io
     import numpy as np
 
-    from so3krates.potential.train.data import split_by_trajectory, split_indices
+    from so3krates.potential.train.splits import split_by_trajectory, split_indices
 
     images = ase.io.read(str(args.data), ":")
     data_path = Path(args.data)
@@ -118,8 +118,8 @@ def make_split(args, workdir: Path) -> Dict[str, Any]:
 
 def normalisation(images, idx) -> Dict[str, Any]:
     """Per-element energy shifts (least squares on the training split) and RMS force, eV and eV/Å."""
-    from so3krates.potential.train.data import frames_from_atoms
-    from so3krates.potential.train.trainer import fit_energy_shifts, force_rms
+    from so3krates.potential.train.frames import frames_from_atoms
+    from so3krates.potential.train.normalization import fit_energy_shifts, force_rms
 
     train = frames_from_atoms([images[i] for i in idx["train"]])
     species = sorted({int(z) for a in images for z in a.numbers})
@@ -159,8 +159,8 @@ def worker_so3krates(params_path: str, result_path: str) -> None:
     import torch
 
     from so3krates.potential.checkpoint import load_checkpoint, model_from_checkpoint
-    from so3krates.potential.train.data import read_frames
     from so3krates.potential.train.evaluate import error_metrics, predict_frames
+    from so3krates.potential.train.frames import read_frames
     from so3krates.potential.train.trainer import train_main
 
     params = json.loads(Path(params_path).read_text())
@@ -193,15 +193,6 @@ def worker_so3krates(params_path: str, result_path: str) -> None:
 
 
 # ============================================================================ driver
-def _cpu_seconds(pid: int) -> Optional[float]:
-    """utime + stime of a running process (Linux /proc), seconds."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 def run_model(name: str, params: Dict[str, Any], workdir: Path, python: str, script: List[str],
               limits: Dict[str, float], progress: bool, resume: bool = False) -> Dict[str, Any]:
     """Run one worker process; stream its log to ``<workdir>/<name>.log``; show a budget bar.
@@ -225,36 +216,24 @@ def run_model(name: str, params: Dict[str, Any], workdir: Path, python: str, scr
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env.pop("PYTHONPATH", None)
     budget = float(params["training"]["time_budget_s"])
-    t0 = time.perf_counter()
-    with open(log, "w") as fh:
-        proc = subprocess.Popen([python, *script, str(pfile), str(rfile)], stdout=fh, stderr=subprocess.STDOUT,
-                                env=env, cwd=str(ROOT))
-        bar = tqdm(total=round(budget), desc=f"{name} ({params['training']['clock']} s of budget)", unit="s",
-                   disable=not progress, leave=True)
-        killed = None
-        while proc.poll() is None:
-            time.sleep(1.0)
-            cpu = _cpu_seconds(proc.pid)
-            used = cpu if params["training"]["clock"] == "cpu" else time.perf_counter() - t0
-            if used is not None:
-                bar.n = min(round(used), bar.total)
-                bar.refresh()
-            if cpu is not None and cpu > limits["cpu_s"]:
-                killed = f"more than {limits['cpu_s']:.0f} s of CPU time"
-            elif time.perf_counter() - t0 > limits["wall_s"]:
-                killed = f"more than {limits['wall_s']:.0f} s of wall time"
-            if killed:
-                proc.kill()
-                proc.wait()
-                break
-        bar.close()
-    wall = time.perf_counter() - t0
+    bar = tqdm(total=round(budget), desc=f"{name} ({params['training']['clock']} s of budget)", unit="s",
+               disable=not progress, leave=True)
+
+    def show(usage):
+        bar.n = min(round(usage["cpu_s"] if params["training"]["clock"] == "cpu" else usage["wall_s"]), bar.total)
+        bar.refresh()
+
+    run = _measure.guarded_run([python, *script, str(pfile), str(rfile)], cwd=ROOT, env=env, log_path=log,
+                               max_cpu_s=limits["cpu_s"], timeout_s=limits["wall_s"], poll_s=1.0, on_poll=show)
+    bar.close()
+    wall = run["wall_s"]
     tail = log.read_text().strip().splitlines()[-6:] if log.exists() else []
-    if killed:
-        return dict(model=name, status="timeout", error=f"worker ran {killed}; see {log}", process_wall_s=wall)
-    if proc.returncode != 0 or not rfile.exists():
+    if run["killed"]:
+        return dict(model=name, status="timeout", error=f"worker ran {run['killed_reason']}; see {log}",
+                    process_wall_s=wall)
+    if run["returncode"] != 0 or not rfile.exists():
         err = next((l for l in reversed(tail) if l.strip()), "?")
-        return dict(model=name, status="failed", error=f"exit {proc.returncode}: {err[-400:]} (log: {log})",
+        return dict(model=name, status="failed", error=f"exit {run['returncode']}: {err[-400:]} (log: {log})",
                     process_wall_s=wall)
     res = json.loads(rfile.read_text())
     res["process_wall_s"] = round(wall, 1)

@@ -35,15 +35,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List
+
+from _measure import mem_available_gb, peak_rss_gb as _peak_gb, power_law_exponent as fit_exponent, rss_gb as _rss_gb
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -51,38 +51,6 @@ FULL_SIDES = [7, 9, 12, 15, 19, 22]   # 1029, 2187, 5184, 10125, 20577, 31944 at
 QUICK_SIDES = [7, 9]
 VARIANTS = ("local", "efa_one", "efa_all")
 DENSITY = 0.1  # atoms / Å³ (block level)
-
-
-def _rss_gb() -> float:
-    with open("/proc/self/statm") as f:
-        pages = int(f.read().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 1e9
-
-
-def _peak_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB -> GB
-
-
-def mem_available_gb() -> float:
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return float(line.split()[1]) / 1e6
-    except OSError:
-        pass
-    return float("inf")
-
-
-def fit_exponent(ns: List[float], ts: List[float]) -> float:
-    """Least-squares slope of log(time) vs log(N)."""
-    if len(ns) < 2:
-        return float("nan")
-    xs = [math.log(n) for n in ns]
-    ys = [math.log(t) for t in ts]
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    sxx = sum((x - mx) ** 2 for x in xs)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
 
 
 # ---------------------------------------------------------------------------------- workloads
@@ -104,8 +72,7 @@ def _model_workload(args, variant: str):
 
     from so3krates.potential.potential import So3kratesPotential
     from so3krates.potential.model import So3krates
-    sys.path.insert(0, str(HERE))
-    from model_speed import water_box
+    from so3krates.systems import water_lattice as water_box
 
     torch.manual_seed(0)
     model = So3krates(model_config(args, variant))

@@ -261,8 +261,10 @@ def _pair_distance_errors(model, path: Path, sz: Dict[str, Any], cutoff: float, 
     import numpy as np
     import torch
 
-    from so3krates.potential.train.data import attach_neighbors, read_frames, split_indices
-    from so3krates.potential.train.trainer import evaluate_frames
+    from so3krates.potential.train.evaluate import evaluate_frames
+    from so3krates.potential.train.frames import read_frames
+    from so3krates.potential.train.neighbor_lists import attach_neighbors
+    from so3krates.potential.train.splits import split_indices
 
     frames = read_frames(path)
     idx = split_indices(len(frames), train=int(sz["train"]), valid=int(sz["valid"]), test=int(sz["test"]), seed=0)

@@ -24,23 +24,19 @@ import tempfile
 import time
 from pathlib import Path
 
+from _measure import write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CKPT = ROOT / "examples" / "models" / "so3krates_demo.ckpt"
 
 
 def water_box(n_side: int, seed: int = 0):
-    """n_side³ randomly oriented waters on a 3.1 Å lattice (≈1 g/cm³), periodic; Å."""
-    import numpy as np
+    """n_side³ randomly oriented waters on a cubic lattice at 1 g/cm³, periodic, as ASE Atoms (Å)."""
     from ase import Atoms
-    rng = np.random.default_rng(seed)
-    mol = np.array([[0.0, 0.0, 0.0], [0.9572, 0.0, 0.0], [-0.2400, 0.9266, 0.0]])
-    pos = []
-    for a in range(n_side):
-        for b in range(n_side):
-            for c in range(n_side):
-                q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
-                pos.extend((np.array([a, b, c]) + 0.5) * 3.1 + mol @ q.T)
-    return Atoms("OHH" * n_side ** 3, positions=np.array(pos), cell=np.eye(3) * 3.1 * n_side, pbc=True)
+
+    from so3krates.systems import water_lattice
+    pos, cell, numbers = water_lattice(n_side, seed)
+    return Atoms(numbers=numbers, positions=pos, cell=cell, pbc=True)
 
 
 def worker(args) -> dict:
@@ -133,10 +129,8 @@ def main(argv=None) -> int:
                 key = f"{kind}_{dt}_{3 * n ** 3}"
                 ratios[key] = x["steady_s"] / e["steady_s"]
                 print(f"{kind}/eager steady-state time, {dt}, {3 * n ** 3} atoms: {ratios[key]:.2f}")
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps({"benchmark": "export_speed", "checkpoint": args.checkpoint,
-                                             "threads": 1, "rows": rows, "over_eager": ratios,
-                                             "load_average": os.getloadavg()}, indent=1))
+    write_json(args.output, {"benchmark": "export_speed", "checkpoint": args.checkpoint, "threads": 1, "rows": rows,
+                             "over_eager": ratios, "load_average": os.getloadavg()})
     print(f"wrote {args.output}")
     return 0
 

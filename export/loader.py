@@ -46,3 +46,15 @@ def read_model_bytes(source: ModelSource) -> bytes:
         return bytes(source)
     with open(source, "rb") as f:
         return f.read()
+
+
+def user_message(exc: BaseException) -> str:
+    """The message of an error raised inside an exported file, without TorchScript's interpreter
+    traceback: TorchScript re-raises a model's ``ValueError`` as ``torch.jit.Error`` whose text ends in
+    ``builtins.ValueError: <message>``."""
+    text = str(exc)
+    tag = "builtins.ValueError: "
+    if tag in text:
+        return text.rsplit(tag, 1)[1].strip()
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return lines[-1].strip() if lines else type(exc).__name__

@@ -72,9 +72,6 @@ def _supported(cfg) -> Optional[str]:
     """None when the config can be packaged, else the reason it cannot."""
     if any(cfg.efa_layers):
         return "the model uses Euclidean fast attention (its open/periodic branch is data dependent)"
-    if cfg.electrostatic_energy_bool or cfg.dispersion_energy_bool:
-        return ("the model has long-range electrostatics/dispersion, which AOTInductor miscompiles with torch "
-                f"{torch.__version__.split('+')[0]} (energy errors ~0.5 eV measured)")
     return None
 
 

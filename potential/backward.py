@@ -59,33 +59,27 @@ class StageGradients(nn.Module):
                           edge_vectors: Tensor, g_m: List[Tensor], inputs_grad: bool = True) -> List[Tensor]:
         """Backward of ``pair_messages`` for one chunk of pairs: g_m = gradients of its four outputs ->
         [g_p_i (5 tensors), g_p_j (5 tensors), g_ev_i, g_ev_j, g_edge_vectors] (the per-atom inputs'
-        gradients are zeros when ``inputs_grad`` is False: layer 0, whose inputs do not depend on positions)."""
+        gradients are zeros when ``inputs_grad`` is False: layer 0, whose inputs do not depend on
+        positions). The attention and filters have an explicit backward (AttentionBlock.
+        pair_messages_backward); the geometry (radial basis, cutoff, spherical harmonics) uses autograd."""
         grad_was = torch.is_grad_enabled()
         torch.set_grad_enabled(True)
         v = _leaf(edge_vectors, True)
-        pi = [_leaf(t, inputs_grad) for t in p_i]
-        pj = [_leaf(t, inputs_grad) for t in p_j]
-        evi = _leaf(ev_i, inputs_grad)
-        evj = _leaf(ev_j, inputs_grad)
-        m = self.pair_messages(k, pi, pj, evi, evj, v)
-        ins = [v]
-        if inputs_grad:
-            ins = ins + pi + pj + [evi, evj]
-        go: List[Optional[Tensor]] = [g_m[0], g_m[1], g_m[2], g_m[3]]
-        ge = torch.autograd.grad(m, ins, grad_outputs=go, allow_unused=True)
+        d, rbf, cut, ylm = self.geometry(v)
+        torch.set_grad_enabled(False)
+        r: List[Tensor] = []
+        for i, layer in enumerate(self.layers):
+            if i == k:
+                r = layer.attention_block.pair_messages_backward(p_i, p_j, ev_j - ev_i, rbf.detach(), ylm.detach(),
+                                                                 cut.detach(), g_m)
+        torch.set_grad_enabled(True)
+        go: List[Optional[Tensor]] = [r[11], r[13], r[12]]
+        g_vec = torch.autograd.grad([rbf, cut, ylm], [v], grad_outputs=go, allow_unused=True)[0]
         torch.set_grad_enabled(grad_was)
-        out: List[Tensor] = []
-        if inputs_grad:
-            for t in range(5):
-                out.append(_or_zeros(ge[1 + t], p_i[t]))
-            for t in range(5):
-                out.append(_or_zeros(ge[6 + t], p_j[t]))
-            out.append(_or_zeros(ge[11], ev_i))
-            out.append(_or_zeros(ge[12], ev_j))
-        else:
-            out = [torch.zeros_like(t) for t in p_i] + [torch.zeros_like(t) for t in p_j] + \
-                  [torch.zeros_like(ev_i), torch.zeros_like(ev_j)]
-        out.append(_or_zeros(ge[0], edge_vectors))
+        out = r[:10] + [-r[10], r[10]] if inputs_grad else \
+            [torch.zeros_like(t) for t in p_i] + [torch.zeros_like(t) for t in p_j] + \
+            [torch.zeros_like(ev_i), torch.zeros_like(ev_j)]
+        out.append(_or_zeros(g_vec, edge_vectors))
         return out
 
     @torch.jit.export

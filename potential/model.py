@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from .backward import StageGradients
 from .config import So3kratesConfig
+from .graph.segments import graph_sums
 from .nn.basis import CutoffFunction, RadialBasis, safe_norm, spherical_harmonics
 from .nn.efa_block import EFABlock
 from .nn.embedding import AtomTypeEmbedding, ChargeSpinEmbedding
@@ -240,8 +241,7 @@ class So3krates(StageGradients):
         if ch is not None:
             raw = ch.raw(x, atomic_numbers)
             cols.append(raw)
-            zeros = torch.zeros(num_graphs, dtype=x.dtype, device=x.device)
-            sums = torch.stack([zeros.index_add(0, batch, raw), zeros.index_add(0, batch, torch.ones_like(raw))], 1)
+            sums = graph_sums(torch.stack([raw, torch.ones_like(raw)], 1), batch, num_graphs)
         hh = self.hirshfeld_head
         if hh is not None:
             cols.append(hh(x, atomic_numbers))

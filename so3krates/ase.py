@@ -16,7 +16,7 @@ import torch
 from ase.calculators.calculator import Calculator, all_changes
 
 from so3krates.export.exporter import potential_from_checkpoint
-from so3krates.export.loader import load_exported
+from so3krates.export.loader import load_exported, user_message
 from so3krates.export.metadata import build_metadata
 
 
@@ -72,7 +72,10 @@ class So3kratesCalculator(Calculator):
         pos = torch.tensor(atoms.get_positions(), dtype=self.dtype, device=self.device)
         z = torch.tensor(atoms.get_atomic_numbers(), dtype=torch.long, device=self.device)
         cell = torch.tensor(np.asarray(atoms.get_cell()), dtype=self.dtype, device=self.device)
-        out = self.module(pos, z, cell, torch.tensor(pbc, device=self.device), charge, spin, True, want_stress)
+        try:
+            out = self.module(pos, z, cell, torch.tensor(pbc, device=self.device), charge, spin, True, want_stress)
+        except torch.jit.Error as exc:  # the model's ValueError, without TorchScript's interpreter traceback
+            raise ValueError(user_message(exc)) from None
         energy = float(out["energy"].detach().cpu())
         self.results["energy"] = energy
         self.results["free_energy"] = energy

@@ -48,7 +48,8 @@ def _cmd_info(args) -> None:
 
 
 def _cmd_train(args) -> None:
-    from so3krates.potential.train.trainer import parse_overrides, train_main
+    from so3krates.potential.train.config import parse_overrides
+    from so3krates.potential.train.trainer import train_main
     run = train_main(args.config, resume=args.resume, overrides=parse_overrides(args.set or []))
     print(f"training finished: {run}")
 

@@ -131,3 +131,20 @@ def test_float32_export_via_cli_open_and_periodic(tmp_path, kw):
         e_off = float(off(torch.tensor(atoms.positions), torch.tensor(atoms.numbers), torch.tensor(atoms.cell.array),
                           torch.tensor(atoms.pbc), 0.0, 0.0, False, False)["energy"])
         assert abs(e_off - e64) > 1e-3  # EFA contributes
+
+
+def test_bad_input_gives_the_message_only(lr_file):
+    """Errors raised inside the exported file reach ASE users as one ValueError with the model's message
+    (no TorchScript interpreter traceback)."""
+    from ase import Atoms
+    atoms = Atoms("HOCl", positions=[[0, 0, 0], [0.96, 0, 0], [3.0, 0, 0]])
+    atoms.calc = So3kratesCalculator(lr_file)
+    with pytest.raises(ValueError) as err:
+        atoms.get_potential_energy()
+    msg = str(err.value)
+    assert msg.startswith("unknown element Cl (atomic number 17) at atom index 2") and "only knows" in msg
+    assert "Traceback" not in msg and "TorchScript" not in msg and "\n" not in msg
+    atoms = Atoms("HO", positions=[[0, 0, 0], [0.05, 0, 0]])
+    atoms.calc = So3kratesCalculator(lr_file)
+    with pytest.raises(ValueError, match=r"^atoms (0 and 1|1 and 0) are 0\.0500 Å apart, closer than 0\.10 Å"):
+        atoms.get_potential_energy()

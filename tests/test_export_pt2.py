@@ -22,7 +22,8 @@ CLI = [sys.executable, "-m", "so3krates.cli"]
 
 
 def _model(**kw):
-    return small_model(long_range=False, num_layers=1, seed=4, **kw)
+    """One layer, ZBL, electrostatics and dispersion (4.5 Å), charge and spin embeddings."""
+    return small_model(long_range=True, num_layers=1, seed=4, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +88,7 @@ def test_pt2_through_ase_and_info(pt2_file):
     assert read_metadata(pt2_file)["species"] == [1, 6, 8]
 
 
-@pytest.mark.parametrize("kw,match", [(dict(long_range=True), "long-range"),
-                                      (dict(long_range=False, efa=True), "Euclidean fast attention")])
+@pytest.mark.parametrize("kw,match", [(dict(long_range=False, efa=True), "Euclidean fast attention")])
 def test_pt2_refuses_unsupported_models_clearly(tmp_path, kw, match):
     save_checkpoint(tmp_path / "m.ckpt", small_model(**kw))
     res = subprocess.run(CLI + ["export", str(tmp_path / "m.ckpt"), "--format", "pt2", "-o", str(tmp_path / "m.pt2")],

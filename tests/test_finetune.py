@@ -18,10 +18,10 @@ import yaml
 
 from helpers import ROOT, so3lr_dir
 
-from so3krates.potential.train import trainer as T
 from so3krates.potential.checkpoint import load_checkpoint, model_from_checkpoint
-from so3krates.potential.train.data import read_frames
 from so3krates.potential.train.evaluate import predict_frames
+from so3krates.potential.train.frames import read_frames
+from so3krates.potential.train.trainer import train_main
 
 DATA = ROOT / "examples" / "data" / "so3krates_demo.extxyz"
 FRAMES = [0, 150, 300, 450]  # alanine dipeptide (22 atoms) from different trajectories/temperatures
@@ -39,7 +39,7 @@ def finetuned(tmp_path_factory, so3lr_checkpoint):
                         "progress": False}}
     path = tmp / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    run = T.train_main(str(path))
+    run = train_main(str(path))
     return tmp, run, so3lr_checkpoint
 
 

@@ -19,10 +19,17 @@ import ase.io  # noqa: E402
 from ase import Atoms  # noqa: E402
 from ase.calculators.singlepoint import SinglePointCalculator  # noqa: E402
 
-from so3krates.potential.train import data as D  # noqa: E402
-from so3krates.potential.train import trainer as T  # noqa: E402
 from so3krates.potential.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
-from so3krates.potential.train.evaluate import evaluate_main  # noqa: E402
+from so3krates.potential.train.batch import collate  # noqa: E402
+from so3krates.potential.train.config import load_config  # noqa: E402
+from so3krates.potential.train.evaluate import evaluate_frames, evaluate_main, make_eval_model  # noqa: E402
+from so3krates.potential.train.frames import Frame, frames_from_atoms, read_frames  # noqa: E402
+from so3krates.potential.train.loss import loss_and_metrics, predict  # noqa: E402
+from so3krates.potential.train.neighbor_lists import attach_neighbors, frame_neighbors  # noqa: E402
+from so3krates.potential.train.normalization import apply_normalization, fit_energy_shifts  # noqa: E402
+from so3krates.potential.train.optim import make_lr_lambda  # noqa: E402
+from so3krates.potential.train.splits import load_splits, split_by_trajectory, split_indices  # noqa: E402
+from so3krates.potential.train.trainer import train_main  # noqa: E402
 
 OFFSETS = {1: -13.6, 6: -1030.0, 8: -2040.0}
 TINY_MODEL = {"num_features": 16, "num_layers": 1, "degrees": [1, 2], "num_heads": 2,
@@ -96,7 +103,7 @@ def _rows(run_dir):
 @pytest.fixture(scope="module")
 def trained_run(dataset, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("run")
-    run = T.train_main(_write_cfg(tmp, _cfg(dataset, tmp / "run", max_steps=36)))
+    run = train_main(_write_cfg(tmp, _cfg(dataset, tmp / "run", max_steps=36)))
     return run
 
 
@@ -120,13 +127,13 @@ def test_training_reduces_loss_and_writes_outputs(trained_run):
 
 def test_resume_continues_the_same_run(dataset, tmp_path):
     n = 10  # not a multiple of the 4 batches per epoch: the split falls inside an epoch
-    straight = T.train_main(_write_cfg(tmp_path, _cfg(dataset, tmp_path / "a", max_steps=n)))
+    straight = train_main(_write_cfg(tmp_path, _cfg(dataset, tmp_path / "a", max_steps=n)))
     cfg_b = _write_cfg(tmp_path, _cfg(dataset, tmp_path / "b", max_steps=n))
-    T.train_main(cfg_b, overrides={"training.stop_after_steps": n // 2})
+    train_main(cfg_b, overrides={"training.stop_after_steps": n // 2})
     half = load_checkpoint(tmp_path / "b" / "last.ckpt")
     assert half["step"] == n // 2 and not half["finished"]
     assert [int(r["step"]) for r in _rows(tmp_path / "b")] == [3]
-    resumed = T.train_main(cfg_b, resume=True)
+    resumed = train_main(cfg_b, resume=True)
     a, b = load_checkpoint(straight / "last.ckpt"), load_checkpoint(resumed / "last.ckpt")
     assert a["step"] == b["step"] == n
     for key in a["state_dict"]:
@@ -145,11 +152,11 @@ def test_resume_continues_the_same_run(dataset, tmp_path):
         for key in ("train_loss", "valid_loss", "lr", "valid_forces_mae"):
             assert math.isclose(float(x[key]), float(y[key]), rel_tol=1e-6), (key, x[key], y[key])
     # resuming a finished run does nothing and keeps the step
-    T.train_main(cfg_b, resume=True)
+    train_main(cfg_b, resume=True)
     assert load_checkpoint(resumed / "last.ckpt")["step"] == n
     # starting over an existing run without --resume is refused
     with pytest.raises(ValueError, match="resume"):
-        T.train_main(cfg_b)
+        train_main(cfg_b)
 
 
 def test_checkpoint_round_trip(trained_run, dataset):
@@ -158,17 +165,17 @@ def test_checkpoint_round_trip(trained_run, dataset):
     raw = model_from_checkpoint(trained_run / "best.ckpt", dtype=torch.float64, use_ema=False)
     for k, v in ck["ema_state_dict"].items():
         torch.testing.assert_close(model.state_dict()[k], v.double())
-    frames = D.read_frames(dataset)[:5]
-    D.attach_neighbors(frames, TINY_MODEL["cutoff"], progress=False)
-    batch = D.collate(frames)
-    e1 = T.predict(model, batch)["energy"]
+    frames = read_frames(dataset)[:5]
+    attach_neighbors(frames, TINY_MODEL["cutoff"], progress=False)
+    batch = collate(frames)
+    e1 = predict(model, batch)["energy"]
     # save again with the checkpoint module and reload: identical predictions
     from so3krates.potential.checkpoint import save_checkpoint
 
     save_checkpoint(trained_run / "copy.ckpt", model, normalization=ck["normalization"])
     again = model_from_checkpoint(trained_run / "copy.ckpt").double()
-    torch.testing.assert_close(T.predict(again, batch)["energy"], e1, rtol=0, atol=1e-10)
-    assert not torch.allclose(T.predict(raw, batch)["energy"], e1)  # EMA differs from raw weights
+    torch.testing.assert_close(predict(again, batch)["energy"], e1, rtol=0, atol=1e-10)
+    assert not torch.allclose(predict(raw, batch)["energy"], e1)  # EMA differs from raw weights
     # the normalisation lives in the weights: offsets of the species equal the fitted shifts
     shifts = ck["normalization"]["energy_shifts"]
     off = model.energy_head.energy_offset.detach()
@@ -183,17 +190,17 @@ def test_energy_shift_fit_is_exact_for_linear_composition():
     frames = []
     for _ in range(12):
         z = rng.choice(list(true), size=int(rng.integers(2, 9)))
-        frames.append(D.Frame(positions=rng.normal(size=(len(z), 3)), atomic_numbers=z,
+        frames.append(Frame(positions=rng.normal(size=(len(z), 3)), atomic_numbers=z,
                               energy=float(sum(true[int(k)] for k in z))))
     species = sorted({int(k) for f in frames for k in f.atomic_numbers})
-    fit = T.fit_energy_shifts(frames, species)
+    fit = fit_energy_shifts(frames, species)
     for z in species:
         assert abs(fit[z] - true[z]) < 1e-8
     from so3krates.potential.config import So3kratesConfig
     from so3krates.potential.model import So3krates
 
     model = So3krates(So3kratesConfig(**TINY_MODEL)).double()
-    T.apply_normalization(model, fit, 2.5)
+    apply_normalization(model, fit, 2.5)
     for z in species:
         assert float(model.energy_head.energy_offset[z]) == pytest.approx(true[z], abs=1e-4)
         assert float(model.energy_head.atomic_scales[z]) == 2.5
@@ -201,8 +208,8 @@ def test_energy_shift_fit_is_exact_for_linear_composition():
     with torch.no_grad():
         for p in model.energy_head.mlp.dense_final.parameters():
             p.zero_()
-    D.attach_neighbors(frames, 4.0, progress=False)
-    pred = T.predict(model, D.collate(frames), compute_forces=False)["energy"]
+    attach_neighbors(frames, 4.0, progress=False)
+    pred = predict(model, collate(frames), compute_forces=False)["energy"]
     torch.testing.assert_close(pred, torch.tensor([f.energy for f in frames], dtype=torch.float64),
                                rtol=1e-12, atol=1e-9)
 
@@ -210,13 +217,13 @@ def test_energy_shift_fit_is_exact_for_linear_composition():
 def test_collate_mixes_molecules_and_periodic_frames():
     from ase.build import bulk
 
-    mols = D.frames_from_atoms(make_molecules(2, seed=5))
+    mols = frames_from_atoms(make_molecules(2, seed=5))
     cu = bulk("Cu", "fcc", a=3.6)  # primitive cell, smaller than the cutoff: many images
     cu.rattle(0.05, seed=1)
-    per = D.frames_from_atoms([cu])
+    per = frames_from_atoms([cu])
     frames = [mols[0], per[0], mols[1]]
-    D.attach_neighbors(frames, 4.0, progress=False)
-    batch = D.collate(frames)
+    attach_neighbors(frames, 4.0, progress=False)
+    batch = collate(frames)
     assert batch.num_graphs == 3
     assert batch.positions.shape[0] == sum(f.num_atoms for f in frames)
     assert batch.cell.shape == (3, 3, 3) and batch.pbc.tolist() == [[False] * 3, [True] * 3, [False] * 3]
@@ -232,9 +239,9 @@ def test_collate_mixes_molecules_and_periodic_frames():
 
     torch.manual_seed(0)
     model = So3krates(So3kratesConfig(**TINY_MODEL)).double()
-    e_batch = T.predict(model, batch)["energy"]
+    e_batch = predict(model, batch)["energy"]
     for k, f in enumerate(frames):
-        e_one = T.predict(model, D.collate([f]))["energy"]
+        e_one = predict(model, collate([f]))["energy"]
         torch.testing.assert_close(e_batch[k : k + 1], e_one, rtol=1e-12, atol=1e-10)
 
 
@@ -244,16 +251,16 @@ def test_npz_with_node_mask_and_splits(tmp_path):
     mask = z > 0
     np.savez(tmp_path / "d.npz", positions=pos, atomic_numbers=z.astype(float), node_mask=mask,
              energy=np.arange(5.0), forces=np.zeros((5, 4, 3)))
-    frames = D.read_frames(tmp_path / "d.npz")
+    frames = read_frames(tmp_path / "d.npz")
     assert len(frames) == 5 and all(f.num_atoms == 3 for f in frames)
     assert frames[2].energy == 2.0 and frames[0].forces.shape == (3, 3)
-    s1 = D.split_indices(100, 0.7, 0.2, seed=4)
-    s2 = D.split_indices(100, 0.7, 0.2, seed=4)
+    s1 = split_indices(100, 0.7, 0.2, seed=4)
+    s2 = split_indices(100, 0.7, 0.2, seed=4)
     assert [len(s1[k]) for k in ("train", "valid", "test")] == [70, 20, 10]
     assert all(np.array_equal(s1[k], s2[k]) for k in s1)
     assert len(set(np.concatenate(list(s1.values())))) == 100
     np.savetxt(tmp_path / "tr.txt", [0, 2, 4], fmt="%d")
-    s3 = D.split_indices(5, index_files={"train": tmp_path / "tr.txt"})
+    s3 = split_indices(5, index_files={"train": tmp_path / "tr.txt"})
     assert s3["train"].tolist() == [0, 2, 4] and len(s3["valid"]) == 0
 
 
@@ -277,14 +284,14 @@ def test_evaluate_prints_per_element_metrics(trained_run, dataset, tmp_path, cap
 
 def test_early_stopping_and_schedules(dataset, tmp_path):
     # lr = 0: the validation loss never improves after the first validation -> stop at the second
-    run = T.train_main(_write_cfg(tmp_path, _cfg(dataset, tmp_path / "es", lr=0.0, patience=1, max_steps=30, ema_decay=None,
+    run = train_main(_write_cfg(tmp_path, _cfg(dataset, tmp_path / "es", lr=0.0, patience=1, max_steps=30, ema_decay=None,
                                                  optimizer="adamw", weight_decay=0.01)))
     ck = load_checkpoint(run / "last.ckpt")
     assert ck["step"] == 6 and ck["finished"] and ck["bad_evals"] == 1
-    f = T.make_lr_lambda({"warmup_steps": 4, "lr_decay": "cosine", "min_lr_ratio": 0.1}, total_steps=24)
+    f = make_lr_lambda({"warmup_steps": 4, "lr_decay": "cosine", "min_lr_ratio": 0.1}, total_steps=24)
     assert f(0) == pytest.approx(0.25) and f(3) == pytest.approx(1.0)
     assert f(23) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 19 / 20)))
-    g = T.make_lr_lambda({"lr_decay": "exponential", "lr_decay_rate": 0.5, "lr_decay_steps": 10}, total_steps=100)
+    g = make_lr_lambda({"lr_decay": "exponential", "lr_decay_rate": 0.5, "lr_decay_steps": 10}, total_steps=100)
     assert g(10) == pytest.approx(0.5) and g(20) == pytest.approx(0.25)
 
 
@@ -296,17 +303,17 @@ def test_stress_and_forces_match_finite_differences():
 
     atoms = bulk("Cu", "fcc", a=3.6) * (1, 1, 2)
     atoms.rattle(0.1, seed=2)
-    frame = D.frames_from_atoms([atoms])[0]
+    frame = frames_from_atoms([atoms])[0]
     torch.manual_seed(0)
     model = So3krates(So3kratesConfig(**TINY_MODEL)).double()
-    D.frame_neighbors(frame, 4.0)
-    p = T.predict(model, D.collate([frame]), compute_forces=True, compute_stress=True)
+    frame_neighbors(frame, 4.0)
+    p = predict(model, collate([frame]), compute_forces=True, compute_stress=True)
 
     def energy(pos, cell):
         g = copy.deepcopy(frame)
         g.positions, g.cell = pos, cell
-        D.frame_neighbors(g, 4.0)
-        return float(T.predict(model, D.collate([g]), compute_forces=False)["energy"].detach())
+        frame_neighbors(g, 4.0)
+        return float(predict(model, collate([g]), compute_forces=False)["energy"].detach())
 
     h, vol = 1e-4, abs(np.linalg.det(frame.cell))
     for a, b in ((0, 0), (0, 1), (2, 1)):
@@ -328,7 +335,7 @@ def test_evaluate_exported_model_matches_checkpoint(trained_run, dataset, tmp_pa
     exporter.export_checkpoint(str(trained_run / "best.ckpt"), str(pt), dtype="float64")
     from so3krates.potential.train.evaluate import predict_frames
 
-    frames = D.read_frames(dataset)[:6]
+    frames = read_frames(dataset)[:6]
     p_pt = predict_frames(str(pt), frames, progress=False)
     p_ck = predict_frames(str(trained_run / "best.ckpt"), frames, progress=False)
     for a, b in zip(p_pt, p_ck):
@@ -361,7 +368,7 @@ def _cu_frames(n, seed=0):
 def test_stress_training_lowers_the_stress_error(tmp_path):
     path = tmp_path / "cu.extxyz"
     ase.io.write(path, _cu_frames(20))
-    frames = D.read_frames(path)
+    frames = read_frames(path)
     assert all(f.stress is not None and f.pbc.all() for f in frames)
     assert np.std([f.stress[0, 0] for f in frames]) > 5e-3  # the strains give a real stress signal (eV/Å³)
     cfg = {"run_dir": str(tmp_path / "run"), "seed": 0, "model": dict(TINY_MODEL),
@@ -369,28 +376,31 @@ def test_stress_training_lowers_the_stress_error(tmp_path):
            "training": {"batch_size": 4, "lr": 5e-3, "progress": False, "max_steps": 96, "eval_every": 8,
                         "ema_decay": None, "lr_decay": "none",
                         "loss_weights": {"energy": 1.0, "forces": 1.0, "stress": 1000.0}}}
-    run = T.train_main(_write_cfg(tmp_path, cfg))
+    run = train_main(_write_cfg(tmp_path, cfg))
     rows = _rows(run)
     s_mae = [float(r["valid_stress_mae"]) for r in rows]
     assert len(s_mae) == 12 and all(math.isfinite(x) for x in s_mae)
     assert min(s_mae[-3:]) < 0.65 * s_mae[0], s_mae  # eV/Å³; 0.018 -> 0.008 here
     # the stress term is in the training loss: same batch, loss with and without the stress weight
     model = model_from_checkpoint(run / "last.ckpt", dtype=torch.float64)
-    D.attach_neighbors(frames[:4], TINY_MODEL["cutoff"], progress=False)
-    batch = D.collate(frames[:4])
-    pred = T.predict(model, batch, compute_stress=True)
-    l_with, st = T.loss_and_metrics(pred, batch, {"energy": 1.0, "forces": 1.0, "stress": 1000.0})
-    l_without, _ = T.loss_and_metrics(pred, batch, {"energy": 1.0, "forces": 1.0, "stress": 0.0})
+    attach_neighbors(frames[:4], TINY_MODEL["cutoff"], progress=False)
+    batch = collate(frames[:4])
+    pred = predict(model, batch, compute_stress=True)
+    l_with, st = loss_and_metrics(pred, batch, {"energy": 1.0, "forces": 1.0, "stress": 1000.0})
+    l_without, _ = loss_and_metrics(pred, batch, {"energy": 1.0, "forces": 1.0, "stress": 0.0})
     mse = float((pred["stress"] - batch.stress).pow(2).mean())
     assert float((l_with - l_without).detach()) == pytest.approx(1000.0 * mse, rel=1e-9)
     assert st["s_n"] == 4 * 9
 
 
 def test_time_budget_stops_the_run_and_can_be_extended(dataset, tmp_path):
-    cfg = _cfg(dataset, tmp_path / "tb", epochs=100000, time_budget_s=2.0, time_budget_clock="wall",
+    # the CPU clock: 2 s of this process's CPU time are ~100 steps of the tiny model whatever else runs
+    # on the machine; 2 s of wall time can be fewer than 4 steps on a loaded one (the wall clock's
+    # accounting is the same code, checked with a fake clock in test_time_budget_accounting)
+    cfg = _cfg(dataset, tmp_path / "tb", epochs=100000, time_budget_s=2.0, time_budget_clock="cpu",
                lr_decay="cosine", min_lr_ratio=0.05, eval_every=20)
     path = _write_cfg(tmp_path, cfg)
-    run = T.train_main(path)
+    run = train_main(path)
     ck = load_checkpoint(run / "last.ckpt")
     assert ck["finished"] and ck["stopped_by"] == "time_budget"
     assert 2.0 <= ck["budget_used_s"] < 2.0 + 5.0
@@ -399,13 +409,36 @@ def test_time_budget_stops_the_run_and_can_be_extended(dataset, tmp_path):
     assert float(rows[-1]["lr"]) == pytest.approx(3e-3 * 0.05, rel=1e-6)  # the cosine ends with the budget
     assert (run / "test_metrics.json").is_file()
     # resuming with the same budget does nothing; a larger budget continues the run
-    T.train_main(path, resume=True)
+    train_main(path, resume=True)
     assert load_checkpoint(run / "last.ckpt")["step"] == ck["step"]
-    T.train_main(path, resume=True, overrides={"training.time_budget_s": 3.0})
+    train_main(path, resume=True, overrides={"training.time_budget_s": 3.0})
     ck2 = load_checkpoint(run / "last.ckpt")
     assert ck2["step"] > ck["step"] and ck2["stopped_by"] == "time_budget" and ck2["budget_used_s"] >= 3.0
     with pytest.raises(ValueError, match="time_budget_clock"):
-        T.load_config(path, {"training.time_budget_clock": "sundial"})
+        load_config(path, {"training.time_budget_clock": "sundial"})
+
+
+def test_time_budget_accounting():
+    """Only the time between start() and stop() counts, on top of the seconds of earlier invocations
+    (--resume); the clock is time.perf_counter (wall) or time.process_time (cpu)."""
+    import time
+
+    from so3krates.potential.train.time_budget import CLOCKS, TimeBudget
+
+    assert CLOCKS == {"wall": time.perf_counter, "cpu": time.process_time}
+    now = [100.0]
+    budget = TimeBudget(10.0, lambda: now[0], used=4.0)
+    now[0] = 150.0
+    assert budget.used() == 4.0 and not budget.spent()  # before the loop: nothing counts
+    budget.start()
+    now[0] = 155.0
+    assert budget.used() == 9.0 and budget.fraction() == pytest.approx(0.9) and not budget.spent()
+    now[0] = 156.0
+    assert budget.spent()
+    budget.stop()
+    now[0] = 500.0
+    assert budget.used() == 10.0 and budget.spent()  # after the loop: nothing counts
+    assert not TimeBudget(None).spent()
 
 
 def test_float32_training_float64_evaluation(trained_run, dataset):
@@ -418,7 +451,7 @@ def test_float32_training_float64_evaluation(trained_run, dataset):
     ck = load_checkpoint(trained_run / "best.ckpt")
     model32 = model_from_checkpoint(trained_run / "best.ckpt")
     assert next(model32.parameters()).dtype == torch.float32
-    ev = T.make_eval_model(model32, torch.float64)
+    ev = make_eval_model(model32, torch.float64)
     assert next(model32.parameters()).dtype == torch.float32  # the training model is untouched
     direct = So3krates(So3kratesConfig.from_dict(ck["config"])).double()
     direct.load_state_dict(ck["ema_state_dict"])
@@ -429,13 +462,13 @@ def test_float32_training_float64_evaluation(trained_run, dataset):
         assert torch.equal(a, b), name
     rows = _rows(trained_run)
     best = [r for r in rows if float(r["valid_loss"]) == float(r["best_valid_loss"])][-1]
-    idx = D.split_indices(24, 16, 4, 4, seed=1)["valid"]
-    frames = [D.read_frames(dataset)[i] for i in idx]
-    D.attach_neighbors(frames, TINY_MODEL["cutoff"], progress=False)
-    res = T.evaluate_frames(ev, frames, 32, torch.float64, weights={"energy": 1.0, "forces": 10.0, "stress": 0.0},
+    idx = split_indices(24, 16, 4, 4, seed=1)["valid"]
+    frames = [read_frames(dataset)[i] for i in idx]
+    attach_neighbors(frames, TINY_MODEL["cutoff"], progress=False)
+    res = evaluate_frames(ev, frames, 32, torch.float64, weights={"energy": 1.0, "forces": 10.0, "stress": 0.0},
                             progress=False)
     assert res["loss"] == pytest.approx(float(best["valid_loss"]), rel=1e-12)
-    res32 = T.evaluate_frames(model32, frames, 32, torch.float32, weights={"energy": 1.0, "forces": 10.0, "stress": 0.0},
+    res32 = evaluate_frames(model32, frames, 32, torch.float32, weights={"energy": 1.0, "forces": 10.0, "stress": 0.0},
                               progress=False)
     assert res32["loss"] != pytest.approx(float(best["valid_loss"]), rel=1e-12)  # float32 would be different
 
@@ -443,7 +476,7 @@ def test_float32_training_float64_evaluation(trained_run, dataset):
 def test_evaluate_on_an_index_file(trained_run, dataset, tmp_path):
     np.savetxt(tmp_path / "idx.txt", [3, 0, 7], fmt="%d")
     m = evaluate_main(str(trained_run / "best.ckpt"), str(dataset), progress=False, indices=str(tmp_path / "idx.txt"))
-    frames = D.read_frames(dataset)
+    frames = read_frames(dataset)
     assert m["num_frames"] == 3 and m["num_atoms"] == sum(frames[i].num_atoms for i in (3, 0, 7))
     np.savetxt(tmp_path / "bad.txt", [0, 24], fmt="%d")
     with pytest.raises(ValueError, match="outside"):
@@ -454,7 +487,7 @@ def test_split_by_trajectory_holds_out_the_end_of_each_trajectory():
     ids = [f"gas/t{t:02d}/f{k:05d}" for t in range(2) for k in range(20)]
     ids += [f"cut/s{s:03d}/c{c:03d}" for s in range(10) for c in range(3)]  # snapshots with 3 cut-outs each
     ids += ["short/t00/f00000", "short/t00/f00001", "no_time_label"]
-    sp = D.split_by_trajectory(ids, valid=0.05, test=0.10, gap=1)
+    sp = split_by_trajectory(ids, valid=0.05, test=0.10, gap=1)
     name = {i: k for k, v in sp.items() for i in v.tolist()}
     assert sorted(name) == list(range(len(ids)))  # every frame exactly once
     traj0 = [name[i] for i in range(20)]
@@ -482,7 +515,7 @@ def test_split_by_trajectory_script_writes_index_files(tmp_path):
     assert mod.main([str(tmp_path / "d.extxyz"), "-o", str(tmp_path / "s")]) == 0
     idx = {k: np.loadtxt(tmp_path / "s" / f"{k}.txt", dtype=int, ndmin=1).tolist() for k in ("train", "valid", "test")}
     assert idx["test"] == [13, 14, 28, 29] and idx["valid"] == [11, 26]
-    split = D.split_indices(30, index_files={k: tmp_path / "s" / f"{k}.txt" for k in idx})
+    split = split_indices(30, index_files={k: tmp_path / "s" / f"{k}.txt" for k in idx})
     assert split["train"].tolist() == idx["train"] == list(range(10)) + list(range(15, 25))
 
 
@@ -494,11 +527,11 @@ def test_data_path_list_reads_the_files_in_order(dataset, tmp_path):
     ase.io.write(tmp_path / "b.extxyz", frames[10:])
     cfg = _cfg(dataset, tmp_path / "run")
     cfg["data"]["path"] = ["a.extxyz", "b.extxyz"]
-    loaded = T.load_config(_write_cfg(tmp_path, cfg))
+    loaded = load_config(_write_cfg(tmp_path, cfg))
     assert loaded["data"]["path"] == [str(tmp_path / "a.extxyz"), str(tmp_path / "b.extxyz")]
-    split_list = T._load_splits(loaded, progress=False)
+    split_list = load_splits(loaded["data"])
     cfg["data"]["path"] = str(dataset)
-    split_one = T._load_splits(T.load_config(_write_cfg(tmp_path, cfg)), progress=False)
+    split_one = load_splits(load_config(_write_cfg(tmp_path, cfg))["data"])
     for k in ("train", "valid", "test"):
         assert len(split_list[k]) == len(split_one[k])
         for x, y in zip(split_list[k], split_one[k]):

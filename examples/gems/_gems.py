@@ -29,9 +29,9 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+from so3krates import systems
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import _systems  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "examples" / "models" / "so3krates_demo.pt"
 VENV_BIN = Path(sys.executable).parent
@@ -77,7 +77,7 @@ def model_metadata(model: str) -> dict:
     return read_metadata(model)
 
 
-def check_elements(system: "_systems.MolSystem", meta: dict, hint: str = "") -> None:
+def check_elements(system: "systems.MolSystem", meta: dict, hint: str = "") -> None:
     """Stop with a clear message when the system holds elements the model was not trained on."""
     import openmm.app as app
     known = {int(z) for z in meta["species"]}
@@ -95,8 +95,8 @@ def write_setups(system, out: Path, args, meta: dict) -> Dict[str, str]:
     """PDB + LAMMPS data + LAMMPS input (the OpenMM system XML is written by run_openmm)."""
     out.mkdir(parents=True, exist_ok=True)
     name = system.name
-    _systems.write_pdb(system, out / f"{name}.pdb")
-    elements = _systems.write_lammps_data(system, out / f"{name}.data")
+    systems.write_pdb(system, out / f"{name}.pdb")
+    elements = systems.write_lammps_data(system, out / f"{name}.data")
     model = os.path.abspath(args.model)
     friction = max(args.friction, 1e-6)
     threads = f" threads {args.threads}" if args.threads else ""
@@ -139,7 +139,7 @@ def build_openmm_system(system, model: str, dtype: Optional[str]):
     import openmm.unit as unit
     mm = openmm.System()
     for atom in system.topology.atoms():
-        mm.addParticle(_systems.MASSES.get(atom.element.symbol, atom.element.mass._value))
+        mm.addParticle(systems.MASSES.get(atom.element.symbol, atom.element.mass._value))
     mm.setDefaultPeriodicBoxVectors(*system.topology.getPeriodicBoxVectors())
     force = so_mm.torch_force(model, system.topology, charge=system.charge, dtype=dtype)
     mm.addForce(force)
@@ -306,7 +306,7 @@ def plot(out: Path) -> List[str]:
 
 
 # ----------------------------------------------------------------------------- main
-def main(name: str, doc: str, build: Callable[[argparse.Namespace], "_systems.MolSystem"],
+def main(name: str, doc: str, build: Callable[[argparse.Namespace], "systems.MolSystem"],
          extra_args: Optional[Callable[[argparse.ArgumentParser], None]] = None, element_hint: str = "",
          argv: Optional[List[str]] = None) -> dict:
     p = parser(name, doc)

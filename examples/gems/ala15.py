@@ -7,7 +7,7 @@ tip3p.pdb is tiled into the box and waters closer than 2.4 Å to the peptide are
     python examples/gems/ala15.py --engine both --steps 200 --model examples/models/so3krates_demo.pt
 """
 import _gems
-import _systems
+from so3krates import systems
 
 
 def extra(p):
@@ -16,4 +16,4 @@ def extra(p):
 
 
 if __name__ == "__main__":
-    _gems.main("ala15", __doc__, lambda a: _systems.ala15(padding=a.padding, xyz_path=a.xyz), extra)
+    _gems.main("ala15", __doc__, lambda a: systems.ala15(padding=a.padding, xyz_path=a.xyz), extra)

@@ -8,7 +8,7 @@ Modeller.addHydrogens (amber14 templates, ACE/ALA/NME) and solvated with Modelle
     python examples/gems/ala3.py --padding 0.5 --steps 5        # small box (CI-sized)
 """
 import _gems
-import _systems
+from so3krates import systems
 
 
 def extra(p):
@@ -16,4 +16,4 @@ def extra(p):
 
 
 if __name__ == "__main__":
-    _gems.main("ala3", __doc__, lambda a: _systems.ala3(padding_nm=a.padding), extra)
+    _gems.main("ala3", __doc__, lambda a: systems.ala3(padding_nm=a.padding), extra)

@@ -9,7 +9,7 @@ with Modeller.addSolvent in an 86 x 54 x 54 Å box. Contains S (Cys, Met-free).
     python examples/gems/crambin.py --engine both --steps 20 --model examples/models/so3krates_demo.pt
 """
 import _gems
-import _systems
+from so3krates import systems
 
 
 def extra(p):
@@ -18,4 +18,4 @@ def extra(p):
 
 
 if __name__ == "__main__":
-    _gems.main("crambin", __doc__, lambda a: _systems.crambin(box=a.box), extra)
+    _gems.main("crambin", __doc__, lambda a: systems.crambin(box=a.box), extra)

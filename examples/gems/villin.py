@@ -9,7 +9,7 @@ does not know Cl stops with a clear error; --drop-ions removes the ions (net cha
     python examples/gems/villin.py --drop-ions --model examples/models/so3krates_demo.pt
 """
 import _gems
-import _systems
+from so3krates import systems
 
 
 def extra(p):
@@ -18,5 +18,5 @@ def extra(p):
 
 
 if __name__ == "__main__":
-    _gems.main("villin", __doc__, lambda a: _systems.villin(box_nm=a.box, drop_ions=a.drop_ions), extra,
+    _gems.main("villin", __doc__, lambda a: systems.villin(box_nm=a.box, drop_ions=a.drop_ions), extra,
                element_hint=", or rerun with --drop-ions to remove the two Cl- counter-ions")

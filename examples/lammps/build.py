@@ -4,11 +4,11 @@
     python examples/lammps/build.py peptide --out runs/lammps/peptide      # Ac-Ala3-NHMe in water
     python examples/lammps/build.py ala15   --out runs/lammps/ala15        # Ala15 helix in water
 
-Systems come from ``benchmarks/_systems.py`` (the builders the GEMS examples use): ``peptide`` is
-``_systems.ala3`` (Ac-Ala3-NHMe, PPII, amber14 hydrogens, ``Modeller.addSolvent`` TIP3P; ``--padding``
-Å around the peptide, default 15), ``ala15`` is ``_systems.ala15`` (``ala15_folded.xyz`` of the
+Systems come from ``so3krates.systems`` (the builders the GEMS examples and benchmarks use): ``peptide`` is
+``systems.ala3`` (Ac-Ala3-NHMe, PPII, amber14 hydrogens, ``Modeller.addSolvent`` TIP3P; ``--padding``
+Å around the peptide, default 15), ``ala15`` is ``systems.ala15`` (``ala15_folded.xyz`` of the
 SO3LR reference + tiled TIP3P; ``--padding`` Å, default 10). The data file is written by
-``_systems.write_lammps_data`` (one atom type per element, by atomic number: ``H C N O``), and
+``systems.write_lammps_data`` (one atom type per element, by atomic number: ``H C N O``), and
 ``in.<system>.metal.lmp`` / ``in.<system>.real.lmp`` are copied next to it. With ``--model`` the
 model's elements are checked against the system (``_gems.check_elements``).
 
@@ -25,9 +25,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT / "examples" / "gems"))
-import _systems  # noqa: E402
+sys.path.insert(0, str(ROOT / "examples" / "gems"))  # _gems.check_elements (the GEMS examples' driver)
+
+from so3krates import systems  # noqa: E402
 
 SYSTEMS = {
     "peptide": ("Ac-Ala3-NHMe in TIP3P water", 15.0),
@@ -38,9 +38,9 @@ SYSTEMS = {
 def build(name: str, padding: float):
     """The MolSystem of example ``name`` with ``padding`` Å of water around the solute."""
     if name == "peptide":
-        system = _systems.ala3(padding_nm=padding / 10.0)
+        system = systems.ala3(padding_nm=padding / 10.0)
     elif name == "ala15":
-        system = _systems.ala15(padding=padding)
+        system = systems.ala15(padding=padding)
     else:
         raise SystemExit(f"error: unknown system {name!r}; choose one of {', '.join(SYSTEMS)}")
     system.name = name
@@ -65,8 +65,8 @@ def main(argv=None) -> dict:
         import _gems
 
         _gems.check_elements(system, _gems.model_metadata(args.model))
-    elements = _systems.write_lammps_data(system, out / f"{args.system}.data")
-    _systems.write_pdb(system, out / f"{args.system}.pdb")
+    elements = systems.write_lammps_data(system, out / f"{args.system}.data")
+    systems.write_pdb(system, out / f"{args.system}.pdb")
     inputs = []
     for units in ("metal", "real"):
         src = HERE / f"in.{args.system}.{units}.lmp"

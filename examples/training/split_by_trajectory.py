@@ -8,7 +8,7 @@
         --set data.index_files.test=runs/split_traj/test.txt
 
 A random split of MD frames 50 fs apart tests interpolation between near-copies of training frames.
-This split (``so3krates.potential.train.data.split_by_trajectory``) reads ``info['frame_id']``
+This split (``so3krates.potential.train.splits.split_by_trajectory``) reads ``info['frame_id']``
 (``subset/.../t00/f00012`` for MD frames, ``villin_cutout/s003/c017`` for cut-outs of snapshot 3)
 and puts the last ``--test`` fraction of the time points of every trajectory into the test set, the
 ``--valid`` fraction before it into validation, and drops ``--gap`` time points before each held-out
@@ -37,7 +37,7 @@ def main(argv=None) -> int:
 
     import ase.io
 
-    from so3krates.potential.train.data import split_by_trajectory
+    from so3krates.potential.train.splits import split_by_trajectory
 
     images = ase.io.read(args.data, ":")
     ids = [a.info.get("frame_id") for a in images]

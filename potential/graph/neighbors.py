@@ -220,21 +220,8 @@ def _block_pairs(a_lo: int, a_hi: int, batch: Tensor, cbin: Tensor, n_off: Tenso
         out_s.append(shp.to(dtype))  # small integers: exact in any float dtype
 
 
-def batched_neighbor_list(positions: Tensor, cutoff: float, cell: Tensor, pbc: Tensor,
-                          batch: Tensor, num_graphs: int, bins_per_cutoff: int = 0,
-                          chunk_size: int = 4194304, half: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
-    """Neighbour list of a batch of graphs (see module docstring).
-
-    positions [N,3] Å, cutoff Å, cell [B,3,3] Å (rows a, b, c), pbc [B,3] bool,
-    batch [N] long (graph of each atom, 0..B-1), num_graphs B.
-    bins_per_cutoff: bins per cutoff length m (0: automatic).
-    chunk_size: candidate pairs handled at once (bounds the temporary memory).
-    half: return each pair once (one of its two directions; the other is (j, i, -shift)), found
-    from half of the bin offsets (about half the work of the full list).
-    Returns idx_i [E] long, idx_j [E] long, shifts [E,3] (integer cell offsets, positions' dtype).
-    """
-    device = positions.device
-    dtype = positions.dtype
+def _check_inputs(positions: Tensor, cutoff: float, cell: Tensor, pbc: Tensor, batch: Tensor,
+                  num_graphs: int) -> None:
     if positions.dim() != 2 or positions.shape[1] != 3:
         raise ValueError("positions must have shape [N, 3] (Å); got {}".format(positions.shape))
     if not positions.is_floating_point():
@@ -247,61 +234,54 @@ def batched_neighbor_list(positions: Tensor, cutoff: float, cell: Tensor, pbc: T
         raise ValueError("pbc must have shape [num_graphs, 3]; got {}".format(pbc.shape))
     if batch.dim() != 1 or batch.shape[0] != positions.shape[0]:
         raise ValueError("batch must have shape [N] matching positions")
-    N = positions.shape[0]
-    B = num_graphs
-    empty = (torch.zeros(0, dtype=torch.long, device=device),
-             torch.zeros(0, dtype=torch.long, device=device),
-             torch.zeros(0, 3, dtype=dtype, device=device))
-    if N == 0 or B == 0:
-        return empty
-    if not bool(torch.isfinite(positions).all()):
+    if positions.shape[0] > 0 and not bool(torch.isfinite(positions).all()):
         bad = int(torch.nonzero(~torch.isfinite(positions).all(dim=1))[0, 0])
         raise ValueError("positions contain NaN or inf (first at atom {}): check the input "
                          "structure or the simulation for an explosion".format(bad))
     if not bool(torch.isfinite(cell).all()):
         raise ValueError("cell contains NaN or inf: give finite lattice vectors (Å)")
-    batch = batch.to(torch.long)
-    pbc = pbc.to(torch.bool)
 
-    C, periodic = _prepare_cells(cell.detach(), pbc)
-    pos = positions.detach().to(torch.float64)
-    # bins slightly larger than the cutoff: a safety margin against rounding
-    rc = float(cutoff) * (1.0 + 1e-6)
+
+def _wrap(pos: Tensor, C: Tensor, periodic: Tensor, batch: Tensor, num_graphs: int
+          ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Fractional coordinates s (wrapped into [0, 1) along periodic directions), wrapped Cartesian
+    positions, the integer wraps, each graph's fractional extent (smin, smax) and the perpendicular
+    heights of the cells [B, 3] (Å)."""
+    N = pos.shape[0]
     invC = torch.linalg.inv(C)                                   # [B,3,3]
     vol = torch.linalg.det(C).abs()                              # [B]
     cr = torch.stack([torch.linalg.cross(C[:, 1], C[:, 2]),
                       torch.linalg.cross(C[:, 2], C[:, 0]),
                       torch.linalg.cross(C[:, 0], C[:, 1])], dim=1)
     heights = vol.unsqueeze(1) / torch.linalg.norm(cr, dim=2)   # [B,3] perpendicular heights
-
-    # fractional coordinates, wrapped into [0,1) along periodic directions
     s = torch.bmm(pos.unsqueeze(1), invC[batch]).squeeze(1)     # [N,3]
-    per_a = periodic[batch]                                      # [N,3]
-    wrap = torch.where(per_a, torch.floor(s), torch.zeros_like(s))
+    wrap = torch.where(periodic[batch], torch.floor(s), torch.zeros_like(s))
     s = s - wrap
     pos_w = pos - torch.bmm(wrap.unsqueeze(1), C[batch]).squeeze(1)
-    wrap_l = wrap.to(torch.long)
-
-    # extent of every graph along non-periodic directions
-    smin = torch.zeros(B, 3, dtype=torch.float64, device=device)
-    smax = torch.zeros(B, 3, dtype=torch.float64, device=device)
+    smin = torch.zeros(num_graphs, 3, dtype=torch.float64, device=pos.device)
+    smax = torch.zeros(num_graphs, 3, dtype=torch.float64, device=pos.device)
     idx3 = batch.unsqueeze(1).expand(N, 3)
     smin = smin.scatter_reduce(0, idx3, s, reduce="amin", include_self=False)
     smax = smax.scatter_reduce(0, idx3, s, reduce="amax", include_self=False)
+    return s, pos_w, wrap.to(torch.long), smin, smax, heights
 
-    # bins per cutoff m: finer bins when a cutoff-sized bin would hold many atoms (long cutoffs);
-    # the bin offsets that cannot hold a neighbour are pruned below
+
+def _bins(s: Tensor, smin: Tensor, smax: Tensor, heights: Tensor, periodic: Tensor, batch: Tensor,
+          num_graphs: int, rc: float, bins_per_cutoff: int) -> Tuple[Tensor, Tensor, Tensor, float]:
+    """Bins of every atom: (cbin [N,3], bins per direction nb [B,3] (long, and float nb_f), bins to
+    search K [B,3], thickness of an open bin t_min (Å)). m bins per cutoff: finer bins when a
+    cutoff-sized bin would hold many atoms (long cutoffs); unreachable bin offsets are pruned later."""
+    N = s.shape[0]
     m = bins_per_cutoff
     if m <= 0:
         # atom-weighted mean density of the graphs (volume: cell, or extent + cutoff if open)
-        n_g = torch.zeros(B, dtype=torch.float64, device=device).index_add(
-            0, batch, torch.ones(N, dtype=torch.float64, device=device))
+        n_g = torch.zeros(num_graphs, dtype=torch.float64, device=s.device).index_add(
+            0, batch, torch.ones(N, dtype=torch.float64, device=s.device))
         lengths = torch.where(periodic, heights, (smax - smin) * heights + rc)
         density = float((n_g * n_g / lengths.prod(dim=1)).sum()) / float(N)
         atoms_per_bin = density * rc ** 3
         m = 1 if atoms_per_bin < 16.0 else (2 if atoms_per_bin < 128.0 else 3)
     t_min = rc / float(m)
-
     n_per = torch.clamp(torch.floor(heights / t_min), min=1.0)
     n_open = torch.floor((smax - smin) * heights / t_min) + 1.0
     nb_f = torch.where(periodic, n_per, n_open)                 # [B,3] bins per direction
@@ -312,26 +292,19 @@ def batched_neighbor_list(positions: Tensor, cutoff: float, cell: Tensor, pbc: T
     thick = torch.where(periodic, heights / nb_f, torch.full_like(heights, t_min))
     K = torch.ceil(rc / thick).to(torch.long)                   # [B,3] bins to search
     nb = nb_f.to(torch.long)
-
-    frac_bins = torch.where(per_a, s * nb_f[batch], (s - smin[batch]) * heights[batch] / t_min)
+    frac_bins = torch.where(periodic[batch], s * nb_f[batch], (s - smin[batch]) * heights[batch] / t_min)
     cbin = torch.floor(frac_bins).to(torch.long)
     cbin = torch.minimum(torch.clamp(cbin, min=0), nb[batch] - 1)  # [N,3]
+    return cbin, nb, K, t_min
 
-    nprod = nb.prod(dim=1)
-    goff = _exclusive_cumsum(nprod)                              # [B]
-    bin_id = goff[batch] + (cbin[:, 0] * nb[batch, 1] + cbin[:, 1]) * nb[batch, 2] + cbin[:, 2]
-    sorted_id, order = torch.sort(bin_id, stable=True)
-    pos_sorted = pos_w[order]
-    total_bins = int(nprod.sum())
-    dense = total_bins <= 8 * N + 4096
-    bin_count = torch.zeros(0, dtype=torch.long, device=device)
-    bin_first = torch.zeros(0, dtype=torch.long, device=device)
-    if dense:
-        bin_count = torch.bincount(bin_id, minlength=total_bins)
-        bin_first = _exclusive_cumsum(bin_count)
 
-    # bin offsets of every graph, pruned with a lower bound of the bin-to-bin distance:
-    # |sum_d y_d v_d|^2 >= lambda_min(V V^T) |y|^2 with |y_d| >= |k_d| - 1 (v_d: bin edges)
+def _offsets(C: Tensor, periodic: Tensor, nb: Tensor, K: Tensor, heights: Tensor, t_min: float, rc: float,
+             cutoff: float, half: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """Bin offsets to search per graph, pruned with a lower bound of the bin-to-bin distance
+    (|sum_d y_d v_d|^2 >= lambda_min(V V^T) |y|^2 with |y_d| >= |k_d| - 1, v_d the bin edges):
+    (offsets per graph [B], first offset of each graph [B], the offsets [sum, 3])."""
+    device = C.device
+    nb_f = nb.to(torch.float64)
     edges = C * torch.where(periodic, 1.0 / nb_f, t_min / heights).unsqueeze(2)  # [B,3,3]
     lam = torch.linalg.eigvalsh(torch.bmm(edges, edges.transpose(1, 2)))[:, 0]  # [B]
     Kmax = K.max(dim=0).values
@@ -357,9 +330,50 @@ def batched_neighbor_list(positions: Tensor, cutoff: float, cell: Tensor, pbc: T
         g2 = grid[:, 2]
         use = use & ((g0 > 0) | ((g0 == 0) & ((g1 > 0) | ((g1 == 0) & (g2 >= 0))))).unsqueeze(0)
     n_off = use.sum(dim=1)                                        # [B]
-    off_first = _exclusive_cumsum(n_off)
-    off_table = grid[torch.nonzero(use)[:, 1]]                    # [sum n_off, 3], by graph
+    return n_off, _exclusive_cumsum(n_off), grid[torch.nonzero(use)[:, 1]]
 
+
+def batched_neighbor_list(positions: Tensor, cutoff: float, cell: Tensor, pbc: Tensor,
+                          batch: Tensor, num_graphs: int, bins_per_cutoff: int = 0,
+                          chunk_size: int = 4194304, half: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
+    """Neighbour list of a batch of graphs (see module docstring).
+
+    positions [N,3] Å, cutoff Å, cell [B,3,3] Å (rows a, b, c), pbc [B,3] bool,
+    batch [N] long (graph of each atom, 0..B-1), num_graphs B.
+    bins_per_cutoff: bins per cutoff length m (0: automatic).
+    chunk_size: candidate pairs handled at once (bounds the temporary memory).
+    half: return each pair once (one of its two directions; the other is (j, i, -shift)), found
+    from half of the bin offsets (about half the work of the full list).
+    Returns idx_i [E] long, idx_j [E] long, shifts [E,3] (integer cell offsets, positions' dtype).
+    """
+    device = positions.device
+    dtype = positions.dtype
+    _check_inputs(positions, cutoff, cell, pbc, batch, num_graphs)
+    N = positions.shape[0]
+    empty = (torch.zeros(0, dtype=torch.long, device=device),
+             torch.zeros(0, dtype=torch.long, device=device),
+             torch.zeros(0, 3, dtype=dtype, device=device))
+    if N == 0 or num_graphs == 0:
+        return empty
+    batch = batch.to(torch.long)
+    C, periodic = _prepare_cells(cell.detach(), pbc.to(torch.bool))
+    # bins slightly larger than the cutoff: a safety margin against rounding
+    rc = float(cutoff) * (1.0 + 1e-6)
+    s, pos_w, wrap_l, smin, smax, heights = _wrap(positions.detach().to(torch.float64), C, periodic, batch,
+                                                  num_graphs)
+    cbin, nb, K, t_min = _bins(s, smin, smax, heights, periodic, batch, num_graphs, rc, bins_per_cutoff)
+    nprod = nb.prod(dim=1)
+    goff = _exclusive_cumsum(nprod)                              # [B]
+    bin_id = goff[batch] + (cbin[:, 0] * nb[batch, 1] + cbin[:, 1]) * nb[batch, 2] + cbin[:, 2]
+    sorted_id, order = torch.sort(bin_id, stable=True)
+    pos_sorted = pos_w[order]
+    dense = int(nprod.sum()) <= 8 * N + 4096
+    bin_count = torch.zeros(0, dtype=torch.long, device=device)
+    bin_first = torch.zeros(0, dtype=torch.long, device=device)
+    if dense:
+        bin_count = torch.bincount(bin_id, minlength=int(nprod.sum()))
+        bin_first = _exclusive_cumsum(bin_count)
+    n_off, off_first, off_table = _offsets(C, periodic, nb, K, heights, t_min, rc, cutoff, half)
     px = pos_sorted[:, 0].contiguous()
     py = pos_sorted[:, 1].contiguous()
     pz = pos_sorted[:, 2].contiguous()
@@ -374,10 +388,7 @@ def batched_neighbor_list(positions: Tensor, cutoff: float, cell: Tensor, pbc: T
                      pz, order, wrap_l, float(cutoff), chunk_size, half, dtype, out_i, out_j, out_s)
     if len(out_i) == 0:
         return empty
-    idx_i = torch.cat(out_i)
-    idx_j = torch.cat(out_j)
-    shifts = torch.cat(out_s)
-    return idx_i, idx_j, shifts
+    return torch.cat(out_i), torch.cat(out_j), torch.cat(out_s)
 
 
 def neighbor_list(positions: Tensor, cutoff: float, cell: Tensor, pbc: Tensor, half: bool = False

@@ -11,7 +11,7 @@ from typing import List, Tuple
 import torch
 from torch import Tensor, nn
 
-from .activation import activation
+from .activation import activation, activation_derivative
 from .basis import degree_repeat_index, l0_contraction_matrix
 from .exact import ExactConstants
 
@@ -106,38 +106,44 @@ class AttentionBlock(ExactConstants):
         return [qk[:, :f].contiguous(), qk[:, f:2 * f].contiguous(), qk[:, 2 * f:3 * f].contiguous(),
                 qk[:, 3 * f:].contiguous(), y[:, 4 * f:].contiguous()]
 
-    def filters(self, rbf: Tensor, dev: Tensor) -> Tuple[Tensor, Tensor]:
-        """Filters (w1, w2) [E, F] from rbf [E, K] and dev = ev[idx_j] - ev[idx_i] [E, m_tot]; symmetric
-        under i <-> j (dev enters squared).
-
-        w_k = W_rk2 act(W_rk1 rbf + b_rk1) + b_rk2 + W_sk2 act(W_sk1 c + b_sk1) + b_sk2 (k = 1, 2;
-        c = contract_l0(dev)), evaluated as one product for both first layers (block-diagonal
-        weights on [rbf | c]) per filter and one for its second layers ([W_rk2 | W_sk2] on the
-        concatenated activations): fewer passes over the [E, F] arrays."""
-        act = self.activation_fn
-        c = torch.matmul(dev * dev, self.contraction.to(dev.dtype))  # [E, D]
-        k = rbf.shape[1]
-        d = c.shape[1]
+    def filter_weights(self) -> List[Tensor]:
+        """The filter MLPs as three matrices: [A [K+D, 2H], a [2H], B1 [H, F], b1 [F], B2 [H, F], b2 [F]] with
+        H = F + F/4: the first layers of both filters (radial | spherical of filter 1, then of filter 2)
+        as one block-diagonal product on [rbf | c], the second layers of each filter on its activations."""
         r1 = self.radial_filter1_layer_1
         r2 = self.radial_filter2_layer_1
         s1 = self.spherical_filter1_layer_1
         s2 = self.spherical_filter2_layer_1
-        zr = torch.zeros(r1.weight.shape[0], d, dtype=r1.weight.dtype, device=r1.weight.device)
-        zs = torch.zeros(s1.weight.shape[0], k, dtype=s1.weight.dtype, device=s1.weight.device)
-        x = torch.cat([rbf, c], 1)
-        h1 = activation(torch.nn.functional.linear(
-            x, torch.cat([torch.cat([r1.weight, zr], 1), torch.cat([zs, s1.weight], 1)], 0),
-            torch.cat([r1.bias, s1.bias], 0)), act)
-        h2 = activation(torch.nn.functional.linear(
-            x, torch.cat([torch.cat([r2.weight, zr], 1), torch.cat([zs, s2.weight], 1)], 0),
-            torch.cat([r2.bias, s2.bias], 0)), act)
+        k = r1.weight.shape[1]
+        d = s1.weight.shape[1]
+        zr = torch.zeros(k, s1.weight.shape[0], dtype=r1.weight.dtype, device=r1.weight.device)
+        zs = torch.zeros(d, r1.weight.shape[0], dtype=r1.weight.dtype, device=r1.weight.device)
+        a = torch.cat([torch.cat([r1.weight.t(), zr, r2.weight.t(), zr], 1),
+                       torch.cat([zs, s1.weight.t(), zs, s2.weight.t()], 1)], 0)
+        bias = torch.cat([r1.bias, s1.bias, r2.bias, s2.bias], 0)
         o1r = self.radial_filter1_layer_2
         o1s = self.spherical_filter1_layer_2
         o2r = self.radial_filter2_layer_2
         o2s = self.spherical_filter2_layer_2
-        w1 = torch.nn.functional.linear(h1, torch.cat([o1r.weight, o1s.weight], 1), o1r.bias + o1s.bias)
-        w2 = torch.nn.functional.linear(h2, torch.cat([o2r.weight, o2s.weight], 1), o2r.bias + o2s.bias)
-        return w1, w2
+        return [a, bias, torch.cat([o1r.weight, o1s.weight], 1).t(), o1r.bias + o1s.bias,
+                torch.cat([o2r.weight, o2s.weight], 1).t(), o2r.bias + o2s.bias]
+
+    def filters(self, rbf: Tensor, dev: Tensor) -> Tuple[Tensor, Tensor]:
+        """Filters (w1, w2) [P, F] from rbf [P, K] and dev = ev[idx_j] - ev[idx_i] [P, m_tot]; symmetric
+        under i <-> j (dev enters squared):
+
+        w_k = W_rk2 act(W_rk1 rbf + b_rk1) + b_rk2 + W_sk2 act(W_sk1 c + b_sk1) + b_sk2 (k = 1, 2;
+        c = contract_l0(dev)), as three matrix products (``filter_weights``): fewer passes over the
+        [P, F] arrays."""
+        w = self.filter_weights()
+        h = activation(self.filter_preactivations(rbf, dev, w), self.activation_fn)
+        half = w[2].shape[0]
+        return torch.addmm(w[3], h[:, :half], w[2]), torch.addmm(w[5], h[:, half:], w[4])
+
+    def filter_preactivations(self, rbf: Tensor, dev: Tensor, w: List[Tensor]) -> Tensor:
+        """[P, 2H]: the first layers of both filters before the activation."""
+        c = torch.matmul(dev * dev, self.contraction.to(dev.dtype))  # [P, D]
+        return torch.addmm(w[1], torch.cat([rbf, c], 1), w[0])
 
     def messages(self, q1_i: Tensor, q2_i: Tensor, k1_j: Tensor, k2_j: Tensor, v1_j: Tensor, w1: Tensor,
                  w2: Tensor, ylm: Tensor, cut: Tensor) -> Tuple[Tensor, Tensor]:
@@ -164,6 +170,65 @@ class AttentionBlock(ExactConstants):
         m_ji, e_ji = self.messages(p_j[0], p_j[1], p_i[2], p_i[3], p_i[4], w1, w2,
                                    ylm * self.parity.to(ylm.dtype), cut)
         return [m_ij, e_ij, m_ji, e_ji]
+
+    @staticmethod
+    def _logits_backward(q_i: Tensor, q_j: Tensor, k_i: Tensor, k_j: Tensor, w: Tensor, ga_ij: Tensor, ga_ji: Tensor,
+                         segments: Tensor) -> List[Tensor]:
+        """Backward of the attention logits a_ij = (q_i w k_j) @ S and a_ji = (q_j w k_i) @ S (before the
+        cutoff) from their gradients: [g_q_i, g_q_j, g_k_i, g_k_j, g_w]."""
+        gt_ij = torch.matmul(ga_ij, segments.t())  # [P, F]: gradient of q_i w k_j
+        gt_ji = torch.matmul(ga_ji, segments.t())
+        gtk_ij = gt_ij * k_j
+        gtk_ji = gt_ji * k_i
+        return [gtk_ij * w, gtk_ji * w, gt_ji * (q_j * w), gt_ij * (q_i * w), gtk_ij * q_i + gtk_ji * q_j]
+
+    def pair_messages_backward(self, p_i: List[Tensor], p_j: List[Tensor], dev: Tensor, rbf: Tensor, ylm: Tensor,
+                               cut: Tensor, g: List[Tensor]) -> List[Tensor]:
+        """Explicit backward of ``pair_messages`` (no autograd): g = gradients of its four outputs ->
+        [g_p_i (5 tensors), g_p_j (5 tensors), g_dev, g_rbf, g_ylm, g_cut]. The filters and attention
+        weights are recomputed."""
+        n = dev.shape[0]
+        f = self.num_features
+        nh = self.num_heads
+        fh = f // nh
+        dt = dev.dtype
+        w = self.filter_weights()
+        pre = self.filter_preactivations(rbf, dev, w)
+        h = activation(pre, self.activation_fn)
+        half = w[2].shape[0]
+        w1 = torch.addmm(w[3], h[:, :half], w[2])
+        w2 = torch.addmm(w[5], h[:, half:], w[4])
+        cut_ = cut.unsqueeze(-1)
+        s1 = self.head_sum1.to(dt)
+        s2 = self.head_sum2.to(dt)
+        rep = self.repeat_index
+        # invariant messages m_ij = alpha1_ij[head] v1_j with alpha1_ij = a1_ij cut, a1_ij = (q1_i w1 k1_j) @ S1
+        a1_ij = torch.matmul(p_i[0] * w1 * p_j[2], s1)  # [P, H]
+        a1_ji = torch.matmul(p_j[0] * w1 * p_i[2], s1)
+        gm_ij = g[0].view(n, nh, fh)
+        gm_ji = g[2].view(n, nh, fh)
+        ga1_ij = (gm_ij * p_j[4].view(n, nh, fh)).sum(-1)
+        ga1_ji = (gm_ji * p_i[4].view(n, nh, fh)).sum(-1)
+        g_v1_j = ((a1_ij * cut_).unsqueeze(-1) * gm_ij).view(n, f)
+        g_v1_i = ((a1_ji * cut_).unsqueeze(-1) * gm_ji).view(n, f)
+        g1 = self._logits_backward(p_i[0], p_j[0], p_i[2], p_j[2], w1, ga1_ij * cut_, ga1_ji * cut_, s1)
+        # Euclidean messages e_ij = alpha2_ij[degree] Y(r_ij), e_ji = alpha2_ji[degree] (-1)^l Y(r_ij)
+        par = self.parity.to(dt)
+        a2_ij = torch.matmul(p_i[1] * w2 * p_j[3], s2)  # [P, D]
+        a2_ji = torch.matmul(p_j[1] * w2 * p_i[3], s2)
+        degree = (self.contraction.to(dt) != 0.0).to(dt)  # [m, D] indicator of each component's degree
+        ga2_ij = torch.matmul(g[1] * ylm, degree)
+        ga2_ji = torch.matmul(g[3] * ylm * par, degree)
+        g_ylm = (a2_ij * cut_).index_select(1, rep) * g[1] + (a2_ji * cut_).index_select(1, rep) * g[3] * par
+        g2 = self._logits_backward(p_i[1], p_j[1], p_i[3], p_j[3], w2, ga2_ij * cut_, ga2_ji * cut_, s2)
+        g_cut = (ga1_ij * a1_ij).sum(1) + (ga1_ji * a1_ji).sum(1) + (ga2_ij * a2_ij).sum(1) + (ga2_ji * a2_ji).sum(1)
+        # filters: second layers, activation, first layers, contraction of dev
+        g_h = torch.cat([torch.matmul(g1[4], w[2].t()), torch.matmul(g2[4], w[4].t())], 1)
+        g_x = torch.matmul(g_h * activation_derivative(pre, self.activation_fn), w[0].t())
+        k = rbf.shape[1]
+        g_dev = 2.0 * dev * torch.matmul(g_x[:, k:], self.contraction.to(dt).t())
+        return [g1[0], g2[0], g1[2], g2[2], g_v1_i, g1[1], g2[1], g1[3], g2[3], g_v1_j,
+                g_dev, g_x[:, :k], g_ylm, g_cut]
 
 
 class ExchangeBlock(ExactConstants):

@@ -53,6 +53,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from ..graph.segments import graph_sums, per_atom
 from . import lebedev
 from .exact import ExactConstants
 
@@ -429,9 +430,8 @@ class EuclideanFastAttention(ExactConstants):
         flat, nmax = _graph_layout(batch, num_graphs)
         # the result is translation invariant; centring each graph keeps float32 phases accurate
         counts = torch.bincount(batch, minlength=num_graphs).clamp_min(1).to(positions.dtype)
-        centre = torch.zeros(num_graphs, 3, dtype=positions.dtype, device=positions.device)
-        centre = centre.index_add(0, batch, positions.detach()) / counts.unsqueeze(1)
-        pos = _pad(positions - centre[batch], flat, num_graphs, nmax)
+        centre = graph_sums(positions.detach(), batch, num_graphs) / counts.unsqueeze(1)
+        pos = _pad(positions - per_atom(centre, batch, num_graphs), flat, num_graphs, nmax)
         cos, sin, wc = self._open_phases(pos, want_vectors)
         y = self._attend(_pad(q, flat, num_graphs, nmax), _pad(k, flat, num_graphs, nmax),
                          _pad(v, flat, num_graphs, nmax), cos, sin, wc)

@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from ..graph.segments import graph_sums, per_atom
 from .activation import activation
 
 
@@ -42,13 +43,14 @@ class ChargeSpinEmbedding(nn.Module):
     def weights(self, atomic_numbers: Tensor, psi: Tensor, batch: Tensor) -> Tensor:
         """y_i = softplus(q[Z_i] . k[sign psi_b] / sqrt(F)) [N] (b = batch[i]); psi [B]."""
         sign_idx = (psi.to(self.q.weight.dtype) < 0).long()  # mlff: psi // inf -> -1 (row 1) if negative else 0
-        qk = (self.q(atomic_numbers) * self.k(sign_idx)[batch]).sum(-1) / math.sqrt(self.num_features)
+        qk = (self.q(atomic_numbers) * per_atom(self.k(sign_idx), batch, psi.shape[0])).sum(-1) \
+            / math.sqrt(self.num_features)
         return torch.logaddexp(qk, torch.zeros_like(qk))  # softplus exactly as jax.nn.softplus
 
     def weight_sums(self, atomic_numbers: Tensor, psi: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
         """Sum of the weights y_i per graph [B] (the normalisation of :meth:`forward`)."""
         y = self.weights(atomic_numbers, psi, batch)
-        return torch.zeros(num_graphs, dtype=y.dtype, device=y.device).index_add(0, batch, y)
+        return graph_sums(y, batch, num_graphs)
 
     def forward(self, atomic_numbers: Tensor, psi: Tensor, batch: Tensor, num_graphs: int,
                 weight_sums: Optional[Tensor] = None) -> Tensor:
@@ -57,10 +59,10 @@ class ChargeSpinEmbedding(nn.Module):
         psi = psi.to(self.q.weight.dtype)
         y = self.weights(atomic_numbers, psi, batch)
         if weight_sums is None:
-            weight_sums = torch.zeros(num_graphs, dtype=y.dtype, device=y.device).index_add(0, batch, y)
+            weight_sums = graph_sums(y, batch, num_graphs)
         sign_idx = (psi < 0).long()
-        a = psi[batch] * y / weight_sums.to(y.dtype)[batch]
-        e = a.unsqueeze(-1) * self.v(sign_idx)[batch]
+        a = per_atom(psi, batch, num_graphs) * y / per_atom(weight_sums.to(y.dtype), batch, num_graphs)
+        e = a.unsqueeze(-1) * per_atom(self.v(sign_idx), batch, num_graphs)
         h = self.layer_0(activation(e, self.activation_fn))
         h = self.layer_1(activation(h, self.activation_fn))
         return e + h

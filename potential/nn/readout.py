@@ -9,6 +9,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from ..graph.segments import per_atom
 from .activation import activation
 
 
@@ -63,7 +64,7 @@ class PartialChargesHead(nn.Module):
     def correct(self, raw: Tensor, batch: Tensor, total_charge: Tensor, predicted: Tensor, counts: Tensor) -> Tensor:
         """q_i = q~_i + (Q_b - predicted_b) / counts_b with b = batch[i]; predicted/counts [B]."""
         correction = (total_charge.to(raw.dtype) - predicted) / torch.clamp(counts, min=1.0)
-        return raw + correction[batch]
+        return raw + per_atom(correction, batch, correction.shape[0])
 
 
 class HirshfeldHead(nn.Module):

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
+from ase.data import chemical_symbols
 
 
 def _plt():
-    import matplotlib
+    import matplotlib  # slow to import; only runs that plot need it
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
@@ -38,6 +39,18 @@ def _read_csv(path: Union[str, Path]):
     return cols
 
 
+def _log_panel(ax, c, series, ylabel: str) -> None:
+    """The columns ``series`` ((key, label), ...) of ``c`` that hold numbers, against the step, log scale."""
+    for key, label in series:
+        if key in c and np.isfinite(c[key]).any():
+            ax.plot(c["step"], c[key], marker="o", ms=3, label=label)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(ylabel)
+    ax.set_yscale("log")
+    ax.legend()
+    ax.grid(alpha=0.3)
+
+
 def learning_curve(csv_path: Union[str, Path], out_path: Union[str, Path]) -> Optional[Path]:
     """Two panels: train/valid loss (log), and validation energy-per-atom / force MAE (log)."""
     csv_path, out_path = Path(csv_path), Path(out_path)
@@ -48,34 +61,16 @@ def learning_curve(csv_path: Union[str, Path], out_path: Union[str, Path]) -> Op
         return None
     plt = _plt()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    step = c["step"]
-    for key, label in (("train_loss", "train loss"), ("valid_loss", "validation loss")):
-        if key in c and np.isfinite(c[key]).any():
-            ax1.plot(step, c[key], marker="o", ms=3, label=label)
-    ax1.set_xlabel("optimizer step")
-    ax1.set_ylabel("loss")
-    ax1.set_yscale("log")
-    ax1.legend()
-    ax1.grid(alpha=0.3)
-    for key, label in (
-        ("valid_energy_per_atom_mae", "E MAE (eV/atom)"),
-        ("valid_forces_mae", "F MAE (eV/Å)"),
-        ("train_forces_mae", "train F MAE (eV/Å)"),
-    ):
-        if key in c and np.isfinite(c[key]).any():
-            ax2.plot(step, c[key], marker="o", ms=3, label=label)
-    ax2.set_xlabel("optimizer step")
-    ax2.set_ylabel("MAE")
-    ax2.set_yscale("log")
-    ax2.legend()
-    ax2.grid(alpha=0.3)
+    _log_panel(ax1, c, (("train_loss", "train loss"), ("valid_loss", "validation loss")), "loss")
+    _log_panel(ax2, c, (("valid_energy_per_atom_mae", "E MAE (eV/atom)"), ("valid_forces_mae", "F MAE (eV/Å)"),
+                        ("train_forces_mae", "train F MAE (eV/Å)")), "MAE")
     fig.tight_layout()
     fig.savefig(out_path, dpi=120)
     plt.close(fig)
     return out_path
 
 
-def _parity(ax, ref, pred, **kw):
+def _parity(ax, ref, pred):
     lo = float(min(np.min(ref), np.min(pred)))
     hi = float(max(np.max(ref), np.max(pred)))
     pad = 0.02 * (hi - lo + 1e-12)
@@ -112,8 +107,6 @@ def parity_energy(ref: np.ndarray, pred: np.ndarray, out_path: Union[str, Path],
 def parity_forces(ref: np.ndarray, pred: np.ndarray, out_path: Union[str, Path],
                   atomic_numbers: Optional[Sequence[int]] = None, title: str = "forces") -> Path:
     """Scatter of predicted vs reference force components [N,3], one colour per element."""
-    from ase.data import chemical_symbols
-
     plt = _plt()
     ref, pred = np.asarray(ref, float).reshape(-1, 3), np.asarray(pred, float).reshape(-1, 3)
     z = np.asarray(atomic_numbers if atomic_numbers is not None else np.zeros(len(ref), int))

@@ -1,19 +1,29 @@
-"""Builders for the GEMS-scale systems, shared by ``examples/gems/*.py`` and ``benchmarks/run_all.py``.
+"""Benchmark and example systems: water boxes, solvated peptides, villin, a crambin stand-in.
 
-Everything is built offline from structures that ship with OpenMM (or the SO3LR reference folder):
+Shared by ``examples/gems/*.py``, ``examples/lammps/build.py`` and every benchmark in
+``benchmarks/`` (import it as ``from so3krates import systems``). Built offline from structures that
+ship with OpenMM (or the SO3LR reference folder):
 
-==============  ===============================================================  ===========
-name            what                                                              atoms
-==============  ===============================================================  ===========
-``water``       TIP3P water box of any size (tiles ``openmm/app/data/tip3p.pdb``)  any
-``ala3``        Ac-Ala3-NHMe (internal coordinates, PPII) + ``Modeller.addSolvent``  ~2.6k
-``ala15``       15-residue alanine helix (``ala15_folded.xyz``) + tiled TIP3P      ~7k
-``villin``      villin headpiece in water, ``openmm/app/data/test.pdb`` (2 Cl-)   8,867
-``crambin``     crambin sequence built as an alpha helix (PeptideBuilder) + water   ~25k
-==============  ===============================================================  ===========
+==================  ===============================================================  ===========
+builder             what                                                              atoms
+==================  ===============================================================  ===========
+``water_box``       TIP3P water box of any size (tiles ``openmm/app/data/tip3p.pdb``)  any
+``solvent_box``     cubic TIP3P box from ``Modeller.addSolvent`` (edge in nm)          any
+``water_lattice``   3 n³ atoms: waters on a cubic lattice, random orientations (numpy  3 n³
+                    only; no OpenMM needed)
+``ala3``            Ac-Ala3-NHMe (internal coordinates, PPII) + ``Modeller.addSolvent``  ~2.6k
+``ala15``           15-residue alanine helix (``ala15_folded.xyz``) + tiled TIP3P      ~4.6k
+``villin``          villin headpiece in water, ``openmm/app/data/test.pdb`` (2 Cl-)   8,867
+``crambin``         crambin sequence built as an alpha helix (PeptideBuilder) + water   ~24k
+==================  ===============================================================  ===========
 
-Each builder returns a :class:`MolSystem` (OpenMM topology, positions in Å, orthorhombic cell in
-Å, element symbols). Units: Å here; OpenMM writers convert to nm.
+Each builder but ``water_lattice`` returns a :class:`MolSystem` (OpenMM topology, positions in Å,
+orthorhombic cell in Å, element symbols, net charge). Writers: :func:`write_lammps_data`
+(``atom_style atomic``), :func:`write_pdb`, :func:`save_arrays` (npz that needs numpy only to read
+back, :func:`load_arrays`). Units: Å here; the OpenMM writers convert to nm.
+
+OpenMM (``pip install so3krates[openmm]``), scipy and, for ``crambin``, PeptideBuilder
+(``so3krates[data]``) are imported when a builder needs them, never at import time.
 """
 
 from __future__ import annotations
@@ -28,8 +38,16 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-SO3LR_DIR = ROOT.parent / "shared" / "reference" / "so3lr"
+def _so3lr_dir() -> Path:
+    """The SO3LR reference folder: $SO3KRATES_SO3LR_DIR, else ../shared/reference/so3lr next to
+    the repository (a source checkout)."""
+    env = os.environ.get("SO3KRATES_SO3LR_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "shared" / "reference" / "so3lr"
+
+
+SO3LR_DIR = _so3lr_dir()
 CRAMBIN_SEQUENCE = "TTCCPSIVARSNFNVCRLPGTPEAICATYTGCIIIPGATCPGDYAN"
 WATER_A3 = 29.91  # Å^3 per TIP3P water at 1 g/cm^3 (18.015 g/mol)
 
@@ -178,8 +196,40 @@ def water_box(n_atoms: int = 3000) -> MolSystem:
                      f"TIP3P water box, {len(waters)} molecules, {edge:.1f} Å")
 
 
-def _peptide_heavy_pdb(n_ala: int, phi: float, psi: float) -> str:
-    """PDB text of Ace-(Ala)n-Nme heavy atoms from ideal internal coordinates (NeRF)."""
+def solvent_box(edge_nm: float) -> MolSystem:
+    """Cubic TIP3P box of edge ``edge_nm`` (nm) filled by OpenMM's ``Modeller.addSolvent``."""
+    openmm, app, unit = _openmm()
+    modeller = app.Modeller(app.Topology(), [])
+    modeller.addSolvent(_forcefield(), model="tip3p", boxSize=openmm.Vec3(edge_nm, edge_nm, edge_nm) * unit.nanometer)
+    system = _from_modeller(f"solvent{edge_nm:g}nm", modeller, f"TIP3P box from Modeller.addSolvent, {edge_nm:g} nm")
+    return system
+
+
+def water_lattice(n_side: int, seed: int = 0):
+    """``n_side``³ waters on a cubic lattice at 1 g/cm³ with random orientations, periodic.
+
+    Returns (positions [3 n³, 3] Å, cell [3, 3] Å, atomic numbers [3 n³]) as numpy arrays (O H H per
+    molecule). Needs numpy only: for model-level benchmarks whose workers should not load OpenMM."""
+    rng = np.random.default_rng(seed)
+    a = (18.015 / 0.60221) ** (1.0 / 3.0)  # Å per molecule at 1 g/cm³ (18.015 g/mol)
+    mol = np.array([[0.0, 0.0, 0.0], [0.9572, 0.0, 0.0], [-0.2400, 0.9266, 0.0]])  # O H H
+    grid = np.stack(np.meshgrid(*[np.arange(n_side)] * 3, indexing="ij"), -1).reshape(-1, 3) * a
+    q = rng.normal(size=(len(grid), 4))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    w, x, y, z = q.T
+    rot = np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
+                    2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
+                    2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+                   -1).reshape(-1, 3, 3)
+    pos = (grid[:, None, :] + 0.25 * a + np.einsum("mij,aj->mai", rot, mol)).reshape(-1, 3)
+    numbers = np.tile([8, 1, 1], len(grid))
+    return pos, np.eye(3) * a * n_side, numbers
+
+
+def peptide_heavy_pdb(n_ala: int = 3, phi: float = -75.0, psi: float = 145.0) -> str:
+    """PDB text of the heavy atoms of Ace-(Ala)n-Nme from ideal internal coordinates (Engh & Huber
+    bond lengths and angles, trans peptide bonds, backbone angles ``phi``/``psi`` in degrees; NeRF).
+    ``openmm.app.PDBFile`` reads it and creates the bonds from its residue templates."""
     bonds = {"N-CA": 1.458, "CA-C": 1.525, "C-N": 1.329, "C-O": 1.231, "CH3-C": 1.520, "N-CH3": 1.458}
     angles = {"N-CA-C": 111.2, "CA-C-N": 116.2, "C-N-CA": 121.7, "N-C-O": 123.0}
 
@@ -229,14 +279,17 @@ def _peptide_heavy_pdb(n_ala: int, phi: float, psi: float) -> str:
     return "\n".join(lines + ["TER", "END"]) + "\n"
 
 
-def _protonate(pdb_text: str, seed: int = 0):
+def protonate(pdb_text: str, seed: int = 0, forcefield=None):
+    """``Modeller`` of a PDB text with hydrogens added (amber14 templates unless ``forcefield``).
+    ``addHydrogens`` starts some hydrogens at random positions (Python's ``random``): ``seed`` makes
+    the result reproducible (the global random state is restored afterwards)."""
     openmm, app, unit = _openmm()
     pdb = app.PDBFile(io.StringIO(pdb_text))
     modeller = app.Modeller(pdb.topology, pdb.positions)
     state = random.getstate()
     random.seed(seed)
     try:
-        modeller.addHydrogens(_forcefield(), platform=openmm.Platform.getPlatformByName("Reference"))
+        modeller.addHydrogens(forcefield or _forcefield(), platform=openmm.Platform.getPlatformByName("Reference"))
     finally:
         random.setstate(state)
     return modeller
@@ -246,7 +299,7 @@ def ala3(padding_nm: float = 1.5, seed: int = 0) -> MolSystem:
     """Ac-Ala3-NHMe (PPII backbone, ideal geometry, amber14 hydrogens) solvated with
     ``Modeller.addSolvent`` (TIP3P, cubic box, ``padding_nm`` around the peptide)."""
     openmm, app, unit = _openmm()
-    modeller = _protonate(_peptide_heavy_pdb(3, -75.0, 145.0), seed)
+    modeller = protonate(peptide_heavy_pdb(3, -75.0, 145.0), seed)
     modeller.addSolvent(_forcefield(), model="tip3p", padding=padding_nm * unit.nanometer, neutralize=False)
     return _from_modeller("ala3", modeller, f"Ac-Ala3-NHMe in TIP3P (padding {padding_nm} nm)")
 
@@ -321,7 +374,7 @@ def crambin(box: Sequence[float] = (86.0, 54.0, 54.0), seed: int = 0) -> MolSyst
     io_ = PDBIO()
     io_.set_structure(structure)
     io_.save(buf)
-    modeller = _protonate(buf.getvalue(), seed)
+    modeller = protonate(buf.getvalue(), seed)
     # align the helix axis with x and centre it
     pos = np.array(modeller.positions.value_in_unit(unit.angstrom))
     centred = pos - pos.mean(0)
@@ -334,7 +387,8 @@ def crambin(box: Sequence[float] = (86.0, 54.0, 54.0), seed: int = 0) -> MolSyst
     return _from_modeller("crambin", modeller, f"crambin sequence as an alpha helix in TIP3P ({box[0]:.0f}x{box[1]:.0f}x{box[2]:.0f} Å)")
 
 
-SYSTEMS = {"water": water_box, "ala3": ala3, "ala15": ala15, "villin": villin, "crambin": crambin}
+SYSTEMS = {"water": water_box, "solvent": solvent_box, "ala3": ala3, "ala15": ala15, "villin": villin,
+           "crambin": crambin}
 
 
 def build(name: str, **kw) -> MolSystem:
@@ -373,3 +427,32 @@ def write_pdb(system: MolSystem, path) -> None:
     _, app, unit = _openmm()
     with open(path, "w") as fh:
         app.PDBFile.writeFile(system.topology, system.positions * 0.1 * unit.nanometer, fh, keepIds=False)
+
+
+def save_arrays(system: MolSystem, path) -> None:
+    """npz with ``positions`` (Å), ``numbers``, ``cell`` (Å), ``charge`` (e): readable with numpy
+    alone (:func:`load_arrays`), e.g. by a worker process that should not import OpenMM."""
+    np.savez(path, positions=system.positions, numbers=np.asarray(system.atomic_numbers), cell=system.cell,
+             charge=np.asarray(system.charge))
+
+
+def load_arrays(path) -> dict:
+    """The arrays of :func:`save_arrays`: ``positions``, ``numbers``, ``cell``, ``charge`` (float)."""
+    with np.load(path) as d:
+        return {"positions": d["positions"], "numbers": d["numbers"], "cell": d["cell"],
+                "charge": float(d["charge"]) if "charge" in d else 0.0}
+
+
+def topology_from_numbers(numbers: Sequence[int], cell: Optional[np.ndarray] = None):
+    """A minimal OpenMM Topology (one residue per atom, no bonds) with these elements and, when
+    ``cell`` (Å, orthorhombic) is given, its periodic box: what ``so3krates.openmm.torch_force``
+    needs to know about a system."""
+    openmm, app, unit = _openmm()
+    top = app.Topology()
+    chain = top.addChain()
+    for z in numbers:
+        el = app.Element.getByAtomicNumber(int(z))
+        top.addAtom(el.symbol, el, top.addResidue(el.symbol, chain))
+    if cell is not None:
+        _set_box(top, np.diag(np.asarray(cell)))
+    return top

@@ -1,0 +1,113 @@
+"""The shared benchmark helpers (benchmarks/_measure.py, _engines.py), the system builders
+(so3krates.systems) and a small end-to-end run of benchmarks/lammps_speed.py."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from helpers import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import _engines  # noqa: E402
+import _measure  # noqa: E402
+
+LOG_LINE = ("so3krates: ghost cutoff 6 A (cutoff 5 A + skin 1 A) | rank 0: 145 local + 1094 ghost atoms | features "
+            "computed for the local atoms only (1.00 per local atom); layer inputs projected for 395 atoms (2.72 per "
+            "local atom, at most 2.83 on any rank) | per layer 87 values per ghost atom exchanged forward and 87 back "
+            "| ghost atoms per local atom: 7.54 here, at most 7.61")
+
+
+def test_parse_lammps_log():
+    text = "\n".join([LOG_LINE, "Loop time of 0.554873 on 2 procs for 2 steps with 297 atoms",
+                      "46.9% CPU use with 2 MPI tasks x 1 OpenMP threads",
+                      "Nlocal:          148.5 ave         151 max         146 min",
+                      "Nghost:         1088.5 ave        1094 max        1083 min"])
+    res = _engines.parse_lammps(text)
+    assert res["loop_s"] == pytest.approx(0.554873) and res["steps"] == 2 and res["procs"] == 2
+    assert res["nlocal_ave"] == 148.5 and res["nghost_ave"] == 1088.5 and res["cpu_use_percent"] == 46.9
+    st = res["so3krates"]
+    assert st["ghost_cutoff_A"] == 6.0 and st["skin_A"] == 1.0
+    assert (st["rank0_local"], st["rank0_ghost"], st["rank0_projected"]) == (145, 1094, 395)
+    assert st["features_per_local"] == 1.0
+    assert (st["projected_per_local"], st["projected_per_local_max"]) == (2.72, 2.83)
+    assert (st["ghost_per_local"], st["ghost_per_local_max"]) == (7.54, 7.61)
+    assert st["values_forward"] == st["values_back"] == 87
+    with pytest.raises(RuntimeError, match="Loop time"):
+        _engines.parse_lammps("no run here")
+
+
+def test_lammps_input():
+    text = _engines.lammps_input("box.data", "model.pt", ["H", "O"], steps=3, charge=1.0, bonds=True)
+    for line in ("units metal", "newton on", "pair_style so3krates threads 1 charge 1", "run 1", "run 3 pre no",
+                 "special_bonds lj/coul 1.0 1.0 1.0", f"pair_coeff * * {os.path.abspath('model.pt')} H O"):
+        assert line in text, line
+    assert "special_bonds" not in _engines.lammps_input("box.data", "model.pt", ["H", "O"], steps=3)
+    assert "prune" not in text
+
+
+def test_guarded_run_memory_guard_and_peak():
+    ok = _measure.guarded_run([sys.executable, "-c", "x = bytearray(200 * 2**20); import time; time.sleep(0.5); "
+                               "print('done')"], poll_s=0.05)
+    assert ok["returncode"] == 0 and ok["killed"] is None and "done" in ok["stdout"]
+    assert 0.19 < ok["peak_rss_gb"] < 0.6 and ok["processes"] == 1
+    bad = _measure.guarded_run([sys.executable, "-c", "x = bytearray(400 * 2**20); import time; time.sleep(5)"],
+                               max_rss_gb=0.2, poll_s=0.05)
+    assert bad["killed"] == "memory" and bad["returncode"] != 0 and bad["wall_s"] < 5
+    slow = _measure.guarded_run([sys.executable, "-c", "import time; time.sleep(5)"], timeout_s=0.3, poll_s=0.05)
+    assert slow["killed"] == "timeout" and "wall time" in _measure.failure_text(slow)
+
+
+def test_fits_and_table():
+    ns = [1000, 3000, 9000]
+    assert _measure.power_law_exponent(ns, [2e-3 * n ** 1.1 for n in ns]) == pytest.approx(1.1)
+    assert math.isnan(_measure.power_law_exponent([1000], [1.0]))
+    assert _measure.linear_fit([1, 2, 3], [5, 7, 9]) == pytest.approx((2.0, 3.0))
+    assert _measure.extrapolate([(1000, 100.0), (2000, 150.0)], 4000) == pytest.approx(250.0)
+    assert _measure.extrapolate([(1000, 100.0)], 3000) == pytest.approx(300.0)
+    assert _measure.extrapolate([], 3000) is None
+    table = _measure.format_table(["a", "bb"], [[1, "x"], [22, "yyy"]]).splitlines()
+    assert len(table) == 3 and len({len(line) for line in table}) == 1
+    assert _measure.format_table(["a"], [[1]], markdown=True).splitlines()[1] == "|---|"
+
+
+def test_systems_builders(tmp_path):
+    from so3krates import systems
+    pos, cell, numbers = systems.water_lattice(3)
+    assert pos.shape == (81, 3) and list(numbers[:3]) == [8, 1, 1]
+    assert 81 / np.linalg.det(cell) == pytest.approx(0.1003, rel=1e-3)  # atoms / Å³ at 1 g/cm³
+    box = systems.water_box(300)
+    assert abs(box.n_atoms - 300) <= 0.05 * 300 and box.elements() == ["H", "O"]
+    systems.save_arrays(box, tmp_path / "box.npz")
+    arrays = systems.load_arrays(tmp_path / "box.npz")
+    assert np.allclose(arrays["positions"], box.positions) and list(arrays["numbers"]) == box.atomic_numbers
+    top = systems.topology_from_numbers(arrays["numbers"], arrays["cell"])
+    assert top.getNumAtoms() == box.n_atoms and top.getPeriodicBoxVectors() is not None
+    assert systems.write_lammps_data(box, tmp_path / "box.data") == ["H", "O"]
+
+
+def test_lammps_speed_smoke(tmp_path):
+    """All three engines and 1 + 2 ranks on a ~150-atom box with the demo model: the JSON has the
+    ratios, the memory of every process tree and the pair style's decomposition line."""
+    out = tmp_path / "ls.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "lammps_speed.py"), "--sizes", "150",
+                           "--steps", "1", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    row = doc["rows"][0]
+    assert row["module"]["status"] == row["openmm"]["status"] == "ok"
+    assert [r["ranks"] for r in row["lammps"]] == [1, 2] and all(r["status"] == "ok" for r in row["lammps"])
+    for r in [row["module"], row["openmm"]] + row["lammps"]:
+        assert r["peak_rss_gb"] > 0.1 and r["atom_steps_per_s"] > 0
+    for r in row["lammps"]:
+        assert r["so3krates"]["features_per_local"] == 1.0 and r["so3krates"]["projected_per_local"] >= 1.0
+    assert {"lammps1_over_module_time", "lammps1_over_module_memory", "speedup_2_ranks"} <= set(row["ratios"])
+    assert "LAMMPS-1/module time" in proc.stdout and "prune" not in proc.stdout
