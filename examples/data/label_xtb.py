@@ -4,7 +4,7 @@
 Reads any ASE-readable file(s) of configurations (positions in Å); the net charge of each
 frame is taken from ``info['total_charge']`` (or ``info['charge']``, default 0) and the number
 of unpaired electrons from ``info['num_unpaired_electrons']`` (or ``info['uhf']``, or
-``info['multiplicity'] - 1``; default 0), the keys ``so3krates.potential.train.data`` reads. Periodic frames are labelled as molecules
+``info['multiplicity'] - 1``; default 0), the keys ``so3krates.potential.train.frames`` reads. Periodic frames are labelled as molecules
 (the cell is ignored) unless ``--periodic`` is given.
 
 Writes extxyz frames with ``info['energy']`` (eV), ``arrays['forces']`` (eV/Å),
