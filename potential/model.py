@@ -73,6 +73,10 @@ class So3krates(StageGradients):
         self.efa_layers: List[bool] = [bool(config.efa_layers[k]) if k < len(config.efa_layers) else False
                                        for k in range(self.num_layers)]
         self.has_efa: bool = any(self.efa_layers)
+        # forward forms each EFA layer's key-value sums first (efa_sums) and updates from them, as the
+        # engines do; one graph only. Set by ahead-of-time compilation (so3krates.export.pt2): that
+        # path has no data-dependent shapes. Same values as the default path up to rounding.
+        self.efa_global_sums: bool = False
         self.species: List[int] = [int(z) for z in config.species] if config.species is not None \
             else list(range(1, config.zmax + 1))
         # per-atom long-range values: [partial charge (e)] with electrostatics, [Hirshfeld ratio] with dispersion
@@ -322,7 +326,10 @@ class So3krates(StageGradients):
         ev = torch.zeros(z.shape[0], self.m_tot, dtype=x.dtype, device=x.device)
         for k in range(self.num_layers):
             x_att, ev_att = self.messages(k, x, ev, edge_vectors, idx_i, idx_j, -1)
-            x, ev = self.update(k, x, ev, x_att, ev_att, positions, batch, num_graphs, cell, pbc, None)
+            sums: Optional[Tensor] = None
+            if self.efa_global_sums and num_graphs == 1 and self.efa_layers[k]:
+                sums = self.efa_sums(k, x, positions, cell, pbc)
+            x, ev = self.update(k, x, ev, x_att, ev_att, positions, batch, num_graphs, cell, pbc, sums)
         energy, lr_raw, sums = self.readout(x, z, batch, num_graphs)
         lr = self.long_range_values(lr_raw, sums, total_charge, batch)
         energy = energy + self.pair_energies(z, lr, edge_vectors, idx_i, idx_j, edge_vectors_lr, idx_i_lr, idx_j_lr,

@@ -163,10 +163,10 @@ ENGINE_MODELS = {
 @pytest.mark.parametrize("kind", list(ENGINE_MODELS))
 @pytest.mark.parametrize("periodic", [True, False], ids=["periodic", "open"])
 def test_engine_stages_on_simulated_ranks_equal_forward(tmp_path, kind, periodic):
-    """The exported stages with halo exchange and sums over ranks (tests/engine_reference.py, what the
+    """The exported stages with halo exchange and sums over ranks (export/engine_reference.py, what the
     LAMMPS pair style does) = the file's forward, on 1, 2 and 5 simulated ranks (5 ranks on 16 atoms
     leave some ranks without atoms), to 1e-10 in energies, forces and per-atom energies."""
-    import engine_reference
+    from so3krates.export import engine_reference
     model = small_model(**ENGINE_MODELS[kind])
     if kind == "efa":
         with torch.no_grad():  # the EFA output layers start at zero: make them count

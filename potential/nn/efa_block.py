@@ -41,6 +41,9 @@ class EFABlock(nn.Module):
         super().__init__()
         self.enabled = bool(enabled)
         self.num_features = int(num_features)
+        # 0: the boundary comes from pbc at run time; 1: always open; 2: always fully periodic (set by
+        # ahead-of-time compilation, so3krates.export.pt2, which compiles one program per boundary)
+        self.boundary: int = 0
         if enabled:
             self.efa = PeriodicEuclideanFastAttention(
                 num_features, num_heads=num_heads, qk_features=qk_features, v_features=v_features,
@@ -91,15 +94,19 @@ class EFABlock(nn.Module):
         if global_sums is None:
             y = efa(x, positions, batch, num_graphs, cell, pbc)
         else:
-            y = efa.apply_global_sums(x, positions, global_sums, self._periodic_cell(cell, pbc))
+            y = efa.apply_global_sums(x, positions, global_sums, self.periodic_cell(cell, pbc))
         y = mlp2(torch.nn.functional.silu(mlp1(y + x)))
         c = c.to(x.dtype)
         return x + torch.nn.functional.silu(c) * dx_local + torch.nn.functional.silu(1.0 - c) * y
 
-    @staticmethod
-    def _periodic_cell(cell: Tensor, pbc: Tensor) -> Optional[Tensor]:
+    def periodic_cell(self, cell: Tensor, pbc: Tensor) -> Optional[Tensor]:
         """The cell [3,3] of a fully periodic graph, None for an open one (one graph: cell [1,3,3] or
-        [3,3], pbc [1,3] or [3]); mixed boundaries raise ``ValueError``."""
+        [3,3], pbc [1,3] or [3]); mixed boundaries raise ``ValueError``. A fixed ``boundary`` skips
+        reading pbc."""
+        if self.boundary == 1:
+            return None
+        if self.boundary == 2:
+            return cell.reshape(3, 3)
         p = pbc.reshape(-1).to(torch.bool)
         if bool(p.all()):
             return cell.reshape(3, 3)
@@ -116,4 +123,4 @@ class EFABlock(nn.Module):
         if efa is None:
             return torch.zeros(0, dtype=x.dtype, device=x.device)
         w = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
-        return efa.global_sums(x, positions, w, self._periodic_cell(cell, pbc))
+        return efa.global_sums(x, positions, w, self.periodic_cell(cell, pbc))

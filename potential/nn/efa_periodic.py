@@ -142,7 +142,8 @@ class PeriodicEuclideanFastAttention(EuclideanFastAttention):
         self.k_width = float(k_width)
         self.max_kvectors = int(max_kvectors)
         # simplex mode evaluation order: 0 = automatic (cheaper one), 1 = shared phases per distinct
-        # lattice vector, 2 = per channel pair; all give the same values (up to rounding)
+        # lattice vector, 2 = per channel pair (shapes independent of the cell: ahead-of-time
+        # compilation); all give the same values (up to rounding)
         self.simplex_layout: int = 0
 
     # ------------------------------------------------------------------ simplex mode
@@ -212,24 +213,25 @@ class PeriodicEuclideanFastAttention(EuclideanFastAttention):
         else:
             wc = wl.unsqueeze(1)
         nc = wc.shape[1]
-        vi = verts.detach().to(torch.long)
-        off = int(vi.abs().max().item()) + 1
-        side = 2 * off + 1
-        key = ((vi[..., 0] + off) * side + (vi[..., 1] + off)) * side + (vi[..., 2] + off)  # [B,M,P,4]
-        uniq, inv = torch.unique(key.reshape(-1), sorted=True, return_inverse=True)
-        nu = uniq.shape[0]
-        if (self.simplex_layout == 0 and nu < 4 * m) or self.simplex_layout == 1:
-            # shared layout: one phase per distinct lattice vector
-            nvec = torch.stack([uniq // (side * side) - off, (uniq // side) % side - off, uniq % side - off],
-                               dim=1).to(dt)  # [U,3]
-            ang = (2.0 * math.pi) * torch.einsum("bnd,ud->bnu", frac, nvec).unsqueeze(-1)  # [B,n,U,1]
-            pidx = torch.arange(npair, device=pos.device).view(1, 1, -1, 1).expand(nb, m, npair, 4)
-            bidx = torch.arange(nb, device=pos.device).view(-1, 1, 1, 1).expand(nb, m, npair, 4)
-            tgt = ((bidx * nu + inv.view(nb, m, npair, 4)) * npair + pidx).reshape(-1)  # (b, u, p)
-            src = wc.permute(0, 2, 3, 4, 1).reshape(-1, nc)  # [(b,m,p,v), C]
-            acc = wc.new_zeros(nb * nu * npair, nc).index_add(0, tgt, src)
-            wt = acc.reshape(nb, nu, npair, nc).permute(0, 3, 1, 2)  # [B,C,U,P]
-            return torch.cos(ang), torch.sin(ang), wt
+        if self.simplex_layout != 2:
+            vi = verts.detach().to(torch.long)
+            off = int(vi.abs().max().item()) + 1
+            side = 2 * off + 1
+            key = ((vi[..., 0] + off) * side + (vi[..., 1] + off)) * side + (vi[..., 2] + off)  # [B,M,P,4]
+            uniq, inv = torch.unique(key.reshape(-1), sorted=True, return_inverse=True)
+            nu = uniq.shape[0]
+            if (self.simplex_layout == 0 and nu < 4 * m) or self.simplex_layout == 1:
+                # shared layout: one phase per distinct lattice vector
+                nvec = torch.stack([uniq // (side * side) - off, (uniq // side) % side - off, uniq % side - off],
+                                   dim=1).to(dt)  # [U,3]
+                ang = (2.0 * math.pi) * torch.einsum("bnd,ud->bnu", frac, nvec).unsqueeze(-1)  # [B,n,U,1]
+                pidx = torch.arange(npair, device=pos.device).view(1, 1, -1, 1).expand(nb, m, npair, 4)
+                bidx = torch.arange(nb, device=pos.device).view(-1, 1, 1, 1).expand(nb, m, npair, 4)
+                tgt = ((bidx * nu + inv.view(nb, m, npair, 4)) * npair + pidx).reshape(-1)  # (b, u, p)
+                src = wc.permute(0, 2, 3, 4, 1).reshape(-1, nc)  # [(b,m,p,v), C]
+                acc = wc.new_zeros(nb * nu * npair, nc).index_add(0, tgt, src)
+                wt = acc.reshape(nb, nu, npair, nc).permute(0, 3, 1, 2)  # [B,C,U,P]
+                return torch.cos(ang), torch.sin(ang), wt
         # per-pair layout: J = (m, v) = 4M phases per channel pair
         ang = (2.0 * math.pi) * torch.einsum("bnd,bmpvd->bnmvp", frac, verts).reshape(nb, -1, 4 * m, npair)
         wt = wc.permute(0, 1, 2, 4, 3).reshape(nb, nc, 4 * m, npair)

@@ -4,7 +4,9 @@ It does what the LAMMPS pair style (plugins/lammps/so3krates_model.cpp) does —
 per stage calling ``engine_atoms`` / ``engine_pairs`` forward and their ``*_vjp`` backward, halo
 exchanges between the layers, sums over ranks — but with every rank in one process, so the
 communication is plain indexing (whose autograd adjoint is exactly the reverse communication). Tests
-compare it with the model's own ``forward`` to check the stage protocol independently of LAMMPS.
+compare it with the model's own ``forward`` to check the stage protocol independently of LAMMPS;
+``so3krates export --format pt2`` records the stages' example inputs with it and checks the compiled
+stages (:class:`so3krates.export.pt2_engine.PT2Engine`) against the eager ones.
 
 Decomposition: atoms are owned by the rank of their slab along the first lattice vector (fractional
 coordinate); each rank also holds every periodic image within ``shell`` Å of one of its atoms (ghosts);
@@ -128,16 +130,20 @@ def decompose(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, nranks: 
 
 
 def evaluate(module, positions: np.ndarray, numbers: np.ndarray, cell: np.ndarray, pbc: np.ndarray,
-             nranks: int, charge: float = 0.0, spin: float = 0.0, chunk: int = 7) -> Dict[str, object]:
-    """Energy (eV), forces (eV/Å) and per-atom energies of the exported ``module`` on ``nranks`` ranks."""
+             nranks: int, charge: float = 0.0, spin: float = 0.0, chunk: int = 7,
+             dtype: torch.dtype = torch.float64) -> Dict[str, object]:
+    """Energy (eV), forces (eV/Å) and per-atom energies of the exported ``module`` (parameters in
+    ``dtype``) on ``nranks`` ranks; positions and cell are float64 leaves, cast for the stages."""
     lay = module.engine_layout()
-    cutoff, cutoff_lr = float(module.potential.cutoff), float(module.potential.cutoff_lr)
+    src = module.potential if hasattr(module, "potential") else module  # TorchScript file | pt2 engine
+    cutoff, cutoff_lr = float(src.cutoff), float(src.cutoff_lr)
     long_range = lay["exchange_width"] > 0
     ranks = decompose(positions, cell, pbc, nranks, max(cutoff, cutoff_lr if long_range else 0.0) + 0.5, cutoff,
                       cutoff_lr if long_range else 0.0)
-    dt = torch.float64
-    pos0 = torch.tensor(positions, dtype=dt, requires_grad=True)
-    cell_t = torch.tensor(cell, dtype=dt, requires_grad=True)
+    dt = dtype
+    pos0 = torch.tensor(positions, dtype=torch.float64, requires_grad=True)
+    cell0 = torch.tensor(cell, dtype=torch.float64, requires_grad=True)
+    cell_t = cell0.to(dt)
     pbc_t = torch.tensor(pbc, dtype=torch.bool)
     z_all = torch.tensor(numbers, dtype=torch.long)
     q = torch.tensor([charge], dtype=dt)
@@ -147,7 +153,7 @@ def evaluate(module, positions: np.ndarray, numbers: np.ndarray, cell: np.ndarra
     order = torch.cat([rk.atom[:rk.nlocal] for rk in ranks])
     row_of = torch.empty(n, dtype=torch.long)
     row_of[order] = torch.arange(n)
-    pos = [pos0[rk.atom] + rk.shift @ cell_t for rk in ranks]
+    pos = [(pos0[rk.atom] + rk.shift.to(torch.float64) @ cell0).to(dt) for rk in ranks]
     z = [z_all[rk.atom] for rk in ranks]
     for rk, p, zz in zip(ranks, pos, z):
         module.engine_atoms("check", 0, [p.detach(), zz])
@@ -188,6 +194,6 @@ def evaluate(module, positions: np.ndarray, numbers: np.ndarray, cell: np.ndarra
                              v_lr, chunk)
             energies = energies.index_add(0, rk.atom, e[:, 0])
     energy = energies.sum()
-    g_pos, g_cell = torch.autograd.grad(energy, [pos0, cell_t], allow_unused=True)
+    g_pos, g_cell = torch.autograd.grad(energy, [pos0, cell0], allow_unused=True)
     return {"energy": float(energy.detach()), "forces": -g_pos.numpy(), "atomic_energies": energies.detach().numpy(),
             "dE_dcell": None if g_cell is None else g_cell.numpy()}
