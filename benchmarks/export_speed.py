@@ -1,6 +1,6 @@
 """First-call (warm-up) and steady-state time of exported models (TorchScript, pt2) vs the eager model.
 
-    python benchmarks/export_speed.py [--quick] [--no-pt2] [--checkpoint examples/models/so3krates_demo.ckpt]
+    python benchmarks/export_speed.py [--quick] [--no-pt2] [--no-lammps] [--checkpoint examples/models/so3krates_demo.ckpt]
 
 For each system size (periodic water boxes) and dtype, a fresh subprocess loads the model and
 times energy+forces calls: the first call (TorchScript profiling/optimisation happens here), the
@@ -9,6 +9,9 @@ the So3kratesPotential from the checkpoint; exported = the TorchScript file of `
 pt2 = the torch.export/AOTInductor package of `so3krates export --format pt2` (compiled once per
 dtype before the timings; local models only). Steady state = median of the second half of the
 calls, reported with the min and max of that half (the spread on this noisy machine).
+LAMMPS: MD steps of ``pair_style so3krates`` (1 rank, 1 thread) with the TorchScript file and with
+the pt2 package on the same water box (``benchmarks/_engines.py run_lammps``: ``run 1`` untimed, then
+``run N``; s/step from LAMMPS' loop time).
 Prints a table and writes benchmarks/results/export_speed.json. One thread (OMP_NUM_THREADS=1).
 """
 
@@ -25,6 +28,7 @@ import time
 from pathlib import Path
 
 from _measure import write_json
+import _engines
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CKPT = ROOT / "examples" / "models" / "so3krates_demo.ckpt"
@@ -72,12 +76,32 @@ def worker(args) -> dict:
             "calls": args.calls}
 
 
+def _lammps_rows(files, sizes, dtypes, kinds, tmp, steps) -> list:
+    """MD steps in LAMMPS (1 rank) with the TorchScript file and the pt2 package, same boxes."""
+    from so3krates import systems
+    rows = []
+    for n in sizes:
+        system = systems.water_box(3 * n ** 3)  # TIP3P-geometry water at 1 g/cm³ (OpenMM topology)
+        prep = _engines.prepare(system, os.path.join(tmp, f"lammps_{n}"))
+        for dt in dtypes:
+            for kind, fmt in (("exported", "torchscript"), ("pt2", "pt2")):
+                if kind not in kinds:
+                    continue
+                print(f"LAMMPS {fmt} {dt} {3 * n ** 3} atoms ...", flush=True)
+                res = _engines.run_lammps(prep, files[(kind, dt)], 1, steps, tag=f"_{fmt}_{dt}")
+                rows.append({"format": fmt, "dtype": dt, "size": n, "atoms": system.n_atoms, "steps": steps,
+                             "s_per_step": res.get("s_per_step"), "status": res.get("status")})
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default=str(DEFAULT_CKPT))
     p.add_argument("--quick", action="store_true", help="one small system, float32 only")
     p.add_argument("--calls", type=int, default=16, help="energy+forces calls per run (default 16)")
     p.add_argument("--no-pt2", action="store_true", help="skip the pt2 (AOTInductor) package (compiling takes minutes)")
+    p.add_argument("--no-lammps", action="store_true", help="skip the LAMMPS rows (TorchScript vs pt2 in the pair style)")
+    p.add_argument("--lammps-steps", type=int, default=10, help="timed MD steps per LAMMPS run (default 10)")
     p.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "export_speed.json"))
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--kind", default="exported", help=argparse.SUPPRESS)
@@ -114,6 +138,7 @@ def main(argv=None) -> int:
                    "--checkpoint", args.checkpoint, "--model", files[(kind, dt)], "--calls", str(args.calls)]
             res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
             rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+        lammps_rows = [] if args.no_lammps else _lammps_rows(files, sizes, dtypes, kinds, tmp, args.lammps_steps)
     print(f"\n{'model':9s} {'dtype':8s} {'atoms':>6s} {'load s':>7s} {'1st call s':>10s} {'2nd s':>7s} "
           f"{'3rd s':>7s} {'steady s':>9s} {'(min-max)':>13s} {'1st/steady':>10s}")
     for r in rows:
@@ -129,8 +154,20 @@ def main(argv=None) -> int:
                 key = f"{kind}_{dt}_{3 * n ** 3}"
                 ratios[key] = x["steady_s"] / e["steady_s"]
                 print(f"{kind}/eager steady-state time, {dt}, {3 * n ** 3} atoms: {ratios[key]:.2f}")
+    for r in lammps_rows:
+        print(f"LAMMPS 1 rank {r['format']:11s} {r['dtype']:8s} {r['atoms']:6d} atoms: "
+              + (f"{r['s_per_step']:.3f} s/step" if r.get("s_per_step") else f"failed: {r.get('status')}"))
+    lammps_ratio = {}
+    for n in sizes:
+        for dt in dtypes:
+            pair = {r["format"]: r for r in lammps_rows if r["dtype"] == dt and r["size"] == n}
+            if pair.get("pt2", {}).get("s_per_step") and pair.get("torchscript", {}).get("s_per_step"):
+                key = f"{dt}_{pair['pt2']['atoms']}"
+                lammps_ratio[key] = pair["pt2"]["s_per_step"] / pair["torchscript"]["s_per_step"]
+                print(f"LAMMPS pt2/TorchScript s/step, {dt}, {pair['pt2']['atoms']} atoms: {lammps_ratio[key]:.2f}")
     write_json(args.output, {"benchmark": "export_speed", "checkpoint": args.checkpoint, "threads": 1, "rows": rows,
-                             "over_eager": ratios, "load_average": os.getloadavg()})
+                             "over_eager": ratios, "lammps_rows": lammps_rows, "lammps_pt2_over_torchscript": lammps_ratio,
+                             "load_average": os.getloadavg()})
     print(f"wrote {args.output}")
     return 0
 

@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dispersion cutoff damping width in Å (default 2)")
     c.set_defaults(func=_cmd_convert)
 
-    e = sub.add_parser("export", help="export a checkpoint to one TorchScript file for OpenMM/LAMMPS/ASE")
+    e = sub.add_parser("export", help="export a checkpoint to one TorchScript file (or .pt2 package) for "
+                                      "OpenMM/LAMMPS/ASE")
     e.add_argument("checkpoint", help="checkpoint (.ckpt) from `so3krates train` or `so3krates convert`")
     e.add_argument("-o", "--output", required=True, help="output file (model.pt)")
     e.add_argument("--dtype", choices=["float32", "float64"], default="float32",
@@ -82,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device the file is saved for")
     e.add_argument("--format", choices=["torchscript", "pt2"], default="torchscript",
                    help="torchscript (default: OpenMM TorchForce, LAMMPS, ASE) or pt2 (torch.export + "
-                        "AOTInductor package for local models; ASE and Python; needs the so3krates package)")
+                        "AOTInductor package, every model kind: ASE, OpenMM PythonForce, LAMMPS; compiled for this "
+                        "machine's CPU, float32/float64; 2-5 minutes per model)")
     e.set_defaults(func=_cmd_export)
 
     i = sub.add_parser("info", help="print the metadata of an exported model")

@@ -125,3 +125,24 @@ def test_parity_through_potential_inference_pass(so3lr64, system):
               torch.tensor(atoms.pbc))
     assert abs(float(out["energy"]) - float(ref["energy"])) <= e_tol
     np.testing.assert_allclose(out["forces"].numpy(), ref["forces"], atol=f_tol, rtol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("system", ["dha", "water"])
+def test_parity_through_pt2(so3lr_pt2, system):
+    """The same tolerances through the .pt2 package (torch.export + AOTInductor) of the published weights."""
+    from ase.io import read
+    from so3krates.export.loader import load_exported
+    if system == "dha":
+        atoms, ref = _read_dha(), np.load(_ref_dir() / "tests" / "dha_ase.npz")
+        e_tol, f_tol = 1e-5 + 1e-6 * abs(float(ref["energy"])), 1e-4
+    else:
+        atoms = read(_ref_dir() / "tests" / "water_64.xyz") * [2, 2, 2]
+        ref = np.load(_ref_dir() / "tests" / "water_ase.npz")
+        e_tol, f_tol = 1e-6 * abs(float(ref["energy"])), 5e-4
+    module, meta = load_exported(so3lr_pt2)
+    assert meta["format"] == "pt2"
+    out = module(torch.tensor(atoms.positions), torch.tensor(atoms.numbers), torch.tensor(np.array(atoms.cell)),
+                 torch.tensor(atoms.pbc))
+    assert abs(float(out["energy"]) - float(ref["energy"])) <= e_tol
+    np.testing.assert_allclose(out["forces"].numpy(), ref["forces"], atol=f_tol, rtol=0)

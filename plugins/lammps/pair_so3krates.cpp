@@ -177,8 +177,9 @@ void PairSo3krates::load_model(const std::string &path)
   const std::string &meta = model->metadata_json();
   if (meta.empty())
     error->all(FLERR,
-               "pair_coeff so3krates: '{}' is a TorchScript file but has no so3krates metadata (extra file "
-               "so3krates/metadata.json): not a so3krates export. Export the model with 'so3krates export'",
+               "pair_coeff so3krates: '{}' is a TorchScript file or .pt2 package but has no so3krates metadata "
+               "(so3krates/metadata.json / so3krates_metadata): not a so3krates export. Export the model with "
+               "'so3krates export'",
                model_path);
   read_metadata(meta, model_path);
   try {

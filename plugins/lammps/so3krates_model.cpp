@@ -12,6 +12,7 @@
      E_rank = readout energies + pair energies; one torch::autograd::grad gives dE/dx and dE/dcell. */
 #include "so3krates_model.h"
 
+#include "aoti_backend.h"
 #include "stage_autograd.h"
 #include "stage_backend.h"
 
@@ -122,15 +123,11 @@ void Model::set_num_threads(int n)
   }
 }
 
-static Layout read_layout(torch::jit::Module &m)
+// The engine layout from a lookup of its entries (TorchScript: engine_layout(); .pt2: the
+// "engine_layout" metadata string "num_layers=2;num_features=64;...").
+static Layout read_layout(const std::function<int64_t(const std::string &)> &get)
 {
   Layout lay;
-  auto d = m.run_method("engine_layout").toGenericDict();
-  auto get = [&](const std::string &key) -> int64_t {
-    auto it = d.find(c10::IValue(key));
-    if (it == d.end()) throw std::runtime_error("engine_layout() lacks '" + key + "'");
-    return it->value().toInt();
-  };
   lay.num_layers = static_cast<int>(get("num_layers"));
   lay.num_features = static_cast<int>(get("num_features"));
   lay.feature_width = static_cast<int>(get("feature_width"));
@@ -141,6 +138,61 @@ static Layout read_layout(torch::jit::Module &m)
   lay.zbl = get("zbl") != 0;
   for (int k = 0; k < lay.num_layers; ++k) lay.efa.push_back(get("efa" + std::to_string(k)) != 0);
   return lay;
+}
+
+static Layout read_layout(torch::jit::Module &m)
+{
+  auto d = m.run_method("engine_layout").toGenericDict();
+  return read_layout([&](const std::string &key) -> int64_t {
+    auto it = d.find(c10::IValue(key));
+    if (it == d.end()) throw std::runtime_error("engine_layout() lacks '" + key + "'");
+    return it->value().toInt();
+  });
+}
+
+static Layout read_layout(const std::string &text)
+{
+  std::unordered_map<std::string, int64_t> d;
+  size_t a = 0;
+  while (a < text.size()) {
+    size_t b = text.find(';', a);
+    if (b == std::string::npos) b = text.size();
+    std::string item = text.substr(a, b - a);
+    size_t eq = item.find('=');
+    if (eq != std::string::npos) d[item.substr(0, eq)] = std::stoll(item.substr(eq + 1));
+    a = b + 1;
+  }
+  return read_layout([&](const std::string &key) -> int64_t {
+    auto it = d.find(key);
+    if (it == d.end()) throw std::runtime_error("the package's engine_layout lacks '" + key + "'");
+    return it->second;
+  });
+}
+
+static bool ends_with(const std::string &s, const std::string &tail)
+{
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+
+// A .pt2 package (torch.export + AOTInductor, compiled for the CPU): the AOTIBackend.
+void Model::load_pt2(const std::string &path)
+{
+  if (impl_->device.type() != torch::kCPU)
+    throw std::runtime_error("'" + path + "' is a .pt2 package compiled for the CPU; use 'device cpu', or the "
+                             "TorchScript file (so3krates export CHECKPOINT -o model.pt) on the GPU");
+  // the compiled programs need libtorch.so (the plugin links libtorch_cpu only): load it from the torch
+  // the plugin runs with, so that the programs' dependency resolves to it
+  std::string dir = torch_lib_dir();
+  std::string lib = dir.empty() ? std::string("libtorch.so") : dir + "/libtorch.so";
+  if (!dlopen(lib.c_str(), RTLD_NOW | RTLD_GLOBAL))
+    throw std::runtime_error("cannot load " + lib + " for the .pt2 package '" + path + "' (" + dlerror() + ")");
+  auto backend = std::make_unique<AOTIBackend>(path);
+  const auto &meta = backend->metadata();
+  auto it = meta.find("so3krates_metadata");
+  if (it == meta.end()) return;    // the pair style reports a package without so3krates metadata
+  metadata_ = it->second;
+  layout_ = read_layout(meta.at("engine_layout"));
+  impl_->backend = std::move(backend);
 }
 
 Model::Model(const std::string &path, const std::string &device, int device_index) : impl_(new Impl)
@@ -161,13 +213,17 @@ Model::Model(const std::string &path, const std::string &device, int device_inde
   } else if (device != "cpu") {
     throw std::runtime_error("unknown device '" + device + "' (use cpu or cuda)");
   }
+  if (ends_with(path, ".pt2")) {
+    load_pt2(path);
+    return;
+  }
   std::unordered_map<std::string, std::string> extra{{METADATA_FILE, ""}};
   try {
     impl_->module = torch::jit::load(path, impl_->device, extra);
     impl_->module.eval();
   } catch (const c10::Error &e) {
     throw std::runtime_error("'" + path + "' is not a TorchScript model file (torch::jit::load: " + short_message(e) +
-                             "); export a so3krates model with 'so3krates export'");
+                             "); export a so3krates model with 'so3krates export' (a .pt2 package must be named *.pt2)");
   } catch (const std::exception &e) {
     throw std::runtime_error("'" + path + "' cannot be loaded as TorchScript: " + e.what());
   }

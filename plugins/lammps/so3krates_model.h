@@ -75,14 +75,16 @@ struct Layout {
 class Model {
  public:
   // device: "cpu" or "cuda"; device_index is used for "cuda" only.
-  // Throws std::runtime_error: file not readable, not a TorchScript archive, no metadata,
-  // missing engine methods, no usable CUDA device.
+  // A file named *.pt2 is loaded as a .pt2 package (AOTInductor, CPU only), any other as TorchScript.
+  // Throws std::runtime_error: file not readable, not a TorchScript archive / .pt2 package, missing
+  // engine methods or programs, no usable CUDA device.
   Model(const std::string &path, const std::string &device, int device_index);
   ~Model();
   Model(const Model &) = delete;
   Model &operator=(const Model &) = delete;
 
-  // raw text of the extra file so3krates/metadata.json ("" when absent)
+  // raw text of the so3krates metadata JSON ("" when absent): the extra file so3krates/metadata.json of a
+  // TorchScript file, the AOTInductor metadata "so3krates_metadata" of a .pt2 package
   const std::string &metadata_json() const { return metadata_; }
   const Layout &layout() const { return layout_; }
   // dtype of the model parameters/inputs: "float32" or "float64"
@@ -99,6 +101,7 @@ class Model {
   static bool cuda_available(std::string *why = nullptr);
 
  private:
+  void load_pt2(const std::string &path);
   struct Impl;
   std::unique_ptr<Impl> impl_;
   std::string metadata_;
