@@ -227,6 +227,18 @@ def test_efa_periodic_matches_ase(efa_model, tmp_path, nprocs):
     print(f"EFA periodic, {nprocs} ranks: relative errors {errs}")
 
 
+def test_efa_ranks_without_atoms(efa_model, tmp_path):
+    """EFA (global key-value sums over ranks) + long-range terms with 8 atoms on 8 ranks, half of them
+    crowded into one corner: ranks with 0 and 1 local atoms still join every reduction; exact."""
+    atoms = H.random_box(2, 2.6, seed=11)
+    atoms.positions[:4] = atoms.positions[:4] * 0.45
+    H.write_data(atoms, tmp_path / "sparse.data", ["H", "O"])
+    ref = H.ase_reference(efa_model["dir"] / "efa.pt", atoms)
+    os.symlink(efa_model["dir"] / "efa.pt", tmp_path / "efa.pt")
+    proc = H.run_lmp(tmp_path, H.energy_script("sparse.data", "efa.pt", ["H", "O"]), 8)
+    H.compare(H.parse_results(tmp_path, proc), ref, 1e-8)
+
+
 def test_efa_open_box_matches_ase(efa_model, tmp_path):
     """boundary f f f: the open (Lebedev) EFA on a cluster, 2 ranks, against ASE with pbc = False."""
     atoms = efa_model["atoms"].copy()
