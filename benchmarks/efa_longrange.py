@@ -4,6 +4,9 @@
     python benchmarks/efa_longrange.py --quick    # ~3 min on one CPU core
     python benchmarks/efa_longrange.py --datasets two_atoms --seeds 0 1 2 --steps 300   # custom
     python benchmarks/efa_longrange.py --quick --datasets cluster32 --cutoff 5   # other cutoff
+    # issue 17: the project's long-range sets (examples/data/longrange), direction-dependent EFA
+    python benchmarks/efa_longrange.py --datasets cumulenes charged_dimers --efa-qk-degrees 2 \
+        --with-plain-efa --steps 2000
 
 Two data sets of the EFA paper (Frank et al., arXiv 2412.08541), npz files in ``--data-dir``
 (default ``$SO3KRATES_EFA_DATA`` or ``../shared/reference/efa`` next to the repository):
@@ -25,6 +28,18 @@ more features so that both have (nearly) the same number of parameters; both are
 same split, with the same optimiser/schedule. Test errors are those of ``train_main``'s final test
 evaluation (best checkpoint, EMA weights, float64); for ``two_atoms`` the energy MAE on the test
 pairs beyond the cutoff is reported too.
+
+Three GFN2-xTB sets made by the project (``examples/data/longrange``, README there; open molecules,
+extxyz): ``cumulenes`` (H2C=(C=)n−2CH2, odd n = 3…9, twisted end groups: the energy depends on the
+relative orientation of the two CH2 ends, up to 10 Å apart), ``cumulenes_all`` (n = 3…9, mixed
+parity), ``charged_dimers`` (two like-charged ions / ion + water, 4–16 Å apart) and ``charged_chain``
+(charged ends of an alkyl chain). Both models use the 3 Å cutoff (receptive field 6 Å).
+
+``--efa-qk-degrees L`` gives the EFA model direction-dependent queries/keys (config
+``efa_qk_degrees``, docs/efa.md: without them the EFA kernel depends on pair distances only and
+cannot see the relative orientation of two groups); ``--with-plain-efa`` also trains the EFA model
+without them (``efa_plain``, the "before" row). Parameters are matched to the (directional) EFA
+model.
 
 Prints a table and writes ``benchmarks/results/efa_longrange.json`` (``--quick``:
 ``efa_longrange_quick.json``). :func:`compare` is what ``tests/test_efa_longrange.py`` runs.
@@ -119,6 +134,28 @@ DATASETS: Dict[str, Dict[str, Any]] = {
     },
 }
 
+#: the project's GFN2-xTB long-range sets (extxyz, open molecules; examples/data/longrange/README.md)
+LONGRANGE_DIR = ROOT / "examples" / "data" / "longrange"
+_LR_SIZES = {"quick": {"train": 300, "valid": 50, "test": 200, "steps": 300, "batch_size": 16, "eval_every": 100},
+             "full": {"train": 700, "valid": 100, "test": 200, "steps": 2000, "batch_size": 16, "eval_every": 250}}
+for _name, _file, _what, _maxlen in (
+        ("cumulenes", "cumulenes.extxyz",
+         "H2C=(C=)n-2CH2, odd n = 3..9, end group twisted 0-180 deg (energy depends on the ends' relative "
+         "orientation; ends up to 10.2 Å apart)", 12.0),
+        ("cumulenes_all", "cumulenes_all.extxyz", "as cumulenes with n = 3..9 (mixed parity)", 12.0),
+        ("charged_dimers", "charged_dimers.extxyz",
+         "two like-charged ions (+2/-2) or ion + water, centres 4-16 Å apart", 20.0),
+        ("charged_chain", "charged_chain.extxyz", "charged ends of (CH2)8-12 chains, 5-16 Å apart", 18.0)):
+    DATASETS[_name] = {
+        "file": _file, "dir": str(LONGRANGE_DIR), "what": _what,
+        "cutoff": 3.0,  # receptive field 2 x 3 = 6 Å
+        "feature_step": math.lcm(int(BASE_MODEL["num_heads"]), len(BASE_MODEL["degrees"])),
+        "efa_max_length": _maxlen,  # >= the largest atom-atom distance
+        "loss_weights": dict(CLUSTER_LOSS_WEIGHTS),  # per-atom energy MSE x 1 + force MSE x 10
+        "energy_loss": "per_atom",
+        "quick": dict(_LR_SIZES["quick"]), "full": dict(_LR_SIZES["full"]),
+    }
+
 TRAINING: Dict[str, Any] = {
     "optimizer": "amsgrad",
     "lr": 2.0e-3,
@@ -146,8 +183,9 @@ def default_data_dir() -> Path:
 # Models
 # --------------------------------------------------------------------------------------------
 def model_config(dataset: str, efa: bool, num_features: Optional[int] = None,
-                 cutoff: Optional[float] = None) -> Dict[str, Any]:
-    """``model:`` section of the training config (So3kratesConfig fields)."""
+                 cutoff: Optional[float] = None, qk_degrees: int = 0) -> Dict[str, Any]:
+    """``model:`` section of the training config (So3kratesConfig fields); ``qk_degrees``: the EFA
+    model's ``efa_qk_degrees`` (direction-dependent queries/keys, 0 = off)."""
     ds = DATASETS[dataset]
     m = copy.deepcopy(BASE_MODEL)
     m["cutoff"] = float(ds["cutoff"] if cutoff is None else cutoff)
@@ -158,6 +196,8 @@ def model_config(dataset: str, efa: bool, num_features: Optional[int] = None,
         m.update(copy.deepcopy(EFA))
         m["efa_layers"] = [True] * int(m["num_layers"])
         m["efa_max_length"] = float(ds["efa_max_length"])
+        if qk_degrees:
+            m["efa_qk_degrees"] = int(qk_degrees)
     return m
 
 
@@ -169,11 +209,13 @@ def count_parameters(model_cfg: Dict[str, Any], species: List[int]) -> int:
     return int(sum(p.numel() for p in So3krates(cfg).parameters()))
 
 
-def matched_local_features(dataset: str, species: List[int]) -> Dict[str, Any]:
+def matched_local_features(dataset: str, species: List[int], qk_degrees: int = 0) -> Dict[str, Any]:
     """num_features of the local model whose parameter count is closest to the EFA model's
     (the parameter count does not depend on the cutoff)."""
-    p_efa = count_parameters(model_config(dataset, True), species)
-    step = int(BASE_MODEL["num_heads"]) * len(BASE_MODEL["degrees"])
+    p_efa = count_parameters(model_config(dataset, True, qk_degrees=qk_degrees), species)
+    # candidate widths: multiples of num_heads·len(degrees) (the paper's sets, as before), or of the smallest
+    # allowed step lcm(num_heads, len(degrees)) where the data set asks for it (matching within ±5 %)
+    step = int(DATASETS[dataset].get("feature_step", int(BASE_MODEL["num_heads"]) * len(BASE_MODEL["degrees"])))
     f0 = int(BASE_MODEL["num_features"])
     best = None
     for f in range(f0, 4 * f0 + 1, step):
@@ -191,6 +233,11 @@ def matched_local_features(dataset: str, species: List[int]) -> Dict[str, Any]:
 def _species(path: Path) -> List[int]:
     import numpy as np
 
+    if path.suffix != ".npz":
+        from ase.io import iread
+
+        return sorted({int(z) for a in iread(str(path), index=":") for z in a.numbers})
+
     with np.load(path) as d:
         z = np.asarray(d["atomic_numbers"]).astype(int)
         if "node_mask" in d.files:
@@ -198,10 +245,19 @@ def _species(path: Path) -> List[int]:
     return sorted(int(v) for v in np.unique(z) if v > 0)
 
 
+def dataset_path(dataset: str, data_dir: Optional[Path]) -> Path:
+    """The file of ``dataset``: the project's long-range sets live in examples/data/longrange, the EFA
+    paper's npz files in ``data_dir``."""
+    ds = DATASETS[dataset]
+    if "dir" in ds:
+        return Path(ds["dir"]) / ds["file"]
+    return Path(data_dir if data_dir is not None else default_data_dir()) / ds["file"]
+
+
 def train_one(dataset: str, efa: bool, seed: int, mode: str, run_dir: Path, data_dir: Path,
               steps: Optional[int] = None, num_features: Optional[int] = None,
               progress: bool = True, lr: Optional[float] = None,
-              cutoff: Optional[float] = None) -> Dict[str, Any]:
+              cutoff: Optional[float] = None, qk_degrees: int = 0) -> Dict[str, Any]:
     """Train one model with ``train_main``; returns test metrics, parameter count, wall time."""
     from so3krates.potential.train.trainer import train_main
 
@@ -217,8 +273,8 @@ def train_one(dataset: str, efa: bool, seed: int, mode: str, run_dir: Path, data
     cfg = {
         "run_dir": str(run_dir),
         "seed": int(seed),
-        "model": model_config(dataset, efa, num_features, cutoff),
-        "data": {"path": str(data_dir / ds["file"]),
+        "model": model_config(dataset, efa, num_features, cutoff, qk_degrees),
+        "data": {"path": str(dataset_path(dataset, data_dir)),
                  # same split for both models and every seed (the model seed varies)
                  "split": {"train": int(sz["train"]), "valid": int(sz["valid"]), "test": int(sz["test"]), "seed": 0}},
         "normalization": {"energy_shifts": "fit", "force_scale": "fit"},
@@ -234,6 +290,7 @@ def train_one(dataset: str, efa: bool, seed: int, mode: str, run_dir: Path, data
     test = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     test["paper_loss"] = paper_loss(test)
     out = {
+        "efa_qk_degrees": int(getattr(model.config, "efa_qk_degrees", 0)) if efa else None,
         "params": int(sum(p.numel() for p in model.parameters())),
         "num_features": int(model.config.num_features),
         "steps": n_steps,
@@ -241,6 +298,8 @@ def train_one(dataset: str, efa: bool, seed: int, mode: str, run_dir: Path, data
         "cpu_s": round(cpu, 1),
         "test": test,
     }
+    if dataset == "charged_dimers":
+        out["test_dimer"] = dimer_errors(model, dataset_path(dataset, data_dir), sz)
     if dataset == "two_atoms":
         rc = float(model.config.cutoff)
         out["test_beyond_cutoff"] = _pair_distance_errors(model, data_dir / ds["file"], sz, rc, True)
@@ -253,6 +312,39 @@ def paper_loss(test: Dict[str, float]) -> float:
     F per component, eV/Å; = the reference trainer's ``loss`` for equal-size structures)."""
     return PAPER_LOSS_WEIGHTS["energy"] * float(test["energy_rmse"]) ** 2 + \
         PAPER_LOSS_WEIGHTS["forces"] * float(test["forces_rmse"]) ** 2
+
+
+def dimer_errors(model, path: Path, sz: Dict[str, Any], receptive_field: float = 6.0) -> Dict[str, float]:
+    """Charged dimers (test split): MAE per component of the net force on molecule A (the first
+    ``n_first`` atoms: the intermolecular force, eV/Å) and the energy MAE of the frames whose closest
+    intermolecular pair is beyond ``receptive_field`` Å (``min_distance``)."""
+    import numpy as np
+    import torch
+    from ase.io import read
+
+    from so3krates.potential.train.evaluate import evaluate_frames
+    from so3krates.potential.train.frames import read_frames
+    from so3krates.potential.train.neighbor_lists import attach_neighbors
+    from so3krates.potential.train.splits import split_indices
+
+    frames = read_frames(path)
+    atoms = read(str(path), ":")
+    idx = split_indices(len(frames), train=int(sz["train"]), valid=int(sz["valid"]), test=int(sz["test"]), seed=0)["test"]
+    test = [frames[i] for i in idx]
+    attach_neighbors(test, float(model.config.cutoff), None, False, False)
+    model = model.to(dtype=torch.float64)
+    _, preds = evaluate_frames(model, test, 100, torch.float64, "cpu", None, "total", progress=False,
+                               return_predictions=True)
+    dnet, de_far = [], []
+    for i, p in zip(idx, preds):
+        a = atoms[i]
+        n1 = int(a.info["n_first"])
+        dnet.append(p["forces"][:n1].sum(0) - a.get_forces()[:n1].sum(0))
+        if float(a.info["min_distance"]) > receptive_field:
+            de_far.append(p["energy"] - a.get_potential_energy())
+    return {"net_force_mae": float(np.abs(np.array(dnet)).mean()),
+            "energy_mae_beyond_receptive_field": float(np.abs(np.array(de_far)).mean()) if de_far else float("nan"),
+            "num_frames_beyond_receptive_field": len(de_far), "receptive_field": receptive_field}
 
 
 def _pair_distance_errors(model, path: Path, sz: Dict[str, Any], cutoff: float, beyond: bool) -> Dict[str, float]:
@@ -285,11 +377,13 @@ def _pair_distance_errors(model, path: Path, sz: Dict[str, Any], cutoff: float, 
 def compare(dataset: str, seed: int = 0, mode: str = "quick", workdir: Optional[Path] = None,
             data_dir: Optional[Path] = None, steps: Optional[int] = None, progress: bool = True,
             match_parameters: bool = True, lr: Optional[float] = None, cutoff: Optional[float] = None,
-            log=print) -> Dict[str, Any]:
+            log=print, qk_degrees: int = 0, with_plain_efa: bool = False) -> Dict[str, Any]:
     """Train the local and the EFA model on ``dataset`` (same seed, steps, split) and return both
-    results and the error ratios local/EFA."""
+    results and the error ratios local/EFA. ``qk_degrees``: the EFA model's ``efa_qk_degrees``;
+    ``with_plain_efa``: also train the EFA model without direction-dependent queries/keys
+    (``res["efa_plain"]``, ratios ``*_plain``)."""
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
-    path = data_dir / DATASETS[dataset]["file"]
+    path = dataset_path(dataset, data_dir)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found; pass --data-dir (or set SO3KRATES_EFA_DATA) to the folder "
                                 "with the EFA paper's npz files")
@@ -298,17 +392,20 @@ def compare(dataset: str, seed: int = 0, mode: str = "quick", workdir: Optional[
         tmp = tempfile.TemporaryDirectory(prefix="efa_longrange_")
         workdir = Path(tmp.name)
     species = _species(path)
-    match = matched_local_features(dataset, species) if match_parameters else \
+    match = matched_local_features(dataset, species, qk_degrees) if match_parameters else \
         {"num_features": BASE_MODEL["num_features"]}
     rc = float(DATASETS[dataset]["cutoff"] if cutoff is None else cutoff)
     res: Dict[str, Any] = {"dataset": dataset, "file": DATASETS[dataset]["file"], "seed": seed, "mode": mode,
                            "cutoff": rc, "receptive_field": rc * BASE_MODEL["num_layers"],
-                           "efa_max_length": DATASETS[dataset]["efa_max_length"]}
+                           "efa_max_length": DATASETS[dataset]["efa_max_length"], "efa_qk_degrees": int(qk_degrees)}
+    runs = [("local", False, match["num_features"], 0), ("efa", True, None, int(qk_degrees))]
+    if with_plain_efa and qk_degrees:
+        runs.append(("efa_plain", True, None, 0))
     try:
-        for name, efa, nf in (("local", False, match["num_features"]), ("efa", True, None)):
+        for name, efa, nf, qd in runs:
             log(f"[efa_longrange] {dataset} seed {seed}: training {name} model ...")
             r = train_one(dataset, efa, seed, mode, Path(workdir) / f"{dataset}_{name}_s{seed}", data_dir,
-                          steps=steps, num_features=nf, progress=progress, lr=lr, cutoff=cutoff)
+                          steps=steps, num_features=nf, progress=progress, lr=lr, cutoff=cutoff, qk_degrees=qd)
             log(f"[efa_longrange] {dataset} seed {seed} {name}: {r['params']} params, {r['wall_s']} s, "
                 f"test E MAE {r['test']['energy_mae']:.4g} eV, F MAE {r['test']['forces_mae']:.4g} eV/Å")
             res[name] = r
@@ -320,6 +417,15 @@ def compare(dataset: str, seed: int = 0, mode: str = "quick", workdir: Optional[
         a, b = res["local"]["test"].get(key), res["efa"]["test"].get(key)
         if a is not None and b:
             ratios[key] = a / b
+        if "efa_plain" in res:
+            c = res["efa_plain"]["test"].get(key)
+            if a is not None and c:
+                ratios[key + "_plain"] = a / c
+    if "test_dimer" in res["efa"]:
+        for key in ("net_force_mae", "energy_mae_beyond_receptive_field"):
+            ratios["dimer_" + key] = res["local"]["test_dimer"][key] / res["efa"]["test_dimer"][key]
+            if "efa_plain" in res:
+                ratios["dimer_" + key + "_plain"] = res["local"]["test_dimer"][key] / res["efa_plain"]["test_dimer"][key]
     for part in ("beyond", "within"):
         if f"test_{part}_cutoff" in res["efa"]:
             a, b = res["local"][f"test_{part}_cutoff"], res["efa"][f"test_{part}_cutoff"]
@@ -348,11 +454,15 @@ def _table(results: List[Dict[str, Any]]) -> str:
     lines = [head, "-" * len(head)]
     nan = float("nan")
     for r in results:
-        for name in ("local", "efa"):
+        for name in ("local", "efa_plain", "efa"):
+            if name not in r:
+                continue
             m = r[name]
             t = m["test"]
             far = m.get("test_beyond_cutoff", {})
-            lines.append(f"{r['dataset']:<13} {r['seed']:>4} {name:<6} {m['params']:>7} {m['steps']:>6} "
+            label = name if name == "local" or not m.get("efa_qk_degrees") else f"efa_L{m['efa_qk_degrees']}"
+            label = "efa_L0" if name == "efa_plain" or (name == "efa" and not m.get("efa_qk_degrees")) else label
+            lines.append(f"{r['dataset']:<13} {r['seed']:>4} {label:<6} {m['params']:>7} {m['steps']:>6} "
                          f"{m['wall_s']:>7.1f} {t['paper_loss']:>10.3g} {t['energy_mae']:>10.4g} "
                          f"{t['energy_rmse']:>10.4g} {t['forces_mae']:>10.4g} {t['forces_rmse']:>10.4g} "
                          f"{format(far['paper_loss'], '.3g') if far else '-':>10} "
@@ -365,6 +475,12 @@ def _table(results: List[Dict[str, Any]]) -> str:
                      f"{q.get('forces_mae', nan):>10.3g} {q.get('forces_rmse', nan):>10.3g} "
                      f"{format(far_l, '.3g') if far_l is not None else '-':>10} "
                      f"{format(far_e, '.3g') if far_e is not None else '-':>11}")
+        if "dimer_net_force_mae" in q:
+            parts = [f"{name}: net force on A MAE {r[name]['test_dimer']['net_force_mae']:.4g} eV/Å, E MAE beyond "
+                     f"{r[name]['test_dimer']['receptive_field']:g} Å {r[name]['test_dimer']['energy_mae_beyond_receptive_field']:.4g} eV"
+                     for name in ("local", "efa_plain", "efa") if name in r and "test_dimer" in r[name]]
+            lines.append(f"{'':<13} dimers: " + "; ".join(parts) +
+                         f"; ratio net force {q['dimer_net_force_mae']:.3g}, E beyond {q['dimer_energy_mae_beyond_receptive_field']:.3g}")
         v = r["verdict"]
         msg = (f"{'':<13} verdict: loss ratio {v['ratio']:.3g} "
                f"{'>=' if v['meets_expectation'] else '<'} {v['expected_min']:g} (issue's expectation) -> "
@@ -374,8 +490,9 @@ def _table(results: List[Dict[str, Any]]) -> str:
                     f"{'MEETS' if v['meets_expectation_beyond_cutoff'] else 'BELOW'}")
         lines.append(msg)
     lines.append("units: E eV (per structure), F eV/Å (per component); loss = 0.01·E_RMSE² + 0.99·F_RMSE² "
-                 "(the EFA paper's); ratio = local / EFA (> 1: EFA better); r>rc: two-atom test pairs beyond "
-                 "the local cutoff")
+                 "(the EFA paper's); ratio = local / EFA (> 1: EFA better; EFA = the last EFA row); r>rc: two-atom "
+                 "test pairs beyond the local cutoff; efa_L0: EFA without direction-dependent queries/keys, "
+                 "efa_L<L>: efa_qk_degrees = L")
     return "\n".join(lines)
 
 
@@ -391,6 +508,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--cutoff", type=float, default=None,
                     help="override the local cutoff (Å) of both models (default per data set)")
     ap.add_argument("--no-match", action="store_true", help="same num_features for both (no parameter matching)")
+    ap.add_argument("--efa-qk-degrees", type=int, default=0,
+                    help="efa_qk_degrees of the EFA model (direction-dependent queries/keys; 0 = off, default)")
+    ap.add_argument("--efa-grid", type=int, default=None,
+                    help=f"Lebedev grid of the EFA models (default {EFA['efa_grid']}); efa_max_frequency follows "
+                         "the grid's limit")
+    ap.add_argument("--energy-loss", choices=["per_atom", "total"], default=None,
+                    help="training energy loss of every model (default per data set: per_atom for the clusters "
+                         "and the long-range sets, total for two_atoms); total weights the energy n_atoms² more")
+    ap.add_argument("--with-plain-efa", action="store_true",
+                    help="with --efa-qk-degrees: also train the EFA model without them (the 'before' row)")
     ap.add_argument("--data-dir", type=Path, default=None)
     ap.add_argument("--workdir", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
     ap.add_argument("--threads", type=int, default=1)
@@ -401,9 +528,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     import torch
 
     torch.set_num_threads(int(args.threads))
+    if args.efa_grid is not None:
+        from so3krates.potential.nn import lebedev
+
+        EFA["efa_grid"] = int(args.efa_grid)
+        EFA["efa_max_frequency"] = float(lebedev.max_frequency(int(args.efa_grid)))
     mode = "quick" if args.quick else "full"
     if args.datasets is None:
         args.datasets = ["cluster32", "two_atoms"] if args.quick else ["cluster32", "two_atoms", "cluster32_rc5"]
+    if args.energy_loss is not None:
+        for ds in args.datasets:
+            DATASETS[ds]["energy_loss"] = args.energy_loss
     out_path = args.output or (RESULTS / ("efa_longrange_quick.json" if args.quick else "efa_longrange.json"))
     t0, c0 = time.perf_counter(), time.process_time()
     results = []
@@ -432,7 +567,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         for seed in args.seeds:
             results.append(compare(ds, seed=seed, mode=mode, workdir=args.workdir, data_dir=args.data_dir,
                                    steps=args.steps, progress=not args.no_progress,
-                                   match_parameters=not args.no_match, lr=args.lr, cutoff=args.cutoff))
+                                   match_parameters=not args.no_match, lr=args.lr, cutoff=args.cutoff,
+                                   qk_degrees=args.efa_qk_degrees, with_plain_efa=args.with_plain_efa))
             out_path.write_text(json.dumps(payload(), indent=1))  # partial results survive an interruption
     table = _table(results)
     print()

@@ -77,6 +77,9 @@ class So3kratesConfig:
     efa_periodic_mode: str = "simplex"  # periodic boxes: simplex (linear cost) | kshell (exact k-space shells)
     efa_periodic_kcut: Optional[float] = None  # 1/Å, kshell mode only
     efa_periodic_width: Optional[float] = None  # 1/Å, kshell mode only
+    # direction-dependent EFA queries/keys from the layer's Euclidean variables of degrees 1..L (0 = off:
+    # the kernel then depends on |r_j - r_i| only; docs/efa.md); open systems only
+    efa_qk_degrees: int = 0
     # --- metadata: elements the model was trained on (atomic numbers)
     species: Optional[List[int]] = None
 
@@ -119,6 +122,14 @@ class So3kratesConfig:
             raise ValueError(f"efa_periodic_mode={self.efa_periodic_mode!r} is unknown; use one of "
                              f"{_EFA_PERIODIC_MODES} (simplex: linear cost, any box; kshell: exact "
                              "k-space shells, cost grows with the cell volume)")
+        if int(self.efa_qk_degrees) < 0 or int(self.efa_qk_degrees) > 4:
+            raise ValueError(f"efa_qk_degrees={self.efa_qk_degrees} must be 0 (off) or 1..4")
+        if int(self.efa_qk_degrees) > 0:
+            missing = [l for l in range(1, int(self.efa_qk_degrees) + 1) if l not in self.degrees]
+            if missing:
+                raise ValueError(f"efa_qk_degrees={self.efa_qk_degrees} needs the Euclidean variables of degrees "
+                                 f"1..{self.efa_qk_degrees} but degrees={self.degrees} lacks {missing}; lower "
+                                 "efa_qk_degrees or add them to degrees")
         if self.species is not None and any(z < 1 or z > self.zmax for z in self.species):
             raise ValueError(f"species {self.species} must be atomic numbers in 1..{self.zmax}")
         if self.cutoff <= 0:

@@ -73,6 +73,8 @@ class So3krates(StageGradients):
         self.efa_layers: List[bool] = [bool(config.efa_layers[k]) if k < len(config.efa_layers) else False
                                        for k in range(self.num_layers)]
         self.has_efa: bool = any(self.efa_layers)
+        # direction-dependent EFA queries/keys (degrees 1..L of the layer's input ev); 0 = off
+        self.efa_qk_degrees: int = int(config.efa_qk_degrees) if self.has_efa else 0
         # forward forms each EFA layer's key-value sums first (efa_sums) and updates from them, as the
         # engines do; one graph only. Set by ahead-of-time compilation (so3krates.export.pt2): that
         # path has no data-dependent shapes. Same values as the default path up to rounding.
@@ -213,11 +215,25 @@ class So3krates(StageGradients):
     @torch.jit.export
     def efa_sums(self, k: int, x: Tensor, positions: Tensor, cell: Tensor, pbc: Tensor) -> Tensor:
         """Key-value sums of layer ``k``'s Euclidean fast attention over the given atoms (one graph;
-        empty without EFA in that layer). Engines sum them over all ranks and pass the total to ``update``."""
+        empty without EFA in that layer). Engines sum them over all ranks and pass the total to ``update``.
+        Models with ``efa_qk_degrees`` > 0 need the atoms' Euclidean variables: :meth:`efa_sums_ev`
+        (this method raises ValueError for them)."""
         out = torch.zeros(0, dtype=x.dtype, device=x.device)
         for i, layer in enumerate(self.layers):
             if i == k:
                 out = layer.efa.global_sums(x, positions, cell, pbc)
+        return out
+
+    @torch.jit.export
+    def efa_sums_ev(self, k: int, x: Tensor, ev: Tensor, positions: Tensor, cell: Tensor, pbc: Tensor) -> Tensor:
+        """:meth:`efa_sums` with the atoms' Euclidean variables ``ev`` [N, m_tot] at the layer's input, which
+        direction-dependent queries/keys (``efa_qk_degrees`` > 0) read: the keys ``k_j(u_m)`` are still
+        per-atom, so the sums still add over ranks (an engine passes the ev part of its feature rows).
+        Equals :meth:`efa_sums` for models without them."""
+        out = torch.zeros(0, dtype=x.dtype, device=x.device)
+        for i, layer in enumerate(self.layers):
+            if i == k:
+                out = layer.efa.global_sums(x, positions, cell, pbc, ev)
         return out
 
     @torch.jit.export
@@ -328,7 +344,10 @@ class So3krates(StageGradients):
             x_att, ev_att = self.messages(k, x, ev, edge_vectors, idx_i, idx_j, -1)
             sums: Optional[Tensor] = None
             if self.efa_global_sums and num_graphs == 1 and self.efa_layers[k]:
-                sums = self.efa_sums(k, x, positions, cell, pbc)
+                if self.efa_qk_degrees > 0:
+                    sums = self.efa_sums_ev(k, x, ev, positions, cell, pbc)
+                else:
+                    sums = self.efa_sums(k, x, positions, cell, pbc)
             x, ev = self.update(k, x, ev, x_att, ev_att, positions, batch, num_graphs, cell, pbc, sums)
         energy, lr_raw, sums = self.readout(x, z, batch, num_graphs)
         lr = self.long_range_values(lr_raw, sums, total_charge, batch)

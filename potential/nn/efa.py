@@ -20,6 +20,15 @@ invariant up to the grid accuracy, see ``lebedev.kernel_quadrature_error``: ≈ 
 absolute kernel error for ``ω r <= b_max(grid)``). No N×N matrix is ever formed: the cost is
 O(N · M · H · d_qk · d_v) per layer.
 
+With invariant q, k the sphere average leaves a kernel of |r_j − r_i| only: it cannot compare the
+orientations of two atoms' environments (e.g. the two ends of a cumulene). ``qk_degrees`` = L > 0
+(config ``efa_qk_degrees``) adds direction-dependent terms from per-atom equivariant features
+``env`` (the model's Euclidean variables ev): ``q_i(u_m) = act(W_q h_i) + Σ_l s_i^l(u_m)(A_q^l h_i +
+a_q^l)`` with ``s_i^l(u) = Σ_μ env_i^{lμ} Y_lμ(u)``, keys alike (``_init_directional``). They are
+still per-atom, per-grid-point quantities, so the cost stays linear and the key-value sums still
+add over atoms (``global_sums``); rotation invariance holds to the grid accuracy (the integrand's
+angular degree grows by ≤ 2L). Open systems only (docs/efa.md).
+
 Degree-1 (equivariant) outputs
 ------------------------------
 ``forward_vectors`` also returns a vector update ``[N, 3, C]``: (i) the "tensor integration" of
@@ -98,11 +107,16 @@ def _unpad(x: Tensor, flat: Tensor, num_graphs: int) -> Tensor:
 
 
 def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """ERoPE: rotate channel pairs. x [B,n,H,P,2]; cos/sin [B,n,M,P or 1] -> [B,n,M,H,2P]."""
+    """ERoPE: rotate channel pairs. x [B,n,H,P,2] (the same query/key for every direction) or
+    [B,n,M,H,P,2] (direction-dependent, ``qk_degrees`` > 0); cos/sin [B,n,M,P or 1] -> [B,n,M,H,2P]."""
     c = cos.unsqueeze(3)
     s = sin.unsqueeze(3)
-    a = x[..., 0].unsqueeze(2)
-    b = x[..., 1].unsqueeze(2)
+    if x.dim() == 6:
+        a = x[..., 0]
+        b = x[..., 1]
+    else:
+        a = x[..., 0].unsqueeze(2)
+        b = x[..., 1].unsqueeze(2)
     out = torch.stack([a * c - b * s, b * c + a * s], dim=-1)  # [B,n,M,H,P,2]
     return out.flatten(-2)
 
@@ -191,7 +205,7 @@ def _query_rotated(q: Tensor, kv: Tensor, cos: Tensor, sin: Tensor, wc: Tensor) 
     n = qr.shape[1]
     nj = qr.shape[2]
     nh = qr.shape[3]
-    npair = q.shape[3]
+    npair = qr.shape[4] // 2
     nv = kv.shape[3]
     nc = wc.shape[1]
     w = wc.permute(0, 2, 3, 1)  # [B|1,J,P,C]
@@ -221,6 +235,10 @@ class EuclideanFastAttention(ExactConstants):
         trainable_frequencies: make ω_f a parameter (the reference keeps them fixed).
         qk_activation: activation of queries and keys before the phases: "identity" (the reference
             module's default), "gelu" (what the paper's experiments use; exact erf form) or "silu".
+        qk_degrees: L, direction-dependent queries/keys from degrees 1..L of ``env`` (0: off, the
+            module is exactly the plain one). ``forward``/``global_sums``/... then need ``env``.
+        env_degrees: degrees of the ``env`` layout (``spherical_harmonics`` order; the model's
+            ``degrees``); must contain 1..L.
 
     ``forward(h [N,F], positions [N,3] Å, batch [N] long, num_graphs) -> [N,F]``.
     """
@@ -230,7 +248,8 @@ class EuclideanFastAttention(ExactConstants):
                  max_frequency: Optional[float] = None, max_length: float = 10.0,
                  include_vectors: bool = False, num_vector_features: Optional[int] = None,
                  vector_input_features: int = 0, trainable_frequencies: bool = False,
-                 qk_activation: str = "identity"):
+                 qk_activation: str = "identity", qk_degrees: int = 0,
+                 env_degrees: Optional[List[int]] = None):
         super().__init__()
         qk_features = num_features if qk_features is None else int(qk_features)
         v_features = num_features if v_features is None else int(v_features)
@@ -299,9 +318,70 @@ class EuclideanFastAttention(ExactConstants):
         u, w = lebedev.lebedev_grid(grid)
         self.register_constant("grid_u", u, persistent=True)
         self.register_constant("grid_w", w, persistent=True)
+        self._init_directional(int(qk_degrees), env_degrees, u, qk_features)
+
+    def _init_directional(self, qk_degrees: int, env_degrees: Optional[List[int]], u, qk_features: int) -> None:
+        """Direction-dependent queries/keys (``qk_degrees`` = L > 0, config ``efa_qk_degrees``).
+
+        ``env`` [N, sum(2l+1)] are per-atom equivariant features laid out as ``spherical_harmonics``
+        for the degrees ``env_degrees`` (the model passes its Euclidean variables ``ev``). Their
+        degrees 1..L are contracted with the real spherical harmonics of every grid direction,
+        ``s_i^l(u_m) = Σ_μ env_i^{lμ} Y_lμ(u_m)`` (a rotation-invariant function of the pair
+        (environment, direction)), and mixed into the queries/keys with per-atom invariant
+        coefficients: ``q_i(u_m) = act(W_q h_i) + Σ_l s_i^l(u_m) (A_q^l h_i + a_q^l)`` (keys alike).
+        Off (L = 0): no parameters or buffers that change the state dict, and the computation is
+        exactly the non-directional one."""
+        self.qk_degrees: int = qk_degrees
+        if qk_degrees < 0:
+            raise ValueError(f"efa_qk_degrees must be >= 0, got {qk_degrees}")
+        if qk_degrees == 0:
+            self.q_dir = nn.Identity()
+            self.k_dir = nn.Identity()
+            self.register_buffer("qk_sh", torch.zeros(0, 0), persistent=False)
+            self.register_buffer("qk_env_index", torch.zeros(0, dtype=torch.long), persistent=False)
+            self.register_buffer("qk_sh_degree", torch.zeros(0, 0), persistent=False)
+            return
+        from .basis import spherical_harmonics
+
+        env = [int(d) for d in (env_degrees or [])]
+        missing = [l for l in range(1, qk_degrees + 1) if l not in env]
+        if missing:
+            raise ValueError(f"efa_qk_degrees={qk_degrees} needs the Euclidean variables of degrees 1..{qk_degrees}, "
+                             f"but the model's degrees are {env} (missing {missing}); lower efa_qk_degrees or add "
+                             f"the degrees to `degrees`")
+        used = list(range(1, qk_degrees + 1))
+        index: List[int] = []
+        start = 0
+        for l in env:
+            if l in used:
+                index.extend(range(start, start + 2 * l + 1))
+            start += 2 * l + 1
+        sh = spherical_harmonics(torch.as_tensor(u, dtype=torch.float64), used)  # [M, Σ(2l+1)]
+        onehot = torch.zeros(sh.shape[1], len(used), dtype=torch.float64)
+        c = 0
+        for a, l in enumerate(used):
+            onehot[c:c + 2 * l + 1, a] = 1.0
+            c += 2 * l + 1
+        self.register_constant("qk_sh", sh, persistent=False)
+        self.register_buffer("qk_env_index", torch.tensor(index, dtype=torch.long), persistent=False)
+        self.register_constant("qk_sh_degree", onehot, persistent=False)
+        self.q_dir = nn.Linear(self.num_features, qk_degrees * qk_features)
+        self.k_dir = nn.Linear(self.num_features, qk_degrees * qk_features)
 
     # ----------------------------------------------------------------------------- pieces
-    def _qkv(self, h: Tensor, vectors: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+    def _directional_fields(self, env: Optional[Tensor], n: int) -> Tensor:
+        """``s_i^l(u_m)`` [N, M, L]: degree-l parts of ``env`` contracted with Y_l(u_m)."""
+        if env is None:
+            raise ValueError("this EFA has direction-dependent queries/keys (efa_qk_degrees > 0) and needs the "
+                             "atoms' Euclidean variables: pass env/ev (engines: the ev part of the feature rows)")
+        if env.dim() != 2 or env.shape[0] != n:
+            raise ValueError("env must have shape [N, sum(2l+1)] (the model's Euclidean variables ev)")
+        e = env.index_select(1, self.qk_env_index)  # [N, Σ(2l+1)]
+        y = self.qk_sh.to(env.dtype)  # [M, Σ(2l+1)]
+        return torch.matmul(e.unsqueeze(1) * y.unsqueeze(0), self.qk_sh_degree.to(env.dtype))
+
+    def _qkv(self, h: Tensor, vectors: Optional[Tensor],
+             env: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
         n = h.shape[0]
         q = self.q(h)
         k = self.k(h)
@@ -311,9 +391,21 @@ class EuclideanFastAttention(ExactConstants):
         elif self.qk_act == 2:
             q = torch.nn.functional.gelu(q)
             k = torch.nn.functional.gelu(k)
-        q = q * (1.0 / math.sqrt(self.d_qk))
-        q = q.reshape(n, self.num_heads, self.d_qk // 2, 2)
-        k = k.reshape(n, self.num_heads, self.d_qk // 2, 2)
+        if self.qk_degrees > 0:
+            # direction-dependent queries/keys [N, M, qk]: per atom and grid point (linear cost)
+            s = self._directional_fields(env, n)  # [N, M, L]
+            nqk = self.num_heads * self.d_qk
+            aq = self.q_dir(h).reshape(n, self.qk_degrees, nqk)
+            ak = self.k_dir(h).reshape(n, self.qk_degrees, nqk)
+            q = q.unsqueeze(1) + torch.bmm(s, aq)
+            k = k.unsqueeze(1) + torch.bmm(s, ak)
+            q = q * (1.0 / math.sqrt(self.d_qk))
+            q = q.reshape(n, q.shape[1], self.num_heads, self.d_qk // 2, 2)
+            k = k.reshape(n, k.shape[1], self.num_heads, self.d_qk // 2, 2)
+        else:
+            q = q * (1.0 / math.sqrt(self.d_qk))
+            q = q.reshape(n, self.num_heads, self.d_qk // 2, 2)
+            k = k.reshape(n, self.num_heads, self.d_qk // 2, 2)
         v = self.v(h).reshape(n, self.num_heads, self.d_v)
         if self.c_v > 0:
             if vectors is None:
@@ -370,7 +462,7 @@ class EuclideanFastAttention(ExactConstants):
         """Linear order with rotated queries/keys (half the flops) unless the phases are shared by all
         channel pairs and there are many of them (kshell mode in a large box: K > 4M), where
         materialising n·K·P rotated values would cost too much memory."""
-        return cos.shape[3] > 1 or cos.shape[2] <= 4 * self.grid_size
+        return cos.shape[3] > 1 or cos.shape[2] <= 4 * self.grid_size or self.qk_degrees > 0
 
     def _global_kv(self, k: Tensor, v: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         if self._rotated_order(cos):
@@ -385,10 +477,11 @@ class EuclideanFastAttention(ExactConstants):
     def _attend_dense(self, q: Tensor, k: Tensor, v: Tensor, cos: Tensor, sin: Tensor, wc: Tensor) -> Tensor:
         nb = q.shape[0]
         n = q.shape[1]
-        nh = q.shape[2]
-        npair = q.shape[3]
         nj = cos.shape[2]
-        qr = _rotate(q, cos, sin).reshape(nb, n, nj, nh, npair, 2)
+        qr = _rotate(q, cos, sin)
+        nh = qr.shape[3]
+        npair = qr.shape[4] // 2
+        qr = qr.reshape(nb, n, nj, nh, npair, 2)
         kr = _rotate(k, cos, sin).reshape(nb, n, nj, nh, npair, 2)
         if wc.shape[0] == nb:
             a = torch.einsum("bijhps,bcjp,bljhps->bchil", qr, wc, kr)
@@ -424,9 +517,9 @@ class EuclideanFastAttention(ExactConstants):
             raise ValueError("num_graphs must be >= 1")
 
     def _open(self, h: Tensor, positions: Tensor, batch: Tensor, num_graphs: int,
-              vectors: Optional[Tensor], want_vectors: bool) -> Tensor:
+              vectors: Optional[Tensor], want_vectors: bool, env: Optional[Tensor] = None) -> Tensor:
         """Lebedev path; returns y [N,C,H,V']."""
-        q, k, v = self._qkv(h, vectors)
+        q, k, v = self._qkv(h, vectors, env)
         flat, nmax = _graph_layout(batch, num_graphs)
         # the result is translation invariant; centring each graph keeps float32 phases accurate
         counts = torch.bincount(batch, minlength=num_graphs).clamp_min(1).to(positions.dtype)
@@ -438,10 +531,12 @@ class EuclideanFastAttention(ExactConstants):
         return _unpad(y, flat, num_graphs)
 
     # ----------------------------------------------------------------------------- API
-    def forward(self, h: Tensor, positions: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
-        """Scalar EFA update ``[N, F]`` for open systems (positions in Å)."""
+    def forward(self, h: Tensor, positions: Tensor, batch: Tensor, num_graphs: int,
+                env: Optional[Tensor] = None) -> Tensor:
+        """Scalar EFA update ``[N, F]`` for open systems (positions in Å); ``env`` [N, Σ(2l+1)]: the
+        atoms' equivariant features (needed, and only read, with ``qk_degrees`` > 0)."""
         self._check_inputs(h, positions, batch, num_graphs)
-        y = self._open(h, positions, batch, num_graphs, None, False)
+        y = self._open(h, positions, batch, num_graphs, None, False, env)
         return self._outputs(y, False)[0]
 
     @torch.jit.export
@@ -449,7 +544,7 @@ class EuclideanFastAttention(ExactConstants):
                         vectors: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         """Scalar update ``[N, F]`` and vector update ``[N, 3, C]`` (rotates with the input)."""
         self._check_inputs(h, positions, batch, num_graphs)
-        y = self._open(h, positions, batch, num_graphs, vectors, True)
+        y = self._open(h, positions, batch, num_graphs, vectors, True, None)
         return self._outputs(y, True)
 
     def _phases(self, pos: Tensor, cell: Optional[Tensor], want_vectors: bool) -> Tuple[Tensor, Tensor, Tensor]:
@@ -459,7 +554,7 @@ class EuclideanFastAttention(ExactConstants):
 
     @torch.jit.export
     def global_sums(self, h: Tensor, positions: Tensor, weights: Tensor,
-                    cell: Optional[Tensor] = None) -> Tensor:
+                    cell: Optional[Tensor] = None, env: Optional[Tensor] = None) -> Tensor:
         """Stage 1 of a distributed evaluation (one graph, e.g. LAMMPS under MPI).
 
         Partial key-value sums ``Σ_j weights_j k_j(u) v_jᵀ`` (weights: 1 for atoms this rank owns,
@@ -467,26 +562,28 @@ class EuclideanFastAttention(ExactConstants):
         ``[H, J·P·2, V]``; treat it as opaque). Sum them over ranks (MPI_Allreduce) and pass the
         total to :meth:`apply_global_sums` with the same cell; open systems: positions must share
         one origin on all ranks (Å); periodic: any lattice images (ghost atoms) are fine.
-        ``cell [3,3]`` (periodic variant only) selects the reciprocal-lattice phases."""
-        q, k, v = self._qkv(h, None)
+        ``cell [3,3]`` (periodic variant only) selects the reciprocal-lattice phases. ``env``: the
+        atoms' equivariant features (``qk_degrees`` > 0 only); the sums stay per-atom sums
+        ``Σ_j weights_j k_j(u_m) v_jᵀ`` with the direction-dependent keys, so ranks still add them."""
+        q, k, v = self._qkv(h, None, env)
         cos, sin, _ = self._phases(positions.unsqueeze(0), cell, False)
         return self._global_kv(k.unsqueeze(0), (v * weights.unsqueeze(-1).unsqueeze(-1)).unsqueeze(0), cos, sin)[0]
 
     @torch.jit.export
     def apply_global_sums(self, h: Tensor, positions: Tensor, kv: Tensor,
-                          cell: Optional[Tensor] = None) -> Tensor:
+                          cell: Optional[Tensor] = None, env: Optional[Tensor] = None) -> Tensor:
         """Stage 2: scalar update ``[N, F]`` of every given atom from the total ``kv`` of stage 1.
         ``apply_global_sums(h, r, global_sums(h, r, ones))`` equals ``forward`` for one graph."""
-        q, k, v = self._qkv(h, None)
+        q, k, v = self._qkv(h, None, env)
         cos, sin, wc = self._phases(positions.unsqueeze(0), cell, False)
         y = self._attend_global(q.unsqueeze(0), kv.unsqueeze(0), cos, sin, wc)[0]
         return self._outputs(y, False)[0]
 
     @torch.jit.export
-    def kernel_matrix(self, h: Tensor, positions: Tensor) -> Tensor:
+    def kernel_matrix(self, h: Tensor, positions: Tensor, env: Optional[Tensor] = None) -> Tensor:
         """Dense attention kernel ``A[h, i, j] = Σ_m w_m q_i(u_m)·k_j(u_m)`` of one graph (O(N²),
         for tests and analysis only): the update is ``out(Σ_j A[h,i,j] v_j)``."""
-        q, k, _ = self._qkv(h, None)
+        q, k, _ = self._qkv(h, None, env)
         cos, sin, wc = self._open_phases(positions.unsqueeze(0), False)
         qr = _rotate(q.unsqueeze(0), cos, sin)[0]  # [N,M,H,2P]
         kr = _rotate(k.unsqueeze(0), cos, sin)[0]

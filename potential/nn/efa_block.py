@@ -1,7 +1,7 @@
 """The gated blend of a layer's local update with an EFA (global) update, as in the EFA paper's model."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from torch import Tensor, nn
@@ -29,7 +29,9 @@ class EFABlock(nn.Module):
     (one bool per layer), ``efa_grid``, ``efa_max_frequency``, ``efa_max_length`` (Å),
     ``efa_num_heads``, ``efa_qk_features``, ``efa_v_features``, ``efa_qk_activation``,
     ``efa_periodic_mode`` (``simplex`` | ``kshell``), ``efa_periodic_kcut`` / ``efa_periodic_width``
-    (1/Å, kshell only). Used by ``So3kratesLayer`` (nn/layer.py) in place of ``x + dx_local``.
+    (1/Å, kshell only), ``efa_qk_degrees`` (direction-dependent queries/keys from the layer's input
+    Euclidean variables ``ev``; layers ≥ 1 only, since the first layer's input ev is zero; open
+    systems only). Used by ``So3kratesLayer`` (nn/layer.py) in place of ``x + dx_local``.
     """
 
     def __init__(self, num_features: int, enabled: bool = True, num_heads: int = 1,
@@ -37,7 +39,8 @@ class EFABlock(nn.Module):
                  max_frequency: Optional[float] = None, max_length: float = 10.0,
                  kcut: Optional[float] = None, k_width: Optional[float] = None,
                  zero_init: bool = True, qk_activation: str = "identity",
-                 periodic_mode: str = "simplex"):
+                 periodic_mode: str = "simplex", qk_degrees: int = 0,
+                 env_degrees: Optional[List[int]] = None):
         super().__init__()
         self.enabled = bool(enabled)
         self.num_features = int(num_features)
@@ -48,7 +51,8 @@ class EFABlock(nn.Module):
             self.efa = PeriodicEuclideanFastAttention(
                 num_features, num_heads=num_heads, qk_features=qk_features, v_features=v_features,
                 grid=grid, max_frequency=max_frequency, max_length=max_length, kcut=kcut,
-                k_width=k_width, qk_activation=qk_activation, periodic_mode=periodic_mode)
+                k_width=k_width, qk_activation=qk_activation, periodic_mode=periodic_mode,
+                qk_degrees=qk_degrees, env_degrees=env_degrees)
             self.mlp1 = nn.Linear(num_features, num_features)
             self.mlp2 = nn.Linear(num_features, num_features)
             if zero_init:
@@ -79,12 +83,18 @@ class EFABlock(nn.Module):
             k_width=getattr(cfg, "efa_periodic_width", None),
             qk_activation=str(getattr(cfg, "efa_qk_activation", "identity") or "identity"),
             periodic_mode=str(getattr(cfg, "efa_periodic_mode", "simplex") or "simplex"),
+            # the first layer's input Euclidean variables are zero: no direction-dependent queries/keys there
+            qk_degrees=int(getattr(cfg, "efa_qk_degrees", 0) or 0) if layer_index > 0 else 0,
+            env_degrees=[int(d) for d in getattr(cfg, "degrees", [])],
         )
 
     def forward(self, x: Tensor, dx_local: Tensor, positions: Tensor, batch: Tensor, num_graphs: int,
-                cell: Tensor, pbc: Tensor, global_sums: Optional[Tensor] = None) -> Tensor:
+                cell: Tensor, pbc: Tensor, global_sums: Optional[Tensor] = None,
+                ev: Optional[Tensor] = None) -> Tensor:
         """``global_sums``: the attention's key-value sums over the whole system (one graph; an engine
-        sums :meth:`global_sums` of its atoms over MPI ranks), None to form them from the given atoms."""
+        sums :meth:`global_sums` of its atoms over MPI ranks), None to form them from the given atoms.
+        ``ev`` [N, m_tot]: the layer's input Euclidean variables, read only with ``efa_qk_degrees`` > 0
+        (direction-dependent queries/keys)."""
         efa = self.efa
         mlp1 = self.mlp1
         mlp2 = self.mlp2
@@ -92,9 +102,9 @@ class EFABlock(nn.Module):
         if efa is None or mlp1 is None or mlp2 is None or c is None:  # disabled: the plain residual update
             return x + dx_local
         if global_sums is None:
-            y = efa(x, positions, batch, num_graphs, cell, pbc)
+            y = efa(x, positions, batch, num_graphs, cell, pbc, ev)
         else:
-            y = efa.apply_global_sums(x, positions, global_sums, self.periodic_cell(cell, pbc))
+            y = efa.apply_global_sums(x, positions, global_sums, self.periodic_cell(cell, pbc), ev)
         y = mlp2(torch.nn.functional.silu(mlp1(y + x)))
         c = c.to(x.dtype)
         return x + torch.nn.functional.silu(c) * dx_local + torch.nn.functional.silu(1.0 - c) * y
@@ -116,11 +126,13 @@ class EFABlock(nn.Module):
                              "with a vacuum gap for slabs, or an open system")
         return None
 
-    def global_sums(self, x: Tensor, positions: Tensor, cell: Tensor, pbc: Tensor) -> Tensor:
+    def global_sums(self, x: Tensor, positions: Tensor, cell: Tensor, pbc: Tensor,
+                    ev: Optional[Tensor] = None) -> Tensor:
         """The attention's key-value sums over the given atoms (one graph; shape fixed by the module and
-        the cell: treat it as opaque). Open systems: positions must share one origin on every rank (Å)."""
+        the cell: treat it as opaque). Open systems: positions must share one origin on every rank (Å).
+        ``ev``: the atoms' Euclidean variables (required with ``efa_qk_degrees`` > 0)."""
         efa = self.efa
         if efa is None:
             return torch.zeros(0, dtype=x.dtype, device=x.device)
         w = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
-        return efa.global_sums(x, positions, w, self.periodic_cell(cell, pbc))
+        return efa.global_sums(x, positions, w, self.periodic_cell(cell, pbc), ev)

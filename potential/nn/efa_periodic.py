@@ -53,7 +53,7 @@ Partially periodic graphs (slabs, wires) are rejected with an error.
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -120,10 +120,11 @@ class PeriodicEuclideanFastAttention(EuclideanFastAttention):
                  vector_input_features: int = 0, trainable_frequencies: bool = False,
                  qk_activation: str = "identity", kcut: Optional[float] = None,
                  k_width: Optional[float] = None, max_kvectors: int = 20000,
-                 periodic_mode: str = "simplex"):
+                 periodic_mode: str = "simplex", qk_degrees: int = 0,
+                 env_degrees: Optional[List[int]] = None):
         super().__init__(num_features, num_heads, qk_features, v_features, grid, max_frequency,
                          max_length, include_vectors, num_vector_features, vector_input_features,
-                         trainable_frequencies, qk_activation)
+                         trainable_frequencies, qk_activation, qk_degrees, env_degrees)
         if periodic_mode not in PERIODIC_MODES:
             raise ValueError(f"periodic_mode must be one of {PERIODIC_MODES}, got {periodic_mode!r}")
         self.periodic_mode = str(periodic_mode)
@@ -301,15 +302,22 @@ class PeriodicEuclideanFastAttention(EuclideanFastAttention):
             wc = w.unsqueeze(1)
         return torch.cos(ang), torch.sin(ang), wc
 
+    def _no_directional_periodic(self) -> None:
+        if self.qk_degrees > 0:
+            raise ValueError("efa_qk_degrees > 0 (direction-dependent EFA queries/keys) supports open systems "
+                             "(pbc = F,F,F) only; for periodic boxes use a model with efa_qk_degrees = 0")
+
     def _phases(self, pos: Tensor, cell: Optional[Tensor], want_vectors: bool) -> Tuple[Tensor, Tensor, Tensor]:
         if cell is None:
             return self._open_phases(pos, want_vectors)
+        self._no_directional_periodic()
         c = cell.unsqueeze(0) if cell.dim() == 2 else cell
         return self._periodic_phases(pos, c, want_vectors)
 
     def _periodic(self, h: Tensor, positions: Tensor, batch: Tensor, num_graphs: int, cell: Tensor,
                   vectors: Optional[Tensor], want_vectors: bool) -> Tensor:
-        q, k, v = self._qkv(h, vectors)
+        self._no_directional_periodic()
+        q, k, v = self._qkv(h, vectors, None)
         flat, nmax = _graph_layout(batch, num_graphs)
         pos = _pad(positions, flat, num_graphs, nmax)
         cos, sin, wc = self._periodic_phases(pos, cell, want_vectors)
@@ -318,7 +326,8 @@ class PeriodicEuclideanFastAttention(EuclideanFastAttention):
         return _unpad(y, flat, num_graphs)
 
     def _dispatch(self, h: Tensor, positions: Tensor, batch: Tensor, num_graphs: int, cell: Tensor,
-                  pbc: Tensor, vectors: Optional[Tensor], want_vectors: bool) -> Tensor:
+                  pbc: Tensor, vectors: Optional[Tensor], want_vectors: bool,
+                  env: Optional[Tensor] = None) -> Tensor:
         self._check_inputs(h, positions, batch, num_graphs)
         if cell.dim() == 2:
             cell = cell.unsqueeze(0)
@@ -333,26 +342,28 @@ class PeriodicEuclideanFastAttention(EuclideanFastAttention):
             raise ValueError("periodic EFA supports fully periodic (pbc = T,T,T) or open (F,F,F) graphs "
                              "only; for slabs/wires use full pbc with a vacuum gap")
         if bool(none.all()):
-            return self._open(h, positions, batch, num_graphs, vectors, want_vectors)
+            return self._open(h, positions, batch, num_graphs, vectors, want_vectors, env)
+        self._no_directional_periodic()
         # open graphs of a mixed batch get a tiny dummy cell (only k = 0); their result is discarded
         cell_safe = torch.where(full.view(-1, 1, 1), cell, torch.eye(3, dtype=cell.dtype, device=cell.device)
                                 .expand(num_graphs, 3, 3) * 1e-3)
         yp = self._periodic(h, positions, batch, num_graphs, cell_safe, vectors, want_vectors)
         if bool(full.all()):
             return yp
-        yo = self._open(h, positions, batch, num_graphs, vectors, want_vectors)
+        yo = self._open(h, positions, batch, num_graphs, vectors, want_vectors, None)
         sel = full[batch].view(-1, 1, 1, 1)
         return torch.where(sel, yp, yo)
 
     def forward(self, h: Tensor, positions: Tensor, batch: Tensor, num_graphs: int,  # type: ignore[override]
-                cell: Tensor, pbc: Tensor) -> Tensor:
-        """Scalar EFA update ``[N, F]``; positions/cell in Å, cell rows are lattice vectors."""
-        y = self._dispatch(h, positions, batch, num_graphs, cell, pbc, None, False)
+                cell: Tensor, pbc: Tensor, env: Optional[Tensor] = None) -> Tensor:
+        """Scalar EFA update ``[N, F]``; positions/cell in Å, cell rows are lattice vectors; ``env``: the
+        atoms' equivariant features (read with ``qk_degrees`` > 0; open graphs only)."""
+        y = self._dispatch(h, positions, batch, num_graphs, cell, pbc, None, False, env)
         return self._outputs(y, False)[0]
 
     @torch.jit.export
     def forward_vectors(self, h: Tensor, positions: Tensor, batch: Tensor, num_graphs: int,  # type: ignore[override]
                         cell: Tensor, pbc: Tensor, vectors: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         """Scalar update ``[N, F]`` and vector update ``[N, 3, C]``."""
-        y = self._dispatch(h, positions, batch, num_graphs, cell, pbc, vectors, True)
+        y = self._dispatch(h, positions, batch, num_graphs, cell, pbc, vectors, True, None)
         return self._outputs(y, True)

@@ -63,7 +63,7 @@ class So3kratesLayer(nn.Module):
         """Per atom: (x [N,F], ev [N,m_tot], attention sums x_att, ev_att) -> new (x, ev). Positions (Å),
         batch, cell and pbc are read by the EFA block only; ``efa_sums``: its key-value sums over the
         whole system (engines that sum them over MPI ranks), None to form them from these atoms."""
-        x = self.efa(x, x_att, positions, batch, num_graphs, cell, pbc, efa_sums)
+        x = self.efa(x, x_att, positions, batch, num_graphs, cell, pbc, efa_sums, ev)
         ev = ev + ev_att
         if self.use_ln1:
             x = self.layer_normalization_1(x)
