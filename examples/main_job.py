@@ -3,9 +3,16 @@
 1. prints what the exported model is (`so3krates info`);
 2. energy and forces of Ac-Ala3-NHMe (built with OpenMM's tools) through the ASE calculator, with
    the warm-up (first call) and steady-state time per call;
-3. Langevin MD of the peptide in a water box with the same model in OpenMM (TorchForce) and in
-   LAMMPS (`pair_style so3krates`, 1 and 2 MPI ranks), via examples/gems/ala3.py.
+3. Langevin MD of the peptide in a water box with the same model in OpenMM and in LAMMPS
+   (`pair_style so3krates`, 1 and 2 MPI ranks), via examples/gems/ala3.py.
 Units: Å, eV, eV/Å (model); the engines report their own (OpenMM kJ/mol, LAMMPS metal: eV).
+
+Runs in both environments (docs/install.md, "Which environment"):
+  .venv          (torch 2.9.0 + openmmtorch)   OpenMM through openmmtorch.TorchForce
+  .venv-current  (torch 2.13, no openmmtorch)  OpenMM through openmm.PythonForce
+`--openmm-force auto` (default) picks TorchForce where openmmtorch works, else PythonForce, and says
+which. `--lammps-model PATH` gives LAMMPS another file than `--model` (the hook for a .pt2 package
+once the pair style reads them; default: the same TorchScript file as OpenMM).
 """
 
 from __future__ import annotations
@@ -28,6 +35,13 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=200, help="MD steps per engine (0.5 fs each; default 200)")
     p.add_argument("--padding", type=float, default=0.6, help="water padding around the peptide, nm (default 0.6)")
     p.add_argument("--minimize", type=int, default=50, help="minimisation iterations before MD (default 50)")
+    p.add_argument("--openmm-force", choices=["auto", "torch", "python"], default="auto",
+                   help="OpenMM route: 'torch' (openmmtorch.TorchForce, .venv only), 'python' (openmm.PythonForce, "
+                        "any torch) or 'auto' (TorchForce where openmmtorch works, else PythonForce; default)")
+    p.add_argument("--lammps-model", default=None,
+                   help="model file for the LAMMPS runs (default: --model); e.g. a .pt2 package once "
+                        "pair_style so3krates reads them")
+    p.add_argument("--ranks", default="1,2", help="LAMMPS MPI rank counts to run, comma-separated (default 1,2)")
     p.add_argument("--out", default=str(ROOT / "runs" / "main_job"), help="output folder")
     return p.parse_args(argv)
 
@@ -74,10 +88,13 @@ def single_point(model: str) -> dict:
             "first_call_ms": first_s * 1e3, "steady_ms": min(times) * 1e3}
 
 
-def md(engine: str, model: str, steps: int, padding: float, out: Path, mpi: int = 1, minimize: int = 50) -> dict:
+def md(engine: str, model: str, steps: int, padding: float, out: Path, mpi: int = 1, minimize: int = 50,
+       openmm_force: str = "auto", lammps_model: str = None) -> dict:
     cmd = [sys.executable, str(ROOT / "examples" / "gems" / "ala3.py"), "--engine", engine, "--model", model,
            "--steps", str(steps), "--padding", str(padding), "--report", str(max(1, steps // 10)),
-           "--minimize", str(minimize), "--mpi", str(mpi), "--out", str(out)]
+           "--minimize", str(minimize), "--mpi", str(mpi), "--openmm-force", openmm_force, "--out", str(out)]
+    if lammps_model:
+        cmd += ["--lammps-model", lammps_model]
     print("$ " + " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     summaries = sorted(out.glob("*summary.json"))
@@ -92,9 +109,23 @@ def main(argv=None) -> int:
               "train and export one with `so3krates train examples/models/config_shipped.yaml` and "
               "`so3krates export runs/shipped/best.ckpt -o examples/models/so3krates_demo.pt`", file=sys.stderr)
         return 2
+    lammps_model = os.path.abspath(args.lammps_model) if args.lammps_model else None
+    if lammps_model and not os.path.exists(lammps_model):
+        print(f"error: --lammps-model {lammps_model} does not exist", file=sys.stderr)
+        return 2
+    try:
+        ranks = [int(r) for r in str(args.ranks).split(",") if r.strip()]
+    except ValueError:
+        ranks = []
+    if not ranks or min(ranks) < 1:
+        print(f"error: --ranks must list positive integers such as 1,2; got {args.ranks!r}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = {}
+    import torch
+    results = {"environment": {"python": sys.executable, "torch": torch.__version__,
+                               "openmm_force_requested": args.openmm_force, "model": model,
+                               "lammps_model": lammps_model or model}}
 
     banner("model")
     subprocess.run([sys.executable, "-m", "so3krates.cli", "info", model], check=True)
@@ -102,12 +133,14 @@ def main(argv=None) -> int:
     banner("energy and forces (ASE calculator)")
     results["single_point"] = single_point(model)
 
-    banner(f"OpenMM: solvated Ac-Ala3-NHMe, {args.steps} Langevin steps")
-    results["openmm"] = md("openmm", model, args.steps, args.padding, out / "openmm", minimize=args.minimize)
-    for ranks in (1, 2):
-        banner(f"LAMMPS: same system, {args.steps} Langevin steps, {ranks} MPI rank(s)")
-        results[f"lammps_{ranks}"] = md("lammps", model, args.steps, args.padding, out / f"lammps_np{ranks}", ranks,
-                                        minimize=args.minimize)
+    banner(f"OpenMM: solvated Ac-Ala3-NHMe, {args.steps} Langevin steps (torch {torch.__version__})")
+    results["openmm"] = md("openmm", model, args.steps, args.padding, out / "openmm", minimize=args.minimize,
+                           openmm_force=args.openmm_force)
+    for n in ranks:
+        banner(f"LAMMPS: same system, {args.steps} Langevin steps, {n} MPI rank(s)"
+               + (f", model {os.path.basename(lammps_model)}" if lammps_model else ""))
+        results[f"lammps_{n}"] = md("lammps", model, args.steps, args.padding, out / f"lammps_np{n}", n,
+                                    minimize=args.minimize, lammps_model=lammps_model)
 
     (out / "main_job.json").write_text(json.dumps(results, indent=1, default=str))
     banner("done")

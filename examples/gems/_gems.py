@@ -5,7 +5,7 @@ Every ``examples/gems/<system>.py`` calls :func:`main` with its builder. Outputs
 
 ====================================  ==========================================================
 ``<name>.pdb``                        topology + start positions (OpenMM, nm in the file's Å)
-``<name>_system.xml``                 the OpenMM System (masses + so3krates TorchForce), XmlSerializer
+``<name>_system.xml``                 the OpenMM System (masses + so3krates Torch/PythonForce), XmlSerializer
 ``<name>.data``, ``in.<name>.lmp``    LAMMPS data file (``atom_style atomic``, masses) and input
 ``openmm_log.csv``, ``openmm.dcd``    OpenMM StateDataReporter (T, energies, ns/day, ETA), trajectory
 ``log.lammps``, ``lammps.xyz``        LAMMPS thermo (T, energies, CPU left), trajectory
@@ -14,6 +14,10 @@ Every ``examples/gems/<system>.py`` calls :func:`main` with its builder. Outputs
 ====================================  ==========================================================
 
 Units: OpenMM nm/ps/kJ mol⁻¹; LAMMPS ``units metal`` (Å, ps, eV); the model Å/eV.
+OpenMM route (``--openmm-force``): ``auto`` (default) uses ``openmmtorch.TorchForce`` where openmmtorch
+works (the ``.venv`` environment) and ``openmm.PythonForce`` elsewhere (``.venv-current``, torch 2.13);
+the line ``[openmm] force: ...`` says which. ``--lammps-model`` gives LAMMPS its own file (default
+``--model``), e.g. a ``.pt2`` package once the pair style reads them.
 NVT: OpenMM ``LangevinMiddleIntegrator`` (friction ``--friction`` ps⁻¹); LAMMPS ``fix langevin``
 (damp = 1/friction ps) + ``fix nve``. No constraints: the default time step is 0.5 fs.
 """
@@ -57,6 +61,11 @@ def parser(name: str, doc: str) -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "float64"], default=None,
                    help="OpenMM: model precision (default: the precision it was exported in)")
     p.add_argument("--platform", default="CPU", help="OpenMM platform (CPU, Reference, CUDA; default CPU)")
+    p.add_argument("--openmm-force", choices=["auto", "torch", "python"], default="auto",
+                   help="OpenMM route: openmmtorch.TorchForce ('torch'), openmm.PythonForce ('python') or 'auto' "
+                        "(TorchForce where openmmtorch works, else PythonForce; default)")
+    p.add_argument("--lammps-model", default=None,
+                   help="model file for LAMMPS' pair_coeff (default: --model); the hook for a .pt2 package")
     p.add_argument("--seed", type=int, default=1, help="velocity / thermostat seed")
     p.add_argument("--out", default=None, help=f"output folder (default runs/gems/{name})")
     p.add_argument("--plot", action="store_true", help="plot temperature and energies vs time after the run")
@@ -97,7 +106,7 @@ def write_setups(system, out: Path, args, meta: dict) -> Dict[str, str]:
     name = system.name
     systems.write_pdb(system, out / f"{name}.pdb")
     elements = systems.write_lammps_data(system, out / f"{name}.data")
-    model = os.path.abspath(args.model)
+    model = os.path.abspath(args.lammps_model or args.model)
     friction = max(args.friction, 1e-6)
     threads = f" threads {args.threads}" if args.threads else ""
     charge = f" charge {system.charge:g}" if system.charge else ""
@@ -133,7 +142,11 @@ run {args.steps}
 
 
 # ----------------------------------------------------------------------------- OpenMM
-def build_openmm_system(system, model: str, dtype: Optional[str]):
+def build_openmm_system(system, model: str, dtype: Optional[str], implementation: str = "auto",
+                        threads: Optional[int] = None):
+    """``(System, 'TorchForce' | 'PythonForce')``: masses + the so3krates force through the route
+    ``implementation`` resolves to ('auto': TorchForce where openmmtorch works, else PythonForce;
+    so3krates.openmm.resolve_implementation)."""
     import so3krates.openmm as so_mm  # imports torch before OpenMM's Torch plugins are used
     import openmm
     import openmm.unit as unit
@@ -141,10 +154,18 @@ def build_openmm_system(system, model: str, dtype: Optional[str]):
     for atom in system.topology.atoms():
         mm.addParticle(systems.MASSES.get(atom.element.symbol, atom.element.mass._value))
     mm.setDefaultPeriodicBoxVectors(*system.topology.getPeriodicBoxVectors())
-    force = so_mm.torch_force(model, system.topology, charge=system.charge, dtype=dtype)
+    try:
+        route, message = so_mm.resolve_implementation(implementation)
+    except RuntimeError as exc:  # --openmm-force torch where openmmtorch cannot work: one line, no traceback
+        raise SystemExit(f"error: --openmm-force {implementation}: {exc}")
+    print(f"[openmm] force: {'TorchForce' if route == 'torch' else 'PythonForce'} -- {message}", flush=True)
+    if route == "torch":
+        force = so_mm.torch_force(model, system.topology, charge=system.charge, dtype=dtype)
+    else:
+        force = so_mm.python_force(model, system.topology, charge=system.charge, dtype=dtype, num_threads=threads)
     mm.addForce(force)
     mm.addForce(openmm.CMMotionRemover())
-    return mm
+    return mm, ("TorchForce" if route == "torch" else "PythonForce")
 
 
 def run_openmm(system, out: Path, args) -> dict:
@@ -156,7 +177,7 @@ def run_openmm(system, out: Path, args) -> dict:
     torch.set_num_threads(max(1, args.threads))
     name = system.name
     t0 = time.perf_counter()
-    mm = build_openmm_system(system, args.model, args.dtype)
+    mm, route = build_openmm_system(system, args.model, args.dtype, args.openmm_force, max(1, args.threads))
     try:
         (out / f"{name}_system.xml").write_text(openmm.XmlSerializer.serialize(mm))
     except Exception as exc:  # serialisation is a convenience, not needed for the run
@@ -172,6 +193,8 @@ def run_openmm(system, out: Path, args) -> dict:
         print(f"[openmm] minimising ({args.minimize} iterations)", flush=True)
         sim.minimizeEnergy(maxIterations=args.minimize)
     sim.context.setVelocitiesToTemperature(args.temperature * unit.kelvin, args.seed)
+    # the start configuration's energy: what LAMMPS prints at step 0 (compare engines/environments)
+    e_start = sim.context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
     setup_s = time.perf_counter() - t0
     every = max(1, args.report)
     common = dict(step=True, time=True, potentialEnergy=True, kineticEnergy=True, totalEnergy=True,
@@ -191,7 +214,8 @@ def run_openmm(system, out: Path, args) -> dict:
     state = sim.context.getState(getPositions=True, getEnergy=True, enforcePeriodicBox=True)
     with open(out / f"{name}_final.pdb", "w") as fh:
         app.PDBFile.writeFile(system.topology, state.getPositions(), fh)
-    res = summary("openmm", system, args, wall, timed, setup_s,
+    res = summary("openmm", system, args, wall, timed, setup_s, openmm_force=route,
+                  potential_energy_start_kj_mol=e_start,
                   potential_energy_kj_mol=state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
     (out / "openmm_summary.json").write_text(json.dumps(res, indent=1))
     return res
@@ -220,6 +244,7 @@ def run_lammps(system, out: Path, args) -> dict:
     log = parse_lammps_log(out / "log.lammps")
     loop = log.get("loop_time_s") or total
     res = summary("lammps", system, args, loop, args.steps, total - loop, mpi_ranks=args.mpi,
+                  lammps_model=os.path.abspath(args.lammps_model or args.model),
                   potential_energy_ev=log["rows"][-1].get("PotEng") if log["rows"] else None)
     (out / "lammps_summary.json").write_text(json.dumps(res, indent=1))
     return res
@@ -328,6 +353,8 @@ def main(name: str, doc: str, build: Callable[[argparse.Namespace], "systems.Mol
           f"{' '.join(system.elements())}, box {' x '.join(f'{x:.1f}' for x in system.cell.diagonal())} Å "
           f"({time.perf_counter() - t0:.1f} s)", flush=True)
     check_elements(system, meta, element_hint)
+    if args.lammps_model and args.engine in ("lammps", "both", "none"):
+        check_elements(system, model_metadata(args.lammps_model), element_hint)
     files = write_setups(system, out, args, meta)
     print(f"[setup] {out}: {Path(files['pdb']).name}, {Path(files['data']).name}, "
           f"{Path(files['lammps_input']).name} (pair_coeff * * model {' '.join(files['elements'])})", flush=True)

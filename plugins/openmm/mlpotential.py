@@ -13,17 +13,28 @@ never ``bool("false")``; a bad value is an error naming the option.
   charge               total charge of the ML atoms, e (default 0)
   numUnpairedElectrons number of unpaired electrons (default 0); or ``multiplicity`` (= n + 1)
   dtype                None (default: the dtype the file was exported in), 'float32' or 'float64'
-  implementation       'torch' (openmmtorch.TorchForce, default) or 'python' (openmm.PythonForce)
+  implementation       None/'auto' (default): 'torch' when openmmtorch works in this environment, else
+                       'python' with a warning saying why; 'torch' (openmmtorch.TorchForce: the
+                       .venv environment, torch 2.9.0) or 'python' (openmm.PythonForce: any torch,
+                       e.g. .venv-current with torch 2.13). See docs/install.md, "Which environment".
   device               PythonForce only: 'cpu' / 'cuda' (default: cuda if available)
   compile              PythonForce only: wrap the module in ``torch.compile`` (default False)
   useCUDAGraphs        TorchForce only: TorchForce property ``useCUDAGraphs`` (CUDA platform)
   CUDAGraphWarmupSteps TorchForce only: TorchForce property ``CUDAGraphWarmupSteps`` (int ≥ 0)
   properties           TorchForce only: dict of further TorchForce properties, set unchanged
 Units: OpenMM nm, kJ/mol; model Å, eV (eV → kJ/mol ×96.48533212331002, CODATA 2018).
+
+openmm-ml ≥ 1.8 (mechanical embedding with link atoms) also asks the potential
+``getSupportedEmbeddings()`` (none of its own) and ``getMLLongRange()`` (False for a purely local
+model; None — pass ``mlLongRange=`` to createMixedSystem — when the file has electrostatics,
+dispersion or EFA) and passes its own options (``mlLongRange``, ``linkAtomDistances``) through
+to ``addForces``, which ignores them.
 """
 
 from __future__ import annotations
 
+import logging
+import warnings
 from typing import Iterable, Optional
 
 from . import _torch_first  # noqa: F401
@@ -40,6 +51,9 @@ from ._options import parse_bool, parse_float, parse_nonnegative_int, parse_opti
 _KEYS = ("modelPath", "charge", "numUnpairedElectrons", "multiplicity", "dtype", "implementation",
          "device", "compile", "useCUDAGraphs", "CUDAGraphWarmupSteps", "properties")
 _TORCH_ONLY = ("useCUDAGraphs", "CUDAGraphWarmupSteps", "properties")
+# options openmm-ml's embeddings (1.8) pass on to addForces; they are theirs, not ours
+_OPENMMML_KEYS = ("mlLongRange", "linkAtomDistances")
+_LOG = logging.getLogger("so3krates.openmm")
 _PYTHON_ONLY = ("device", "compile")
 
 
@@ -62,6 +76,7 @@ class So3kratesPotentialImpl:
         self.args["modelPath"] = modelPath
 
     def _settings(self, args: dict) -> dict:
+        args = {k: v for k, v in args.items() if k not in _OPENMMML_KEYS}
         unknown = sorted(set(args) - set(_KEYS))
         if unknown:
             raise ValueError(f"MLPotential('so3krates'): unknown argument(s) {unknown} in createSystem/"
@@ -80,22 +95,47 @@ class So3kratesPotentialImpl:
                 raise ValueError(f"multiplicity={settings['multiplicity']!r} and numUnpairedElectrons={given!r} "
                                  f"disagree (numUnpairedElectrons = multiplicity - 1): pass only one")
             settings["numUnpairedElectrons"] = unpaired
-        implementation = str(settings.get("implementation") or "torch").strip().lower()
-        if implementation in ("torch", "torchforce"):
-            implementation = "torch"
-        elif implementation in ("python", "pythonforce"):
-            implementation = "python"
+        from .torch_force import resolve_implementation
+        requested = settings.get("implementation")
+        implementation, message = resolve_implementation(requested)
+        auto = requested is None or str(requested).strip().lower() == "auto"
+        if auto and implementation == "python":
+            torch_given = [k for k in _TORCH_ONLY if settings.get(k) is not None]
+            if torch_given:
+                raise ValueError(f"option(s) {torch_given} apply only to implementation='torch' (openmmtorch."
+                                 f"TorchForce), which is unavailable here: {message}")
+            warnings.warn(message, stacklevel=3)
         else:
-            raise ValueError(f"implementation must be 'torch' (openmmtorch.TorchForce) or 'python' "
-                             f"(openmm.PythonForce), got {settings.get('implementation')!r}")
+            _LOG.info(message)
         settings["implementation"] = implementation
+        settings["route_message"] = message
         wrong = _PYTHON_ONLY if implementation == "torch" else _TORCH_ONLY
         given = [k for k in wrong if settings.get(k) is not None]
         if given:
             other = "python" if implementation == "torch" else "torch"
+            chosen = f" (chosen automatically: {message})" if auto else ""
             raise ValueError(f"option(s) {given} apply only to implementation='{other}', but "
-                             f"implementation='{implementation}': drop them or switch implementation")
+                             f"implementation='{implementation}'{chosen}: drop them or switch implementation")
         return settings
+
+    def getSupportedEmbeddings(self) -> list:
+        """openmm-ml ≥ 1.8: embedding methods of this potential's own (none; openmm-ml's generic
+        'mechanical' embedding is used)."""
+        return []
+
+    def getMLLongRange(self) -> Optional[bool]:
+        """openmm-ml ≥ 1.8: False when the model file is purely local (no electrostatics, dispersion or
+        EFA: its interactions end at the receptive field), else None (openmm-ml then asks the caller
+        for ``mlLongRange=``)."""
+        from so3krates.export.metadata import read_metadata
+        path = self.args.get("modelPath")
+        if path is None:
+            return None
+        meta = read_metadata(path)
+        long_range = meta.get("long_range") or {}
+        if long_range.get("electrostatics") or long_range.get("dispersion") or meta.get("efa"):
+            return None
+        return False
 
     def addForces(self, topology: openmm.app.Topology, system: openmm.System,
                   atoms: Optional[Iterable[int]], forceGroup: int, **args):

@@ -36,10 +36,98 @@ _DTYPES = {"float64": torch.float64, "float32": torch.float32, "double": torch.f
 
 
 
+# openmm-torch builds that work with one torch release only (binary wheels; verified, docs/install.md):
+# openmmtorch 1.5 segfaults with torch 2.8 and fails with "set_stride is not allowed" from torch 2.10 on.
+_OPENMMTORCH_NEEDS_TORCH = {"1.5": "2.9."}
+_TORCH_FORCE_STATUS: Optional[Tuple[bool, str]] = None
+
+#: Names accepted for the two OpenMM routes (``implementation=`` of MLPotential, ``--openmm-force``).
+IMPLEMENTATIONS = {"auto": "auto", "torch": "torch", "torchforce": "torch", "python": "python",
+                   "pythonforce": "python"}
+
+
+def torch_force_status() -> Tuple[bool, str]:
+    """Whether ``openmmtorch.TorchForce`` can be used in this environment, and why (not).
+
+    Returns ``(True, "openmmtorch 1.5 with torch 2.9.0+cu128")`` in the project's ``.venv``;
+    ``(False, reason)`` when openmmtorch is not installed (the ``.venv-current`` environment,
+    torch 2.13), was built for another torch, cannot be imported, or OpenMM could not load its
+    TorchReference plugin. Cached after the first call; imports nothing heavy besides openmmtorch.
+    """
+    global _TORCH_FORCE_STATUS
+    if _TORCH_FORCE_STATUS is not None:
+        return _TORCH_FORCE_STATUS
+    from importlib import metadata
+    try:
+        version = metadata.version("openmmtorch")
+    except metadata.PackageNotFoundError:
+        version = None
+    if version is None:
+        status = (False, f"openmmtorch is not installed (torch {torch.__version__})")
+    elif (_OPENMMTORCH_NEEDS_TORCH.get(version) is not None
+          and not torch.__version__.startswith(_OPENMMTORCH_NEEDS_TORCH[version])):
+        status = (False, f"openmmtorch {version} works only with torch {_OPENMMTORCH_NEEDS_TORCH[version]}x, "
+                         f"this is torch {torch.__version__}")
+    else:
+        try:
+            import_openmmtorch()
+        except Exception as exc:  # noqa: BLE001 - ImportError/OSError of a binary built for another torch
+            status = (False, f"import openmmtorch failed: {exc}")
+        else:
+            from ._torch_first import _LOADED, ensure_torch_plugins
+            ensure_torch_plugins()
+            failures = " ".join(openmm.Platform.getPluginLoadFailures())
+            if "libOpenMMTorchReference.so" in failures and "libOpenMMTorchReference.so" not in _LOADED:
+                status = (False, "OpenMM could not load openmm-torch's TorchReference plugin: "
+                                 + next(f for f in openmm.Platform.getPluginLoadFailures() if "TorchReference" in f))
+            else:
+                status = (True, f"openmmtorch {version} with torch {torch.__version__}")
+    _TORCH_FORCE_STATUS = status
+    return status
+
+
+def resolve_implementation(requested: Optional[str] = None) -> Tuple[str, str]:
+    """Choose the OpenMM route: ``("torch" | "python", message saying which and why)``.
+
+    ``requested``: None or 'auto' (TorchForce when :func:`torch_force_status` says it works, else
+    PythonForce), 'torch'/'TorchForce' (an error naming the reason when it cannot work) or
+    'python'/'PythonForce' (any case).
+    """
+    key = "auto" if requested is None else str(requested).strip().lower()
+    if key not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be 'torch' (openmmtorch.TorchForce), 'python' (openmm.PythonForce) "
+                         f"or 'auto' (TorchForce when openmmtorch works here, else PythonForce), got {requested!r}")
+    choice = IMPLEMENTATIONS[key]
+    if choice == "python":
+        return "python", "so3krates: OpenMM route PythonForce (openmm.PythonForce), as requested"
+    ok, why = torch_force_status()
+    if choice == "torch":
+        if not ok:
+            raise RuntimeError(f"implementation='torch' needs openmmtorch.TorchForce, which is unavailable here: {why}. "
+                               "Use implementation='python' (openmm.PythonForce, any torch) or the project's .venv "
+                               "environment (torch 2.9.0 + openmmtorch 1.5; docs/install.md, 'Which environment')")
+        return "torch", f"so3krates: OpenMM route TorchForce ({why}), as requested"
+    if ok:
+        return "torch", f"so3krates: OpenMM route TorchForce ({why})"
+    return "python", (f"so3krates: OpenMM route PythonForce (openmm.PythonForce): TorchForce is unavailable, {why}. "
+                      "Choose a route explicitly with implementation='python' (MLPotential) or --openmm-force python "
+                      "(examples); docs/install.md, 'Which environment'")
+
+
 def import_openmmtorch():
     """``import openmmtorch`` without its "importing 'simtk.openmm' is deprecated" log line
-    (openmmtorch 1.5 imports the old ``simtk`` alias; nothing the user can fix)."""
+    (openmmtorch 1.5 imports the old ``simtk`` alias; nothing the user can fix).
+
+    Raises ``ImportError`` naming the alternatives when openmmtorch is not installed."""
+    import importlib.util
     import logging
+
+    if importlib.util.find_spec("openmmtorch") is None:
+        raise ImportError(
+            f"openmmtorch is not installed in this environment (torch {torch.__version__}), so TorchForce is "
+            "unavailable: use so3krates.openmm.python_force(...) or MLPotential('so3krates', ..., "
+            "implementation='python') (openmm.PythonForce), or the project's .venv environment (torch 2.9.0 + "
+            "openmmtorch 1.5; docs/install.md, 'Which environment')")
 
     class _DropSimtk(logging.Filter):
         def filter(self, record):
