@@ -41,16 +41,6 @@ def so3lr_file(so3lr_checkpoint):
     return path
 
 
-@pytest.fixture(scope="session")
-def so3lr_pt2(so3lr_checkpoint):
-    """The converted weights as a .pt2 package in float64 (generic program and engine stages, verified by
-    the exporter against the eager model on 1, 2 and 5 simulated ranks); ~10 minutes of compiling."""
-    from so3krates.export.exporter import export_checkpoint
-    path = so3lr_checkpoint.with_suffix(".pt2")
-    export_checkpoint(str(so3lr_checkpoint), str(path), dtype="float64", fmt="pt2")
-    return path
-
-
 def pytest_configure(config):
     # tests/test_current_env.py: runs inside .venv-current (scripts/run_tests.sh; docs/install.md)
     config.addinivalue_line("markers", "current_env: runs inside .venv-current (torch 2.13 CPU, PythonForce); "
