@@ -107,19 +107,23 @@ def test_dha_parity_float32():
     np.testing.assert_allclose(f, ref["forces"], atol=1e-4, rtol=0)
 
 
+def _reference_case(system):
+    """(atoms, reference outputs, energy tolerance eV, force tolerance eV/Å) of 'dha' or 'water'."""
+    from ase.io import read
+    if system == "dha":
+        ref = np.load(_ref_dir() / "tests" / "dha_ase.npz")
+        return _read_dha(), ref, 1e-5 + 1e-6 * abs(float(ref["energy"])), 1e-4
+    ref = np.load(_ref_dir() / "tests" / "water_ase.npz")
+    atoms = read(_ref_dir() / "tests" / "water_64.xyz") * [2, 2, 2]
+    return atoms, ref, 1e-6 * abs(float(ref["energy"])), 5e-4
+
+
 @pytest.mark.parametrize("system", ["dha", "water"])
 def test_parity_through_potential_inference_pass(so3lr64, system):
     """The same tolerances through So3kratesPotential in eval mode: half neighbour lists, layer-wise
     recomputation in chunks and analytic long-range derivatives (the path ASE/OpenMM/benchmarks use)."""
-    from ase.io import read
     from so3krates.potential.potential import So3kratesPotential
-    if system == "dha":
-        atoms, ref = _read_dha(), np.load(_ref_dir() / "tests" / "dha_ase.npz")
-        e_tol, f_tol = 1e-5 + 1e-6 * abs(float(ref["energy"])), 1e-4
-    else:
-        atoms = read(_ref_dir() / "tests" / "water_64.xyz") * [2, 2, 2]
-        ref = np.load(_ref_dir() / "tests" / "water_ase.npz")
-        e_tol, f_tol = 1e-6 * abs(float(ref["energy"])), 5e-4
+    atoms, ref, e_tol, f_tol = _reference_case(system)
     pot = So3kratesPotential(so3lr64).eval()
     out = pot(torch.tensor(atoms.positions), torch.tensor(atoms.numbers), torch.tensor(np.array(atoms.cell)),
               torch.tensor(atoms.pbc))
@@ -135,19 +139,12 @@ def test_parity_through_potential_inference_pass(so3lr64, system):
 @pytest.mark.parametrize("system", ["dha", "water"])
 def test_parity_through_pt2(so3lr_checkpoint, system):
     """The same tolerances through the .pt2 package (torch.export + AOTInductor) of the published weights."""
-    from ase.io import read
     from so3krates.export.exporter import export_checkpoint
     from so3krates.export.loader import load_exported
     so3lr_pt2 = so3lr_checkpoint.with_suffix(".pt2")
     if not so3lr_pt2.exists():  # exported inside the test: an export refusal is the expected failure
         export_checkpoint(str(so3lr_checkpoint), str(so3lr_pt2), dtype="float64", fmt="pt2")
-    if system == "dha":
-        atoms, ref = _read_dha(), np.load(_ref_dir() / "tests" / "dha_ase.npz")
-        e_tol, f_tol = 1e-5 + 1e-6 * abs(float(ref["energy"])), 1e-4
-    else:
-        atoms = read(_ref_dir() / "tests" / "water_64.xyz") * [2, 2, 2]
-        ref = np.load(_ref_dir() / "tests" / "water_ase.npz")
-        e_tol, f_tol = 1e-6 * abs(float(ref["energy"])), 5e-4
+    atoms, ref, e_tol, f_tol = _reference_case(system)
     module, meta = load_exported(so3lr_pt2)
     assert meta["format"] == "pt2"
     out = module(torch.tensor(atoms.positions), torch.tensor(atoms.numbers), torch.tensor(np.array(atoms.cell)),
