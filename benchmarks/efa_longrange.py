@@ -155,6 +155,7 @@ for _name, _file, _what, _maxlen in (
         "energy_loss": "per_atom",
         "quick": dict(_LR_SIZES["quick"]), "full": dict(_LR_SIZES["full"]),
     }
+DATASETS["charged_chain"]["full"].update(train=450, valid=50)  # 700 frames in the set
 
 TRAINING: Dict[str, Any] = {
     "optimizer": "amsgrad",

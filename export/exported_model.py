@@ -80,13 +80,16 @@ class ExportedPotential(nn.Module):
     @torch.jit.export
     def engine_layout(self) -> Dict[str, int]:
         """Sizes an engine needs: layers, feature width F + m_tot, exchange width W, readout sums K,
-        whether the charge/spin embedding needs ``embedding_sums``, and one flag per layer with EFA."""
+        whether the charge/spin embedding needs ``embedding_sums``, ``efa_qk_degrees`` (> 0: open boxes only) and
+        one flag per layer with EFA."""
         m = self.model
         out: Dict[str, int] = {"num_layers": m.num_layers, "num_features": m.num_features,
                                "feature_width": self.feature_width, "table_width": 5 * m.num_features + m.m_tot,
                                "exchange_width": m.exchange_width, "readout_sums": m.num_readout_sums,
                                "embedding_sums": int(m.charge_embedding is not None or m.spin_embedding is not None),
-                               "zbl": int(m.zbl is not None)}
+                               "zbl": int(m.zbl is not None),
+                               # direction-dependent EFA queries/keys: open boxes only
+                               "efa_qk_degrees": m.efa_qk_degrees}
         for k in range(m.num_layers):
             out["efa" + str(k)] = int(m.efa_layers[k])
         return out
@@ -116,7 +119,8 @@ class ExportedPotential(nn.Module):
             h = self._split(inputs[0])
             return [torch.cat(m.project(k, h[0]) + [h[1]], 1)]
         if stage == "efa_sums":
-            return [m.efa_sums(k, self._split(inputs[0])[0], inputs[1], inputs[2], inputs[3])]
+            h = self._split(inputs[0])  # ev: direction-dependent queries/keys (efa_qk_degrees > 0) read it
+            return [m.efa_sums_ev(k, h[0], h[1], inputs[1], inputs[2], inputs[3])]
         if stage == "update":
             h = self._split(inputs[0])
             a = self._split(inputs[1])
@@ -143,9 +147,9 @@ class ExportedPotential(nn.Module):
             gp = [grads[0][:, i * f:(i + 1) * f] for i in range(5)]
             return [torch.cat([m.project_vjp(k, h[0], gp), grads[0][:, 5 * f:]], 1)]
         if stage == "efa_sums":
-            r = m.efa_sums_vjp(k, self._split(inputs[0])[0], inputs[1], inputs[2], inputs[3], grads[0])
-            g_h = torch.cat([r[0], torch.zeros_like(self._split(inputs[0])[1])], 1)
-            return [g_h, r[1], r[2], torch.zeros_like(inputs[3], dtype=r[1].dtype)]
+            h = self._split(inputs[0])
+            r = m.efa_sums_vjp(k, h[0], h[1], inputs[1], inputs[2], inputs[3], grads[0])
+            return [torch.cat([r[0], r[1]], 1), r[2], r[3], torch.zeros_like(inputs[3], dtype=r[2].dtype)]
         if stage == "update":
             h = self._split(inputs[0])
             a = self._split(inputs[1])

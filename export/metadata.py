@@ -124,6 +124,8 @@ def build_metadata(potential, dtype: Optional[str] = None) -> Dict[str, Any]:
         "species": species,
         "symbols": [chemical_symbol(z) for z in species],
         "efa": bool(model.has_efa),
+        # direction-dependent EFA queries/keys (open systems only: periodic boxes are refused)
+        "efa_qk_degrees": int(getattr(model, "efa_qk_degrees", 0)),
         "long_range": {
             "electrostatics": bool(cfg.electrostatic_energy_bool),
             "dispersion": bool(cfg.dispersion_energy_bool),

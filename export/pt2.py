@@ -156,8 +156,8 @@ def _engine_setup(potential, boundaries: List[str], dtype: torch.dtype) -> Tuple
 
 
 def _verify_generic(runner: Callable, programs: Dict[str, Any], potential, dtype: torch.dtype, device: str,
-                    tol: float, say: Callable[[str], None]) -> None:
-    for periodic in (False, True):
+                    tol: float, say: Callable[[str], None], open_only: bool = False) -> None:
+    for periodic in (False,) if open_only else (False, True):
         for n, seed in ((9, 1), (23, 2)):
             args = _generic_inputs(potential, periodic, dtype, device, n=n, seed=seed)
             pos, z, cell = args[0], args[1], args[2]
@@ -167,14 +167,15 @@ def _verify_generic(runner: Callable, programs: Dict[str, Any], potential, dtype
             e_got, f_got, _ = runner(name)(*args)
             _compare(float(e_got.sum()), float(ref["energy"]), f_got, ref["forces"], tol,
                      f"the compiled program '{name}' on {n} atoms ({'periodic' if periodic else 'open'})")
-    say("generic program(s) = eager on open and periodic structures of 9 and 23 atoms")
+    say(f"generic program(s) = eager on {'open' if open_only else 'open and periodic'} structures of 9 and 23 atoms")
 
 
-def _verify_engine(engine, potential, dtype: torch.dtype, tol: float, say: Callable[[str], None]) -> None:
+def _verify_engine(engine, potential, dtype: torch.dtype, tol: float, say: Callable[[str], None],
+                   open_only: bool = False) -> None:
     from so3krates.export.engine_reference import evaluate
 
     eager = ExportedPotential(potential).eval()
-    for periodic in (False, True):
+    for periodic in (False,) if open_only else (False, True):
         pos, z, box = _example_structure(list(potential.species), 16, seed=5)
         cell = np.eye(3) * (box if periodic else 0.0)
         pbc = np.array([periodic] * 3)
@@ -215,7 +216,9 @@ def export_pt2(potential, output: str | os.PathLike, dtype: str = "float64", dev
                          "machine with that device, or use the TorchScript format")
     tdtype = getattr(torch, dtype)
     potential = potential.to(tdtype).to(device).eval()
-    boundaries = ["open", "periodic"] if potential.model.has_efa else ["open"]
+    # EFA: one program per boundary kind; direction-dependent EFA (efa_qk_degrees > 0) is open-only
+    open_only = potential.model.has_efa and potential.model.efa_qk_degrees > 0
+    boundaries = ["open", "periodic"] if potential.model.has_efa and not open_only else ["open"]
 
     def say(msg: str) -> None:
         if progress:
@@ -262,9 +265,9 @@ def export_pt2(potential, output: str | os.PathLike, dtype: str = "float64", dev
                 runners[name] = load_package(tmp, model_name=name)
             return runners[name]
 
-        _verify_generic(runner, meta["programs"], potential, tdtype, device, tol, say)
+        _verify_generic(runner, meta["programs"], potential, tdtype, device, tol, say, open_only)
         if engine:
-            _verify_engine(PT2Engine(tmp, meta), potential, tdtype, tol, say)
+            _verify_engine(PT2Engine(tmp, meta), potential, tdtype, tol, say, open_only)
         os.replace(tmp, output)
     finally:
         shutil.rmtree(keep_dir, ignore_errors=True)
@@ -318,6 +321,9 @@ class So3kratesPT2:
         pos, _, cell_m, idx_i, idx_j, shifts = args[:6]
         check_min_distance(pos[idx_j] - pos[idx_i] + shifts @ cell_m, idx_i, idx_j, shifts, 0.1)
         periodic = not is_open(cell, pbc.to(torch.bool))
+        if periodic and int(self.metadata.get("efa_qk_degrees", 0)) > 0:
+            raise ValueError("efa_qk_degrees > 0 (direction-dependent EFA queries/keys) supports open systems "
+                             "(pbc = F,F,F) only; for periodic boxes use a model with efa_qk_degrees = 0")
         if periodic and not bool(pbc.to(torch.bool).all()) and self.runner_periodic is not self.runner:
             raise ValueError("Euclidean fast attention supports fully periodic or fully open boxes, not mixed "
                              "boundaries (pbc = " + str(pbc.tolist()) + ")")

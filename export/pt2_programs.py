@@ -145,6 +145,12 @@ def program_name(stage: str, k: int, vjp: bool, boundary: str = "") -> str:
     return name + ("_vjp" if vjp else "_fwd")
 
 
+def layout_boundaries(layout: Dict[str, int]) -> Tuple[str, ...]:
+    """The boundaries the per-boundary (EFA) programs are compiled for: open only for direction-dependent
+    EFA queries/keys (``efa_qk_degrees`` > 0, defined for open systems only)."""
+    return BOUNDARIES[:1] if int(layout.get("efa_qk_degrees", 0)) > 0 else BOUNDARIES
+
+
 def engine_stage_list(layout: Dict[str, int]) -> List[Tuple[str, int, bool, bool]]:
     """(stage, k, has_vjp, per_boundary) of every engine stage the layout needs (``check`` excepted: the
     engine checks its input itself)."""
@@ -169,7 +175,7 @@ def engine_stage_list(layout: Dict[str, int]) -> List[Tuple[str, int, bool, bool
 def engine_program_names(layout: Dict[str, int]) -> List[str]:
     names: List[str] = []
     for stage, k, vjp, per_boundary in engine_stage_list(layout):
-        for b in (BOUNDARIES if per_boundary else ("",)):
+        for b in (layout_boundaries(layout) if per_boundary else ("",)):
             names.append(program_name(stage, k, False, b))
             if vjp:
                 names.append(program_name(stage, k, True, b))
@@ -272,7 +278,7 @@ def engine_programs(exported_by_boundary: Dict[str, ExportedPotential],
     layout = exported_by_boundary[any_b].engine_layout()
     programs: List[StageProgram] = []
     for stage, k, has_vjp, per_boundary in engine_stage_list(layout):
-        for b in (BOUNDARIES if per_boundary else (any_b,)):
+        for b in (layout_boundaries(layout) if per_boundary else (any_b,)):
             suffix = b if per_boundary else ""
             exp, rec = exported_by_boundary[b], recorders[b]
             pair = stage in PAIR_STAGES

@@ -159,19 +159,21 @@ class StageGradients(nn.Module):
         return res
 
     @torch.jit.export
-    def efa_sums_vjp(self, k: int, x: Tensor, positions: Tensor, cell: Tensor, pbc: Tensor,
+    def efa_sums_vjp(self, k: int, x: Tensor, ev: Tensor, positions: Tensor, cell: Tensor, pbc: Tensor,
                      g_sums: Tensor) -> List[Tensor]:
-        """Backward of ``efa_sums`` -> [g_x, g_positions, g_cell]."""
+        """Backward of ``efa_sums_ev`` (the Euclidean variables ``ev`` enter only with ``efa_qk_degrees`` > 0;
+        their gradient is zero otherwise) -> [g_x, g_ev, g_positions, g_cell]."""
         grad_was = torch.is_grad_enabled()
         torch.set_grad_enabled(True)
         x_l = _leaf(x, True)
+        ev_l = _leaf(ev, True)
         pos = _leaf(positions, True)
         cel = _leaf(cell, True)
-        s = self.efa_sums(k, x_l, pos, cel, pbc)
+        s = self.efa_sums_ev(k, x_l, ev_l, pos, cel, pbc)
         go: List[Optional[Tensor]] = [g_sums]
-        g = torch.autograd.grad([s], [x_l, pos, cel], grad_outputs=go, allow_unused=True)
+        g = torch.autograd.grad([s], [x_l, ev_l, pos, cel], grad_outputs=go, allow_unused=True)
         torch.set_grad_enabled(grad_was)
-        return [_or_zeros(g[0], x), _or_zeros(g[1], positions), _or_zeros(g[2], cell)]
+        return [_or_zeros(g[0], x), _or_zeros(g[1], ev), _or_zeros(g[2], positions), _or_zeros(g[3], cell)]
 
     # -------------------------------------------------------------------- readout
     @torch.jit.export

@@ -262,38 +262,20 @@ def test_torchscript_export_equals_eager(tmp_path):
     assert float((a["forces"] - b["forces"]).abs().max()) < 1e-12
 
 
-def test_engine_reference_with_ev_equals_forward():
-    """The staged engine driver (export/engine_reference.py: simulated ranks, halo exchange, EFA sums
-    added over ranks) = forward, when its efa_sums stage also hands over the ev part of the feature
-    rows (the exported module's stage passes x only and refuses directional models; an engine-side
-    change of two lines, see docs/efa.md)."""
+def test_engine_stages_equal_forward(tmp_path):
+    """The exported file's engine stages, driven as LAMMPS drives them (export/engine_reference.py:
+    simulated ranks, halo exchange, EFA key-value sums added over ranks; the efa_sums stage reads the
+    ev part of the feature rows, and its gradient flows back through ev) = the file's forward, on 1
+    and 3 ranks. (LAMMPS itself: tests/test_lammps.py::test_efa_directional_open_box_matches_ase.)"""
     from so3krates.export import engine_reference
-    from so3krates.export.exported_model import ExportedPotential
+    from so3krates.export.exporter import export_potential
+    from so3krates.export.loader import load_exported
     from so3krates.potential.potential import So3kratesPotential
-
-    class WithEv(ExportedPotential):
-        def engine_atoms(self, stage, k, inputs):
-            if stage == "efa_sums":
-                h = self._split(inputs[0])
-                return [self.model.efa_sums_ev(k, h[0], h[1], inputs[1], inputs[2], inputs[3])]
-            return super().engine_atoms(stage, k, inputs)
-
-        def engine_atoms_vjp(self, stage, k, inputs, grads):
-            if stage == "efa_sums":
-                with torch.enable_grad():
-                    h = inputs[0].detach().requires_grad_(True)
-                    p = inputs[1].detach().requires_grad_(True)
-                    s = self.model.efa_sums_ev(k, h[:, :self.num_features], h[:, self.num_features:], p,
-                                               inputs[2], inputs[3])
-                    gh, gp = torch.autograd.grad(s, [h, p], grads[0], allow_unused=True)
-                gh = torch.zeros_like(inputs[0]) if gh is None else gh
-                gp = torch.zeros_like(inputs[1]) if gp is None else gp
-                return [gh, gp, torch.zeros_like(inputs[2]), torch.zeros_like(inputs[3], dtype=gp.dtype)]
-            return super().engine_atoms_vjp(stage, k, inputs, grads)
 
     model = _dir_model()
     pos, z, _, _ = _open_structure(n=12, seed=5)
-    module = WithEv(So3kratesPotential(model).eval())
+    export_potential(So3kratesPotential(model).eval(), tmp_path / "m.pt", dtype="float64")
+    module, _ = load_exported(tmp_path / "m.pt")
     cell, pbc = np.zeros((3, 3)), np.array([False] * 3)
     ref = module(pos, z, torch.zeros(3, 3, dtype=F64), torch.zeros(3, dtype=torch.bool), 0.0, 0.0, True, False)
     for nranks in (1, 3):

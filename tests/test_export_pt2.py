@@ -223,3 +223,20 @@ def test_upstream_index_add_broadcast_reproducer(tmp_path):
     for size in (7, 11, 30):
         q, b = torch.randn(size, dtype=torch.float64), torch.zeros(size, dtype=torch.long)
         assert float((run(q, b) - m(q, b)).abs().max()) < 1e-12
+
+
+@pytest.mark.slow
+def test_pt2_directional_efa_open_only(tmp_path):
+    """Direction-dependent EFA queries/keys (efa_qk_degrees = 2): only the open-boundary programs are
+    compiled, the exporter verifies them (generic + engine stages on 1, 2, 5 ranks), and the runtime
+    refuses a periodic structure naming the option."""
+    from so3krates.export.pt2 import export_pt2
+    pot = So3kratesPotential(small_model(long_range=False, efa=True, num_layers=2, efa_layers=[True, True],
+                                         efa_qk_degrees=2, seed=5))
+    meta = export_pt2(pot, tmp_path / "dir.pt2")
+    assert meta["efa_qk_degrees"] == 2 and "periodic_model" not in meta["programs"]
+    assert "efa_sums_1_open_vjp" in meta["programs"] and not any("periodic" in p for p in meta["programs"])
+    module, _ = load_exported(tmp_path / "dir.pt2")
+    pos, z, cell = random_periodic(17, seed=5)
+    with pytest.raises(ValueError, match="efa_qk_degrees"):
+        module(torch.tensor(pos), torch.tensor(z), torch.tensor(cell), torch.tensor([True] * 3))
