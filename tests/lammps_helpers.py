@@ -158,10 +158,12 @@ def error_text(proc) -> str:
 # ------------------------------------------------------------------------------ real model
 def export_small_so3krates(path, long_range: bool, seed: int = 0, efa_layers: Sequence[bool] = (),
                            charge_embedding: bool = False, dtype: str = "float64", num_layers: int = 2,
-                           cutoff: float = 3.0, cutoff_lr: float = 4.0, species: Sequence[int] = (1, 8)):
+                           cutoff: float = 3.0, cutoff_lr: float = 4.0, species: Sequence[int] = (1, 8),
+                           efa_qk_degrees: int = 0):
     """Export a small random-weight So3krates (``num_layers`` layers, ``cutoff`` Å; with ``long_range``:
     electrostatics + dispersion + ZBL with ``cutoff_lr`` Å; ``efa_layers``: EFA per layer (periodic
-    reciprocal-lattice variant in periodic boxes); ``charge_embedding``: charge and spin embeddings)
+    reciprocal-lattice variant in periodic boxes; ``efa_qk_degrees``: direction-dependent EFA queries/keys,
+    open systems only); ``charge_embedding``: charge and spin embeddings)
     with the package's exporter (no fallback: an exporter regression must fail the test).
     Every weight is random, including the EFA output layers that are zero-initialised (a fresh
     model's EFA contributes exactly 0). Returns the eager model."""
@@ -181,7 +183,7 @@ def export_small_so3krates(path, long_range: bool, seed: int = 0, efa_layers: Se
     if charge_embedding:
         kw.update(use_charge_embed=True, use_spin_embed=True)
     if any(efa_layers):
-        kw.update(efa_layers=list(efa_layers), efa_grid=50, efa_max_length=8.0)
+        kw.update(efa_layers=list(efa_layers), efa_grid=50, efa_max_length=8.0, efa_qk_degrees=efa_qk_degrees)
     model = So3krates(So3kratesConfig(**kw)).double().eval()
     with torch.no_grad():  # random weights everywhere, so that every term contributes
         for p in model.parameters():

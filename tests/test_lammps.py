@@ -223,7 +223,7 @@ def test_efa_periodic_matches_ase(efa_model, tmp_path, nprocs):
         os.symlink(efa_model["dir"] / f, tmp_path / f)
     proc = H.run_lmp(tmp_path, H.energy_script("box.data", "efa.pt", ["H", "O"]), nprocs)
     assert "EFA in 2 layer(s) (periodic)" in proc.screen
-    errs = H.compare(H.parse_results(tmp_path, proc), ref, 1e-8)
+    errs = H.compare(H.parse_results(tmp_path, proc), ref, 1e-10)
     print(f"EFA periodic, {nprocs} ranks: relative errors {errs}")
 
 
@@ -236,7 +236,7 @@ def test_efa_ranks_without_atoms(efa_model, tmp_path):
     ref = H.ase_reference(efa_model["dir"] / "efa.pt", atoms)
     os.symlink(efa_model["dir"] / "efa.pt", tmp_path / "efa.pt")
     proc = H.run_lmp(tmp_path, H.energy_script("sparse.data", "efa.pt", ["H", "O"]), 8)
-    H.compare(H.parse_results(tmp_path, proc), ref, 1e-8)
+    H.compare(H.parse_results(tmp_path, proc), ref, 1e-10)
 
 
 def test_efa_open_box_matches_ase(efa_model, tmp_path):
@@ -251,15 +251,38 @@ def test_efa_open_box_matches_ase(efa_model, tmp_path):
     script = H.energy_script("box.data", "efa.pt", ["H", "O"]).replace("boundary p p p", "boundary f f f")
     proc = H.run_lmp(tmp_path, script, 2)
     assert "EFA in 2 layer(s) (open)" in proc.screen
-    H.compare(H.parse_results(tmp_path, proc), ref, 1e-8, virial=False)
+    H.compare(H.parse_results(tmp_path, proc), ref, 1e-10, virial=False)
+
+
+def test_efa_directional_open_box_matches_ase(tmp_path):
+    """Direction-dependent EFA queries/keys (efa_qk_degrees = 2: the efa_sums stage reads the Euclidean
+    variables of the feature rows, its gradient flows back through them) in an open box on 2 ranks =
+    ASE; the periodic box is refused at pair_coeff with the option named."""
+    model = H.export_small_so3krates(tmp_path / "dir.pt", False, seed=3, efa_layers=[True, True],
+                                     efa_qk_degrees=2)
+    atoms = H.random_box(3, 2.4, seed=3)
+    atoms.cell = np.diag(np.ptp(atoms.positions, axis=0) + 6.0)
+    atoms.positions += 3.0 - atoms.positions.min(0)
+    atoms.pbc = False
+    assert H.efa_contribution(model, atoms) > 1e-3
+    ref = H.ase_reference(tmp_path / "dir.pt", atoms)
+    H.write_data(atoms, tmp_path / "box.data", ["H", "O"])
+    script = H.energy_script("box.data", "dir.pt", ["H", "O"]).replace("boundary p p p", "boundary f f f")
+    proc = H.run_lmp(tmp_path, script, 2)
+    assert "EFA in 2 layer(s) (open)" in proc.screen
+    H.compare(H.parse_results(tmp_path, proc), ref, 1e-10, virial=False)
+    proc = H.run_lmp(tmp_path, H.energy_script("box.data", "dir.pt", ["H", "O"]), 1)
+    text = H.error_text(proc)
+    assert proc.returncode != 0 and "efa_qk_degrees = 2" in text and "boundary f f f" in text
+    assert "Last input line: pair_coeff" in text
 
 
 # ------------------------------------------------------------------------------ SO3LR
-@pytest.mark.parametrize("nprocs", [1, 2])
+@pytest.mark.parametrize("nprocs", [1, 2, 4])
 def test_so3lr_matches_ase(so3lr_file, tmp_path, nprocs):
     """SO3LR (3 layers x 4.5 Å, electrostatics + dispersion with a 12 Å long-range cutoff, charge and
     spin embeddings) on DHA in a 17 Å triclinic periodic cell (the 12 Å pairs reach the periodic
-    images): LAMMPS = ASE calculator to 1e-8 relative in energy, forces and virial."""
+    images): LAMMPS = ASE calculator to 1e-10 relative in energy, forces and virial on 1, 2 and 4 ranks."""
     from ase.io import read
 
     atoms = H.place_in_box(read(H.so3lr_dir() / "tests" / "dha.xyz"),
@@ -271,7 +294,7 @@ def test_so3lr_matches_ase(so3lr_file, tmp_path, nprocs):
     script = H.energy_script("dha.data", "so3lr.pt", elements, extra="neighbor 0.5 bin")
     proc = H.run_lmp(tmp_path, script, nprocs, timeout=300)
     assert "3 layers, cutoff 4.5 A, long-range cutoff 12 A" in proc.screen
-    errs = H.compare(H.parse_results(tmp_path, proc), ref, 1e-8)
+    errs = H.compare(H.parse_results(tmp_path, proc), ref, 1e-10)
     print(f"SO3LR DHA, {nprocs} ranks: relative errors {errs}")
 
 

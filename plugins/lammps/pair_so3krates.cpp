@@ -228,6 +228,8 @@ void PairSo3krates::read_metadata(const std::string &text, const std::string &pa
     if (species.empty()) error->all(FLERR, "pair_coeff so3krates: '{}' metadata lists no species", path);
     dtype = meta.contains("dtype") ? meta["dtype"].get<std::string>() : std::string("float32");
     efa = meta.contains("efa") && meta["efa"].is_boolean() && meta["efa"].get<bool>();
+    efa_qk_degrees = meta.contains("efa_qk_degrees") && meta["efa_qk_degrees"].is_number_integer()
+                         ? meta["efa_qk_degrees"].get<int>() : 0;
     if (meta.contains("units") && meta["units"].is_object()) {
       const json &u = meta["units"];
       auto is = [&](const char *k, std::initializer_list<const char *> ok) {
@@ -278,6 +280,12 @@ void PairSo3krates::check_box()
                "(boundary p p p: reciprocal-lattice EFA) or a fully non-periodic one (boundary f f f: open EFA), "
                "not boundary {} {} {}; for a slab or wire use 'boundary p p p' with a vacuum gap",
                model_path, domain->xperiodic ? "p" : "f", domain->yperiodic ? "p" : "f", domain->zperiodic ? "p" : "f");
+  if (np == 3 && efa_qk_degrees > 0)
+    error->all(FLERR,
+               "pair so3krates: '{}' has direction-dependent EFA queries/keys (efa_qk_degrees = {}), which are "
+               "defined for open systems only (boundary f f f); use a model trained with efa_qk_degrees: 0 for "
+               "periodic boxes",
+               model_path, efa_qk_degrees);
 }
 
 void PairSo3krates::init_style()
@@ -402,6 +410,23 @@ void PairSo3krates::build_pairs(so3krates::Step &s)
   }
 }
 
+// Ghost atoms that are periodic images of atoms this rank owns (same tag): their owner's index.
+void PairSo3krates::find_owners(so3krates::Step &s)
+{
+  s.owner.clear();
+  if (!atom->tag_enable) return;
+  const int nlocal = atom->nlocal, nall = nlocal + atom->nghost;
+  owned_by_tag.clear();
+  owned_by_tag.reserve(static_cast<size_t>(nlocal));
+  for (int i = 0; i < nlocal; ++i) owned_by_tag.emplace(atom->tag[i], i);
+  s.owner.assign(static_cast<size_t>(nall), -1);
+  for (int i = 0; i < nlocal; ++i) s.owner[i] = i;
+  for (int i = nlocal; i < nall; ++i) {
+    auto it = owned_by_tag.find(atom->tag[i]);
+    if (it != owned_by_tag.end()) s.owner[i] = it->second;
+  }
+}
+
 void PairSo3krates::compute(int eflag, int vflag)
 {
   ev_init(eflag, vflag);
@@ -419,6 +444,7 @@ void PairSo3krates::compute(int eflag, int vflag)
   s.total_charge = total_charge;
   s.num_unpaired_electrons = num_unpaired_electrons;
   build_pairs(s);
+  find_owners(s);
   // the box (EFA models): rows a = (xprd,0,0), b = (xy,yprd,0), c = (xz,yz,zprd)
   const double *h = domain->h;
   const double cell[9] = {h[0], 0.0, 0.0, domain->triclinic ? h[5] : 0.0, h[1], 0.0,

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 namespace so3krates {
@@ -54,6 +55,7 @@ class PairSo3krates : public Pair {
   void check_box();
   void raise_neighbor_limits();
   void build_pairs(so3krates::Step &step);
+  void find_owners(so3krates::Step &step);
   void apply_result(const so3krates::Result &res, int nall);
   void report(const so3krates::Result &res, int nlocal, int nall);
 
@@ -71,6 +73,8 @@ class PairSo3krates : public Pair {
   double cutoff_lr = 0.0;         // long-range pair cutoff (Å), 0 when none
   double pair_cutoff = 0.0;       // neighbour list and ghost shell: max(cutoff, cutoff_lr)
   bool efa = false;               // Euclidean fast attention: needs the box (periodic or open)
+  int efa_qk_degrees = 0;         // direction-dependent EFA queries/keys: open boxes only
+  std::unordered_map<tagint, int> owned_by_tag;   // find_owners: tag -> index of the owned atom
   std::string dtype;
   std::vector<int> species;       // atomic numbers the model knows
 

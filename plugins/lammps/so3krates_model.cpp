@@ -272,18 +272,25 @@ static Inputs make_inputs(const Step &s, const torch::Device &dev, torch::Dtype 
   in.cell = torch::from_blob(const_cast<double *>(s.box.cell), {3, 3}, f64).clone().to(dev).requires_grad_(true);
   in.pbc = torch::tensor({s.box.pbc[0], s.box.pbc[1], s.box.pbc[2]}, torch::kBool).to(dev);
   in.z = long_tensor(s.z, dev);
-  // compact rows: owned atoms, then the ghosts that appear in a local pair
+  // compact rows: owned atoms, then the ghosts that appear in a local pair; a ghost that is an image of
+  // an owned atom uses its owner's row (the same features: its projection is not computed twice, and
+  // its attention sums land on the owner directly instead of through the reverse halo)
   std::vector<int64_t> map(s.ntot, -1), rows;
   for (int64_t i = 0; i < s.nlocal; ++i) {
     map[i] = i;
     rows.push_back(i);
   }
+  const bool merge = static_cast<int64_t>(s.owner.size()) == s.ntot;
   std::vector<int64_t> pi(s.pair_i.size()), pj(s.pair_j.size());
   for (size_t p = 0; p < s.pair_i.size(); ++p) {
     for (int64_t a : {s.pair_i[p], s.pair_j[p]})
       if (map[a] < 0) {
-        map[a] = static_cast<int64_t>(rows.size());
-        rows.push_back(a);
+        if (merge && s.owner[a] >= 0 && s.owner[a] < s.nlocal) {
+          map[a] = s.owner[a];
+        } else {
+          map[a] = static_cast<int64_t>(rows.size());
+          rows.push_back(a);
+        }
       }
     pi[p] = map[s.pair_i[p]];
     pj[p] = map[s.pair_j[p]];
@@ -292,8 +299,9 @@ static Inputs make_inputs(const Step &s, const torch::Device &dev, torch::Dtype 
   in.z_rows = in.z.index_select(0, in.rows);
   in.pi = long_tensor(pi, dev);
   in.pj = long_tensor(pj, dev);
-  Tensor pos_rows = in.pos.index_select(0, in.rows);
-  in.vec = (pos_rows.index_select(0, in.pj) - pos_rows.index_select(0, in.pi)).to(dt);
+  // pair vectors from the atoms' own positions (a merged ghost is at its image position)
+  in.vec = (in.pos.index_select(0, long_tensor(s.pair_j, dev)) - in.pos.index_select(0, long_tensor(s.pair_i, dev)))
+               .to(dt);
   in.li = long_tensor(s.lr_i, dev);
   in.lj = long_tensor(s.lr_j, dev);
   in.vec_lr = (in.pos.index_select(0, in.lj) - in.pos.index_select(0, in.li)).to(dt);

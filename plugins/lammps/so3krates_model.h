@@ -45,6 +45,9 @@ struct Step {
   int nlocal = 0;
   std::vector<int64_t> z;          // atomic numbers [ntot]
   std::vector<int64_t> pair_i, pair_j, lr_i, lr_j;
+  // [ntot] or empty: for a ghost atom that is a periodic image of an atom this rank owns, the owner's
+  // index (< nlocal), else -1. Such ghosts share their owner's projected row (computed once).
+  std::vector<int64_t> owner;
   double total_charge = 0.0;       // e, whole system
   double num_unpaired_electrons = 0.0;
   Box box;
