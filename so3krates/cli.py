@@ -41,7 +41,7 @@ def _cmd_info(args) -> None:
     print(summary_line(meta))
     for key in ("format", "format_version", "package_version", "torch_version", "dtype", "device", "cutoff", "cutoff_lr",
                 "num_layers", "receptive_field", "ghost_cutoff", "efa", "long_range", "units", "entry_points",
-                "source_checkpoint"):
+                "source_checkpoint", "compiled_with", "compiled_without_fusion"):
         if key in meta:
             print(f"  {key:18s} {meta[key]}")
     print(f"  {'species':18s} {' '.join(f'{s}({z})' for s, z in zip(meta['symbols'], meta['species']))}")

@@ -45,3 +45,22 @@ def pytest_configure(config):
     # tests/test_current_env.py: runs inside .venv-current (scripts/run_tests.sh; docs/install.md)
     config.addinivalue_line("markers", "current_env: runs inside .venv-current (torch 2.13 CPU, PythonForce); "
                                        "bash scripts/run_tests.sh runs them there")
+
+
+@pytest.fixture(scope="session")
+def so3lr_pt2(so3lr_checkpoint):
+    """The converted weights as a float64 ``.pt2`` package with engine stages (slow tests only: compiling SO3LR
+    takes ~30-60 min here). ``SO3KRATES_TEST_SO3LR_PT2=<path>`` reuses a package made by ``so3krates export
+    <so3lr.ckpt> --format pt2 --dtype float64`` of the same weights (checked through its metadata)."""
+    import os
+    from pathlib import Path
+    from so3krates.export.exporter import export_checkpoint
+    from so3krates.export.metadata import read_metadata
+    given = os.environ.get("SO3KRATES_TEST_SO3LR_PT2")
+    if given:
+        meta = read_metadata(given)
+        assert meta["format"] == "pt2" and meta["num_layers"] == 3 and meta["cutoff_lr"] == SO3LR_LR_CUTOFF, meta
+        return Path(given)
+    path = so3lr_checkpoint.with_suffix(".pt2")
+    export_checkpoint(str(so3lr_checkpoint), str(path), dtype="float64", fmt="pt2")
+    return path
