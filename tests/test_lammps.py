@@ -109,6 +109,22 @@ def test_units_real(work, tmp_path):
     _compare(res, ref, tol=1e-9, factor=H.EV_TO_KCAL_MOL)
 
 
+def test_malloc_keyword(work, tmp_path):
+    """By default the pair style keeps freed memory in the process (mallopt; said in the log), which only changes
+    where the step's tensors live: 'malloc system' gives the same numbers bit for bit."""
+    ref = work["ref_ortho"]
+    (tmp_path / "keep").mkdir()
+    (tmp_path / "system").mkdir()
+    keep = _run(work, tmp_path / "keep", H.energy_script("ortho.data", "toy.pt", ["H", "O"]))
+    system = _run(work, tmp_path / "system", H.energy_script("ortho.data", "toy.pt", ["H", "O"],
+                                                            pair_style="so3krates malloc system"))
+    assert "malloc keeps freed memory for reuse" in keep.screen
+    assert "malloc keeps freed memory" not in system.screen
+    a, b = H.parse_results(tmp_path / "keep", keep), H.parse_results(tmp_path / "system", system)
+    _compare(a, ref)
+    assert a["pe"] == b["pe"] and np.array_equal(a["forces"], b["forces"])
+
+
 def test_halo_exchange_log_line(work, tmp_path):
     """The first evaluation states the cost of the decomposition: ghost cutoff (one cutoff + skin),
     values exchanged per ghost atom per layer, features per local atom."""
@@ -499,6 +515,7 @@ def test_error_device_cuda_without_gpu(work, tmp_path):
 def test_error_bad_keyword(work, tmp_path):
     assert "unknown keyword 'gpu'" in _error(work, tmp_path, _script(pair_style="so3krates gpu 1"))
     assert "'prune' is gone" in _error(work, tmp_path, _script(pair_style="so3krates prune yes"))
+    assert "malloc must be keep or system" in _error(work, tmp_path, _script(pair_style="so3krates malloc off"))
 
 
 def test_error_box_too_small_for_tiled(work, tmp_path):

@@ -30,9 +30,14 @@
 #include "utils.h"
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 using namespace LAMMPS_NS;
 using so3krates::standard_mass;
@@ -109,16 +114,21 @@ void PairSo3krates::settings(int narg, char **arg)
     } else if (key == "chunk") {
       chunk = utils::bnumeric(FLERR, val, false, lmp);
       if (chunk < 1) error->all(FLERR, "pair_style so3krates: chunk must be >= 1 (pairs per call)");
+    } else if (key == "malloc") {
+      if (val != "keep" && val != "system")
+        error->all(FLERR, "pair_style so3krates: malloc must be keep or system, not '{}'", val);
+      malloc_keep = val == "keep";
     } else if (key == "prune") {
       error->all(FLERR, "pair_style so3krates: 'prune' is gone: every rank now computes the features of its "
                         "own atoms only (per-layer halo exchange); remove the keyword");
     } else {
       error->all(FLERR,
                  "pair_style so3krates: unknown keyword '{}' (known: device cpu|cuda, threads N, charge Q, "
-                 "unpaired_electrons S, chunk P)",
+                 "unpaired_electrons S, chunk P, malloc keep|system)",
                  key);
     }
   }
+  if (malloc_keep) keep_freed_memory();
   if (nthreads > 0) {
     try {
       so3krates::Model::set_num_threads(nthreads);
@@ -126,6 +136,27 @@ void PairSo3krates::settings(int narg, char **arg)
       error->all(FLERR, std::string("pair_style so3krates: ") + e.what());
     }
   }
+}
+
+// glibc returns the large blocks of a step's tensors to the system when they are freed (mmap/munmap,
+// heap trimming), and the next step faults them in again page by page: ~25 % of a step's time went into
+// the kernel's page-fault handling on water boxes of 3k-25k atoms (system time; LAMMPS' "% CPU use"
+// shows only ~73 %). Keeping freed memory in the process (as a long-running Python process ends up doing)
+// removes it for ~5 % more resident memory. Environment settings MALLOC_*_ win; 'malloc system' keeps
+// glibc's defaults.
+void PairSo3krates::keep_freed_memory()
+{
+#ifdef __GLIBC__
+  if (std::getenv("MALLOC_MMAP_THRESHOLD_") || std::getenv("MALLOC_TRIM_THRESHOLD_") ||
+      std::getenv("GLIBC_TUNABLES"))
+    return;
+  const bool ok = mallopt(M_MMAP_THRESHOLD, 1 << 30) == 1 && mallopt(M_TRIM_THRESHOLD, INT_MAX) == 1 &&
+      mallopt(M_TOP_PAD, 256 << 20) == 1;
+  if (comm->me == 0)
+    utils::logmesg(lmp, ok ? "so3krates: malloc keeps freed memory for reuse (mmap threshold 1 GiB, trim threshold "
+                             "2 GiB, top pad 256 MiB; 'malloc system' for glibc's defaults)\n"
+                           : "so3krates: WARNING: mallopt failed; glibc's malloc defaults stay\n");
+#endif
 }
 
 /* pair_coeff * * model.pt El1 El2 ... (one element per atom type) */

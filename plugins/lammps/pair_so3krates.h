@@ -1,6 +1,6 @@
 /* pair_style so3krates: exported So3krates/SO3LR models in LAMMPS.
 
-   pair_style so3krates [device cpu|cuda] [threads N] [charge Q] [unpaired_electrons S] [chunk P]
+   pair_style so3krates [device cpu|cuda] [threads N] [charge Q] [unpaired_electrons S] [chunk P] [malloc keep|system]
    pair_coeff * * model.pt El1 El2 ...        (one element symbol per atom type)
 
    Needs newton pair on and units metal (eV, Å) or real (kcal/mol, Å; converted). Every rank computes
@@ -58,11 +58,13 @@ class PairSo3krates : public Pair {
   void find_owners(so3krates::Step &step);
   void apply_result(const so3krates::Result &res, int nall);
   void report(const so3krates::Result &res, int nlocal, int nall);
+  void keep_freed_memory();
 
   std::unique_ptr<so3krates::Model> model;
   std::string model_path;
   std::string device = "cpu";
   int nthreads = 0;
+  bool malloc_keep = true;        // 'malloc keep|system': keep freed memory in the process (see keep_freed_memory)
   long chunk = 0;                 // pairs per call of a pair stage (0: the model's default)
   double total_charge = 0.0;
   double num_unpaired_electrons = 0.0;
