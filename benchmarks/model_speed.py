@@ -2,6 +2,8 @@
 
     python benchmarks/model_speed.py            # ~300 .. ~30,000 atoms, 1 and 2 threads
     python benchmarks/model_speed.py --quick    # up to ~3,000 atoms, 1 thread
+    python benchmarks/model_speed.py --model demo --before 09ed271 --sides 7 10 --threads 1
+                                                # before/after: an older revision's code vs this checkout
 
 Model: `So3krates(So3kratesConfig.so3lr())` with random weights (speed does not depend on the
 values), wrapped in `So3kratesPotential` in eval mode (the memory-lean inference pass; neighbour
@@ -20,6 +22,13 @@ less sensitive to other jobs on a shared machine; peak RSS) and the fitted scali
 slower). --malloc-trim sets MALLOC_TRIM_THRESHOLD_ (and a fixed
 32 MB MALLOC_MMAP_THRESHOLD_) in the workers: glibc then keeps freed memory for reuse instead of
 returning it to the OS and faulting it in again for the next tensor.
+
+--before REV checks out REV into a temporary git worktree, imports so3krates from it in the "before"
+workers (the package map of pyproject.toml, bypassing the editable install) and runs each point for
+REV and for this checkout in turn, so both see the same machine load; the table gives the CPU-time and
+wall-time speed-ups, peak memory and the energy difference (zero up to float32 rounding for the demo
+model and the published SO3LR weights: the same model, other code). Results go to
+benchmarks/results/model_speed_<model>_before_after.json.
 """
 import argparse
 import json
@@ -32,25 +41,54 @@ from _measure import (extrapolate, guarded_run, mem_available_mb, peak_rss_mb as
                       write_json)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+SO3LR_PARAMS = os.path.join(os.path.dirname(HERE), "..", "shared", "reference", "so3lr", "params.pkl")
+DEMO_CKPT = os.path.join(os.path.dirname(HERE), "examples", "models", "so3krates_demo.ckpt")
 FULL_SIDES = [5, 7, 10, 14, 18, 22]      # 375, 1029, 3000, 8232, 17496, 31944 atoms
 QUICK_SIDES = [5, 7, 10]                 # 375, 1029, 3000 atoms
 
 
+def _use_source(source: str) -> None:
+    """Import so3krates from ``source`` (a layout made by :func:`source_layout`) instead of this checkout."""
+    sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in type(f).__module__]
+    sys.path[:] = [source] + [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(HERE)]
+
+
+def _import_potential():
+    """So3kratesPotential and neighbor_list of the imported so3krates (module paths moved in 27000e5)."""
+    try:
+        from so3krates.potential.potential import So3kratesPotential
+        from so3krates.potential.graph.neighbors import neighbor_list
+    except ImportError:  # before the one-house layout
+        from so3krates.potential.calculator import So3kratesPotential
+        from so3krates.potential.neighbors import neighbor_list
+    return So3kratesPotential, neighbor_list
+
+
 def worker(args):
     """One size, one thread count; prints one JSON line."""
+    import numpy as np
     import torch
     torch.set_num_threads(args.threads)
-    from so3krates.potential.potential import So3kratesPotential
+    if args.source:
+        _use_source(args.source)
+    So3kratesPotential, neighbor_list = _import_potential()
     from so3krates.potential.config import So3kratesConfig
     from so3krates.potential.model import So3krates
-    from so3krates.potential.graph.neighbors import neighbor_list
-    from so3krates.systems import water_lattice
+    from so3krates.potential.checkpoint import model_from_checkpoint
 
     torch.manual_seed(0)
-    pot = So3kratesPotential(So3krates(So3kratesConfig.so3lr())).float().eval()
+    if args.model == "so3lr":
+        net = So3krates(So3kratesConfig.so3lr())
+    elif args.model == "so3lr-published":
+        from so3krates.potential.convert import load_so3lr
+        net = load_so3lr(SO3LR_PARAMS, lr_cutoff=12.0, dispersion_damping=2.0, dtype=torch.float32)
+    else:
+        net = model_from_checkpoint(DEMO_CKPT)
+    pot = So3kratesPotential(net).float().eval()
     if args.script:
         pot = torch.jit.script(pot)
-    pos, cell, numbers = water_lattice(args.n_side)
+    box = np.load(args.system)
+    pos, cell, numbers = box["positions"], box["cell"], box["numbers"]
     P = torch.tensor(pos, dtype=torch.float32)
     C = torch.tensor(cell, dtype=torch.float32)
     Z = torch.tensor(numbers, dtype=torch.long)
@@ -94,12 +132,109 @@ def worker(args):
         "malloc_trim": bool(args.malloc_trim), "neighbor_list_local_s": t_nl,
         "neighbor_list_lr_s": t_nl_lr, "peak_rss_mb": maxrss_mb(),
         "rss_after_model_mb": rss_model, "energy_eV": float(out["energy"]),
+        "code": args.source or "this checkout",
+        "imported_from": os.path.realpath(sys.modules[So3kratesPotential.__module__].__file__),
     }), flush=True)
+
+
+def source_layout(rev: str, workdir: str) -> str:
+    """A git worktree of ``rev`` and an importable ``so3krates`` package made from it (the package map of
+    pyproject.toml: so3krates/, potential/ -> so3krates.potential, export/ -> so3krates.export, plugins/openmm
+    -> so3krates.openmm); returns the folder to put first on sys.path."""
+    import subprocess
+    root = os.path.dirname(HERE)
+    tree = os.path.join(workdir, "tree")
+    subprocess.run(["git", "-C", root, "worktree", "add", "--detach", tree, rev], check=True, capture_output=True)
+    site = os.path.join(workdir, "site")
+    pkg = os.path.join(site, "so3krates")
+    os.makedirs(pkg)
+    for name in os.listdir(os.path.join(tree, "so3krates")):
+        os.symlink(os.path.join(tree, "so3krates", name), os.path.join(pkg, name))
+    for sub, src in (("potential", "potential"), ("export", "export"), ("openmm", "plugins/openmm")):
+        if os.path.isdir(os.path.join(tree, src)):
+            os.symlink(os.path.join(tree, src), os.path.join(pkg, sub))
+    return site
+
+
+def remove_worktree(workdir: str) -> None:
+    import subprocess
+    subprocess.run(["git", "-C", os.path.dirname(HERE), "worktree", "remove", "--force",
+                    os.path.join(workdir, "tree")], capture_output=True)
+
+
+def _run_point(args, env, t, s, system, source, done_rows, label):
+    """One (threads, size) point in its own process: the row, an {'error': ...} dict, or None (skipped)."""
+    env["OMP_NUM_THREADS"] = str(t)
+    env["MKL_NUM_THREADS"] = str(t)
+    if args.omp_passive:
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    if args.malloc_trim:
+        env["MALLOC_TRIM_THRESHOLD_"] = str(4 << 30)
+        env["MALLOC_MMAP_THRESHOLD_"] = str(32 << 20)
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--n-side", str(s), "--system", system,
+           "--model", args.model, "--threads", str(t), "--repeats", str(args.repeats), "--min-time",
+           str(args.min_time)]
+    cmd += ["--source", source] if source else []
+    cmd += ["--script"] if args.script else []
+    cmd += ["--malloc-trim"] if args.malloc_trim else []
+    print(f"{label} {3 * s ** 3} atoms, {t} thread(s) ...", end=" ", flush=True)
+    done = [r for r in done_rows if r["threads"] == t] or done_rows
+    need = extrapolate([(r["atoms"], r["peak_rss_mb"]) for r in done], 3 * s ** 3) or 0.0
+    limit = args.max_memory_mb or 0.5 * mem_available_mb()
+    if need > limit:
+        msg = f"skipped: predicted peak {need:.0f} MB > {limit:.0f} MB allowed"
+        print(msg, flush=True)
+        return {"atoms": 3 * s ** 3, "threads": t, "error": msg}
+    t0 = time.perf_counter()
+    run = guarded_run(cmd, env=env, timeout_s=args.timeout, max_rss_gb=1.2 * limit / 1024)
+    lines = [ln for ln in run["stdout"].splitlines() if ln.startswith("{")]
+    if run["returncode"] != 0 or not lines:
+        err = "timeout" if run["killed"] == "timeout" else run["killed_reason"] or \
+            (run["stderr"].strip().splitlines() or ["exit code %d" % run["returncode"]])[-1]
+        print(f"FAILED: {err}", flush=True)
+        return {"atoms": 3 * s ** 3, "threads": t, "error": err}
+    r = json.loads(lines[-1])
+    print(f"{r['ms_per_atom']:.3f} ms/atom, cpu {r['cpu_ms_per_atom']:.3f} ({r['time_s']:.2f} s/call, nl "
+          f"{r['neighbor_list_local_s']:.2f}+{r['neighbor_list_lr_s']:.2f} s, peak {r['peak_rss_mb']:.0f} MB) "
+          f"[{time.perf_counter() - t0:.0f} s]", flush=True)
+    return r
+
+
+def _before_after_table(before_rows, rows):
+    """Ratios before / after per point (CPU time, wall time, peak memory) and the energies of both."""
+    out = []
+    for b in before_rows:
+        a = next((r for r in rows if r["atoms"] == b["atoms"] and r["threads"] == b["threads"]), None)
+        if a is None:
+            continue
+        out.append({"atoms": a["atoms"], "threads": a["threads"],
+                    "before_cpu_ms_per_atom": b["cpu_ms_per_atom"], "after_cpu_ms_per_atom": a["cpu_ms_per_atom"],
+                    "speedup_cpu": b["cpu_time_s"] / a["cpu_time_s"], "speedup_wall": b["time_s"] / a["time_s"],
+                    "before_peak_mb": b["peak_rss_mb"], "after_peak_mb": a["peak_rss_mb"],
+                    "memory_ratio": a["peak_rss_mb"] / b["peak_rss_mb"],
+                    "energy_before_eV": b["energy_eV"], "energy_after_eV": a["energy_eV"]})
+    if out:
+        print("\nbefore / after (same machine, interleaved):")
+        print(f"{'atoms':>7} {'thr':>3} {'before cpu ms/at':>16} {'after cpu ms/at':>15} {'speed-up cpu':>12} "
+              f"{'speed-up wall':>13} {'peak MB before/after':>21} {'E before - after, eV':>20}")
+        for c in out:
+            print(f"{c['atoms']:>7} {c['threads']:>3} {c['before_cpu_ms_per_atom']:>16.3f} "
+                  f"{c['after_cpu_ms_per_atom']:>15.3f} {c['speedup_cpu']:>12.2f} {c['speedup_wall']:>13.2f} "
+                  f"{c['before_peak_mb']:>10.0f}/{c['after_peak_mb']:<10.0f} "
+                  f"{c['energy_before_eV'] - c['energy_after_eV']:>20.3g}")
+    return out
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="sizes up to ~3000 atoms, 1 thread")
+    ap.add_argument("--model", choices=["so3lr", "so3lr-published", "demo"], default="so3lr",
+                    help="so3lr: So3kratesConfig.so3lr() with random weights (default); so3lr-published: the "
+                         "published weights of ../shared/reference/so3lr (lr cutoff 12 Å, damping 2 Å); demo: "
+                         "the shipped examples/models/so3krates_demo.ckpt")
+    ap.add_argument("--before", metavar="REV",
+                    help="also time the code of git revision REV (a temporary worktree), interleaved with this "
+                         "checkout point by point, and print the before/after ratios")
     ap.add_argument("--sides", type=int, nargs="*", help="water lattice sides (3 n³ atoms)")
     ap.add_argument("--threads", type=int, nargs="*", help="torch thread counts (default 1 2)")
     ap.add_argument("--repeats", type=int, default=2, help="timed calls per point (minimum)")
@@ -117,58 +252,54 @@ def main():
     ap.add_argument("--out", help="JSON output path")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--n-side", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--system", help=argparse.SUPPRESS)
+    ap.add_argument("--source", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         args.threads = args.threads[0]
         worker(args)
         return
 
+    import tempfile
+
+    import numpy as np
+
+    from so3krates.systems import water_lattice
+
     sides = args.sides or (QUICK_SIDES if args.quick else FULL_SIDES)
     threads = args.threads or ([1] if args.quick else [1, 2])
+    tag = {"so3lr": "", "so3lr-published": "_so3lr_published", "demo": "_demo"}[args.model]
+    tag += "_before_after" if args.before else ""
     out_path = args.out or os.path.join(
-        HERE, "results", "model_speed_quick.json" if args.quick else "model_speed.json")
+        HERE, "results", f"model_speed{tag}_quick.json" if args.quick else f"model_speed{tag}.json")
     env = dict(os.environ)
-    rows, failures = [], []
+    rows, failures, before_rows = [], [], []
     points = [(t, s) for t in threads for s in sides]
-    print(f"SO3LR energy+forces on periodic water boxes, float32, "
-          f"{len(points)} points (each in its own process)", flush=True)
-    for k, (t, s) in enumerate(points, 1):
-        env["OMP_NUM_THREADS"] = str(t)
-        env["MKL_NUM_THREADS"] = str(t)
-        if args.omp_passive:
-            env["OMP_WAIT_POLICY"] = "PASSIVE"
-        if args.malloc_trim:
-            env["MALLOC_TRIM_THRESHOLD_"] = str(4 << 30)
-            env["MALLOC_MMAP_THRESHOLD_"] = str(32 << 20)
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--n-side", str(s),
-               "--threads", str(t), "--repeats", str(args.repeats), "--min-time", str(args.min_time)]
-        if args.script:
-            cmd.append("--script")
-        if args.malloc_trim:
-            cmd.append("--malloc-trim")
-        print(f"[{k}/{len(points)}] {3 * s ** 3} atoms, {t} thread(s) ...", end=" ", flush=True)
-        done = [r for r in rows if r["threads"] == t] or rows
-        need = extrapolate([(r["atoms"], r["peak_rss_mb"]) for r in done], 3 * s ** 3) or 0.0
-        limit = args.max_memory_mb or 0.5 * mem_available_mb()
-        if need > limit:
-            msg = f"skipped: predicted peak {need:.0f} MB > {limit:.0f} MB allowed"
-            print(msg, flush=True)
-            failures.append({"atoms": 3 * s ** 3, "threads": t, "error": msg})
-            continue
-        t0 = time.perf_counter()
-        run = guarded_run(cmd, env=env, timeout_s=args.timeout, max_rss_gb=1.2 * limit / 1024)
-        lines = [ln for ln in run["stdout"].splitlines() if ln.startswith("{")]
-        if run["returncode"] != 0 or not lines:
-            err = "timeout" if run["killed"] == "timeout" else run["killed_reason"] or \
-                (run["stderr"].strip().splitlines() or ["exit code %d" % run["returncode"]])[-1]
-            print(f"FAILED: {err}", flush=True)
-            failures.append({"atoms": 3 * s ** 3, "threads": t, "error": err})
-            continue
-        r = json.loads(lines[-1])
-        rows.append(r)
-        print(f"{r['ms_per_atom']:.3f} ms/atom, cpu {r['cpu_ms_per_atom']:.3f} ({r['time_s']:.2f} s/call, nl {r['neighbor_list_local_s']:.2f}"
-              f"+{r['neighbor_list_lr_s']:.2f} s, peak {r['peak_rss_mb']:.0f} MB) "
-              f"[{time.perf_counter() - t0:.0f} s]", flush=True)
+    work = tempfile.mkdtemp(prefix="model_speed_")
+    codes = [("after", None)]
+    if args.before:
+        codes.insert(0, ("before", source_layout(args.before, work)))
+    what = {"so3lr": "SO3LR (random weights)", "so3lr-published": "SO3LR (published weights)",
+            "demo": "the shipped demo model"}[args.model]
+    print(f"{what} energy+forces on periodic water boxes, float32, {len(points)} points (each in its own "
+          f"process){'; code of ' + args.before + ' vs this checkout, interleaved' if args.before else ''}",
+          flush=True)
+    try:
+        for k, (t, s) in enumerate(points, 1):
+            system = os.path.join(work, f"water_{s}.npz")
+            if not os.path.exists(system):
+                pos, cell, numbers = water_lattice(s)
+                np.savez(system, positions=pos, cell=cell, numbers=numbers)
+            for code, source in codes:
+                r = _run_point(args, env, t, s, system, source, rows if code == "after" else before_rows,
+                               f"[{k}/{len(points)}]{' ' + code if args.before else ''}")
+                if isinstance(r, dict) and "error" in r:
+                    failures.append(dict(r, code=code))
+                elif r is not None:
+                    (rows if code == "after" else before_rows).append(r)
+    finally:
+        if args.before:
+            remove_worktree(work)
 
     print()
     hdr = (f"{'atoms':>7} {'thr':>3} {'edges':>9} {'edges_lr':>10} {'s/call':>8} {'ms/atom':>8} {'cpu ms/at':>9} "
@@ -189,10 +320,14 @@ def main():
               f"(cpu time: {exponents_cpu[str(t)]:.2f}) over {len(sel)} sizes")
     for f in failures:
         print(f"failed: {f}")
+    comparison = _before_after_table(before_rows, rows) if args.before else []
 
     import torch
     result = {
-        "benchmark": "model_speed", "model": "So3kratesConfig.so3lr() (random weights)",
+        "benchmark": "model_speed", "model": {"so3lr": "So3kratesConfig.so3lr() (random weights)",
+                                              "so3lr-published": "SO3LR published weights (params.pkl)",
+                                              "demo": "examples/models/so3krates_demo.ckpt"}[args.model],
+        "before_revision": args.before, "results_before": before_rows, "before_after": comparison,
         "system": "periodic water box, 1 g/cm^3", "dtype": "float32", "quantity": "energy+forces",
         "path": "So3kratesPotential eval mode: So3krates.energy_and_gradients (half pair lists, "
                 "layer-wise recomputation in edge chunks, analytic long-range derivatives)",

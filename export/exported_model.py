@@ -201,7 +201,11 @@ class ExportedPotential(nn.Module):
             tj = self._table(a_j)
             w = self.num_features
             gm = [grads[:, 0, :w], grads[:, 0, w:], grads[:, 1, :w], grads[:, 1, w:]]
-            r = m.pair_messages_vjp(k, ti[:5], tj[:5], ti[5], tj[5], vectors, gm, True)
+            # layer 0's feature rows come from the embedding (elements, total charge, spin), never from the
+            # positions: their gradients are not needed and not computed (as in So3krates.energy_and_gradients)
+            r = m.pair_messages_vjp(k, ti[:5], tj[:5], ti[5], tj[5], vectors, gm, k > 0)
+            if k == 0:
+                return [torch.zeros_like(a_i), torch.zeros_like(a_j), r[12]]
             return [torch.cat(r[0:5] + [r[10]], 1), torch.cat(r[5:10] + [r[11]], 1), r[12]]
         g_pair = 0.5 * (grads[:, 0, 0] + grads[:, 1, 0])
         if stage == "zbl":

@@ -59,8 +59,8 @@ class StageGradients(nn.Module):
                           edge_vectors: Tensor, g_m: List[Tensor], inputs_grad: bool = True) -> List[Tensor]:
         """Backward of ``pair_messages`` for one chunk of pairs: g_m = gradients of its four outputs ->
         [g_p_i (5 tensors), g_p_j (5 tensors), g_ev_i, g_ev_j, g_edge_vectors] (the per-atom inputs'
-        gradients are zeros when ``inputs_grad`` is False: layer 0, whose inputs do not depend on
-        positions). The attention and filters have an explicit backward (AttentionBlock.
+        gradients are not computed — empty tensors — when ``inputs_grad`` is False: layer 0, whose inputs do
+        not depend on positions). The attention and filters have an explicit backward (AttentionBlock.
         pair_messages_backward); the geometry (radial basis, cutoff, spherical harmonics) uses autograd."""
         grad_was = torch.is_grad_enabled()
         torch.set_grad_enabled(True)
@@ -71,14 +71,12 @@ class StageGradients(nn.Module):
         for i, layer in enumerate(self.layers):
             if i == k:
                 r = layer.attention_block.pair_messages_backward(p_i, p_j, ev_j - ev_i, rbf.detach(), ylm.detach(),
-                                                                 cut.detach(), g_m)
+                                                                 cut.detach(), g_m, inputs_grad)
         torch.set_grad_enabled(True)
         go: List[Optional[Tensor]] = [r[11], r[13], r[12]]
         g_vec = torch.autograd.grad([rbf, cut, ylm], [v], grad_outputs=go, allow_unused=True)[0]
         torch.set_grad_enabled(grad_was)
-        out = r[:10] + [-r[10], r[10]] if inputs_grad else \
-            [torch.zeros_like(t) for t in p_i] + [torch.zeros_like(t) for t in p_j] + \
-            [torch.zeros_like(ev_i), torch.zeros_like(ev_j)]
+        out = r[:10] + [-r[10], r[10]] if inputs_grad else r[:12]  # empty tensors: not computed
         out.append(_or_zeros(g_vec, edge_vectors))
         return out
 

@@ -11,7 +11,7 @@ from typing import List, Tuple
 import torch
 from torch import Tensor, nn
 
-from .activation import activation, activation_derivative
+from .activation import activation, activation_backward
 from .basis import degree_repeat_index, l0_contraction_matrix
 from .exact import ExactConstants
 
@@ -172,21 +172,27 @@ class AttentionBlock(ExactConstants):
         return [m_ij, e_ij, m_ji, e_ji]
 
     @staticmethod
-    def _logits_backward(q_i: Tensor, q_j: Tensor, k_i: Tensor, k_j: Tensor, w: Tensor, ga_ij: Tensor, ga_ji: Tensor,
-                         segments: Tensor) -> List[Tensor]:
+    def _logits_backward(q_i: Tensor, q_j: Tensor, k_i: Tensor, k_j: Tensor, w: Tensor, qw_i: Tensor, qw_j: Tensor,
+                         ga_ij: Tensor, ga_ji: Tensor, segments: Tensor, inputs_grad: bool) -> List[Tensor]:
         """Backward of the attention logits a_ij = (q_i w k_j) @ S and a_ji = (q_j w k_i) @ S (before the
-        cutoff) from their gradients: [g_q_i, g_q_j, g_k_i, g_k_j, g_w]."""
+        cutoff) from their gradients, with qw_i = q_i w and qw_j = q_j w from the recomputed forward:
+        [g_q_i, g_q_j, g_k_i, g_k_j, g_w]; without ``inputs_grad`` only g_w (the others empty)."""
         gt_ij = torch.matmul(ga_ij, segments.t())  # [P, F]: gradient of q_i w k_j
         gt_ji = torch.matmul(ga_ji, segments.t())
         gtk_ij = gt_ij * k_j
         gtk_ji = gt_ji * k_i
-        return [gtk_ij * w, gtk_ji * w, gt_ji * (q_j * w), gt_ij * (q_i * w), gtk_ij * q_i + gtk_ji * q_j]
+        g_w = gtk_ij * q_i + gtk_ji * q_j
+        if not inputs_grad:
+            none = torch.empty(0, dtype=w.dtype, device=w.device)
+            return [none, none, none, none, g_w]
+        return [gtk_ij * w, gtk_ji * w, gt_ji * qw_j, gt_ij * qw_i, g_w]
 
     def pair_messages_backward(self, p_i: List[Tensor], p_j: List[Tensor], dev: Tensor, rbf: Tensor, ylm: Tensor,
-                               cut: Tensor, g: List[Tensor]) -> List[Tensor]:
+                               cut: Tensor, g: List[Tensor], inputs_grad: bool = True) -> List[Tensor]:
         """Explicit backward of ``pair_messages`` (no autograd): g = gradients of its four outputs ->
         [g_p_i (5 tensors), g_p_j (5 tensors), g_dev, g_rbf, g_ylm, g_cut]. The filters and attention
-        weights are recomputed."""
+        weights are recomputed. Without ``inputs_grad`` (layer 0: its inputs do not depend on the positions)
+        g_p_i, g_p_j and g_dev are left out (empty tensors): about half of the elementwise work."""
         n = dev.shape[0]
         f = self.num_features
         nh = self.num_heads
@@ -203,29 +209,38 @@ class AttentionBlock(ExactConstants):
         s2 = self.head_sum2.to(dt)
         rep = self.repeat_index
         # invariant messages m_ij = alpha1_ij[head] v1_j with alpha1_ij = a1_ij cut, a1_ij = (q1_i w1 k1_j) @ S1
-        a1_ij = torch.matmul(p_i[0] * w1 * p_j[2], s1)  # [P, H]
-        a1_ji = torch.matmul(p_j[0] * w1 * p_i[2], s1)
+        qw1_i = p_i[0] * w1
+        qw1_j = p_j[0] * w1
+        a1_ij = torch.matmul(qw1_i * p_j[2], s1)  # [P, H]
+        a1_ji = torch.matmul(qw1_j * p_i[2], s1)
         gm_ij = g[0].view(n, nh, fh)
         gm_ji = g[2].view(n, nh, fh)
         ga1_ij = (gm_ij * p_j[4].view(n, nh, fh)).sum(-1)
         ga1_ji = (gm_ji * p_i[4].view(n, nh, fh)).sum(-1)
-        g_v1_j = ((a1_ij * cut_).unsqueeze(-1) * gm_ij).view(n, f)
-        g_v1_i = ((a1_ji * cut_).unsqueeze(-1) * gm_ji).view(n, f)
-        g1 = self._logits_backward(p_i[0], p_j[0], p_i[2], p_j[2], w1, ga1_ij * cut_, ga1_ji * cut_, s1)
+        g1 = self._logits_backward(p_i[0], p_j[0], p_i[2], p_j[2], w1, qw1_i, qw1_j, ga1_ij * cut_, ga1_ji * cut_, s1,
+                                   inputs_grad)
         # Euclidean messages e_ij = alpha2_ij[degree] Y(r_ij), e_ji = alpha2_ji[degree] (-1)^l Y(r_ij)
         par = self.parity.to(dt)
-        a2_ij = torch.matmul(p_i[1] * w2 * p_j[3], s2)  # [P, D]
-        a2_ji = torch.matmul(p_j[1] * w2 * p_i[3], s2)
+        qw2_i = p_i[1] * w2
+        qw2_j = p_j[1] * w2
+        a2_ij = torch.matmul(qw2_i * p_j[3], s2)  # [P, D]
+        a2_ji = torch.matmul(qw2_j * p_i[3], s2)
         degree = (self.contraction.to(dt) != 0.0).to(dt)  # [m, D] indicator of each component's degree
         ga2_ij = torch.matmul(g[1] * ylm, degree)
         ga2_ji = torch.matmul(g[3] * ylm * par, degree)
         g_ylm = (a2_ij * cut_).index_select(1, rep) * g[1] + (a2_ji * cut_).index_select(1, rep) * g[3] * par
-        g2 = self._logits_backward(p_i[1], p_j[1], p_i[3], p_j[3], w2, ga2_ij * cut_, ga2_ji * cut_, s2)
+        g2 = self._logits_backward(p_i[1], p_j[1], p_i[3], p_j[3], w2, qw2_i, qw2_j, ga2_ij * cut_, ga2_ji * cut_, s2,
+                                   inputs_grad)
         g_cut = (ga1_ij * a1_ij).sum(1) + (ga1_ji * a1_ji).sum(1) + (ga2_ij * a2_ij).sum(1) + (ga2_ji * a2_ji).sum(1)
         # filters: second layers, activation, first layers, contraction of dev
         g_h = torch.cat([torch.matmul(g1[4], w[2].t()), torch.matmul(g2[4], w[4].t())], 1)
-        g_x = torch.matmul(g_h * activation_derivative(pre, self.activation_fn), w[0].t())
+        g_x = torch.matmul(activation_backward(g_h, pre, self.activation_fn), w[0].t())
         k = rbf.shape[1]
+        if not inputs_grad:
+            none = torch.empty(0, dtype=dt, device=dev.device)
+            return [none] * 11 + [g_x[:, :k], g_ylm, g_cut]
+        g_v1_j = ((a1_ij * cut_).unsqueeze(-1) * gm_ij).view(n, f)
+        g_v1_i = ((a1_ji * cut_).unsqueeze(-1) * gm_ji).view(n, f)
         g_dev = 2.0 * dev * torch.matmul(g_x[:, k:], self.contraction.to(dt).t())
         return [g1[0], g2[0], g1[2], g2[2], g_v1_i, g1[1], g2[1], g1[3], g2[3], g_v1_j,
                 g_dev, g_x[:, :k], g_ylm, g_cut]
