@@ -102,6 +102,11 @@ def main(argv=None) -> int:
     p.add_argument("--no-pt2", action="store_true", help="skip the pt2 (AOTInductor) package (compiling takes minutes)")
     p.add_argument("--no-lammps", action="store_true", help="skip the LAMMPS rows (TorchScript vs pt2 in the pair style)")
     p.add_argument("--lammps-steps", type=int, default=10, help="timed MD steps per LAMMPS run (default 10)")
+    p.add_argument("--exported", help="reuse this TorchScript file of --checkpoint instead of exporting (its dtype "
+                                      "becomes the only dtype)")
+    p.add_argument("--pt2", help="reuse this pt2 package of --checkpoint (same dtype as --exported) instead of "
+                                 "compiling one, e.g. SO3LR's (~10 min to compile)")
+    p.add_argument("--sizes", type=int, nargs="*", help="water lattice sides (3 n³ atoms; default 6 10, quick 6)")
     p.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "export_speed.json"))
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--kind", default="exported", help=argparse.SUPPRESS)
@@ -114,18 +119,28 @@ def main(argv=None) -> int:
         return 0
 
     from so3krates.export.exporter import export_checkpoint
-    sizes = [6] if args.quick else [6, 10]          # 648 and 3000 atoms
+    sizes = args.sizes or ([6] if args.quick else [6, 10])          # 648 and 3000 atoms
     dtypes = ["float32"] if args.quick else ["float32", "float64"]
+    if args.exported:
+        from so3krates.export.metadata import read_metadata
+        dtypes = [read_metadata(args.exported)["dtype"]]
+        if args.pt2 and read_metadata(args.pt2)["dtype"] != dtypes[0]:
+            raise SystemExit(f"--pt2 {args.pt2} is not {dtypes[0]} like --exported {args.exported}")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         files = {}
         kinds = ["eager", "exported"] + ([] if args.no_pt2 else ["pt2"])
         for dt in dtypes:
-            files[("exported", dt)] = os.path.join(tmp, f"model_{dt}.pt")
-            export_checkpoint(args.checkpoint, files[("exported", dt)], dtype=dt)
             files[("eager", dt)] = ""
-            if "pt2" in kinds:
+            if args.exported:
+                files[("exported", dt)] = os.path.abspath(args.exported)
+            else:
+                files[("exported", dt)] = os.path.join(tmp, f"model_{dt}.pt")
+                export_checkpoint(args.checkpoint, files[("exported", dt)], dtype=dt)
+            if "pt2" in kinds and args.pt2:
+                files[("pt2", dt)] = os.path.abspath(args.pt2)
+            elif "pt2" in kinds:
                 print(f"compiling the pt2 package ({dt}) ...", flush=True)
                 t0 = time.perf_counter()
                 files[("pt2", dt)] = os.path.join(tmp, f"model_{dt}.pt2")

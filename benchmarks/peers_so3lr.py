@@ -12,6 +12,8 @@ wrong in boxes shorter than twice its 12 Å long-range cutoff (../shared/peers.m
 
 Entries (each in a fresh process pinned to one core with ``taskset -c <core>``, OMP/MKL threads 1,
 XLA single-thread flags for JAX; one at a time):
+  ours-pt2-f32, ours-pt2-f64    the same weights as a .pt2 package (``so3krates export --format pt2``;
+                                compiled ~10 min at run time unless --ours-pt2-f32-model gives one)
   ours-f32, ours-f64            our exported TorchScript file, made with the public CLI
                                 (``so3krates convert params.pkl --lr-cutoff 12 --dispersion-damping 2``,
                                 ``so3krates export --dtype ...``), loaded with torch.jit.load and called
@@ -81,6 +83,8 @@ DEFAULT_SIZES = [1536, 5184, 12288]
 ENTRIES = {  # name: (worker backend, dtype, which python)
     "ours-f32": ("ours", "float32", "ours"),
     "ours-f64": ("ours", "float64", "ours"),
+    "ours-pt2-f32": ("ours", "float32", "ours"),   # the same weights as a .pt2 package (AOTInductor)
+    "ours-pt2-f64": ("ours", "float64", "ours"),
     "jax-md-f32": ("jax-md", "float32", "jax"),
     "jax-md-f64": ("jax-md", "float64", "jax"),
     "so3krates-torch-f32": ("so3krates-torch", "float32", "torch"),
@@ -222,28 +226,38 @@ def water_box(atoms_wanted: int, workdir: Path) -> Dict:
             "path": path}
 
 
-def prepare_ours(so3krates_cli: Path, dtypes: List[str], workdir: Path,
+def _model_key(entry: str) -> str:
+    """'ts-float32', 'pt2-float64', ... for one of our entries."""
+    return ("pt2-" if "-pt2-" in entry else "ts-") + ENTRIES[entry][1]
+
+
+def prepare_ours(so3krates_cli: Path, keys: List[str], workdir: Path,
                  given: Dict[str, Optional[Path]]) -> Dict[str, Path]:
-    """Our model through the public CLI only: convert the published params, export per dtype
-    (unless a ready exported file is given with --ours-f32-model / --ours-f64-model)."""
-    out = {d: Path(given[d]) for d in dtypes if given.get(d)}
-    for d, path in out.items():
+    """Our model through the public CLI only: convert the published params, export per format and dtype
+    (``ts-float32`` ... ``pt2-float64``) unless a ready file is given (--ours-f32-model, --ours-pt2-f32-model,
+    ...). A .pt2 export compiles for ~10 min (SO3LR, 2 cores) and checks itself against the eager model."""
+    out = {k: Path(given[k]) for k in keys if given.get(k)}
+    for k, path in out.items():
         if not path.exists():
-            raise SystemExit(f"--ours-f{d[-2:]}-model {path}: no such file")
-    todo = [d for d in dtypes if d not in out]
+            raise SystemExit(f"the ready {k} file {path}: no such file")
+    todo = [k for k in keys if k not in out]
     if not todo:
         return out
     ckpt = workdir / "so3lr.ckpt"
     try:
         _run([so3krates_cli, "convert", REFERENCE / "params.pkl", "-o", ckpt, "--lr-cutoff", LR_CUTOFF,
               "--dispersion-damping", DISPERSION_DAMPING], stdout=sys.stderr)
-        for dtype in todo:
-            pt = workdir / f"so3lr_{dtype}.pt"
-            _run([so3krates_cli, "export", ckpt, "-o", pt, "--dtype", dtype], stdout=sys.stderr)
-            out[dtype] = pt
+        for key in todo:
+            fmt, dtype = key.split("-")
+            path = workdir / f"so3lr_{dtype}.{'pt2' if fmt == 'pt2' else 'pt'}"
+            if fmt == "pt2":
+                print(f"[setup] compiling our {dtype} .pt2 package (~10 min) ...", flush=True)
+            _run([so3krates_cli, "export", ckpt, "-o", path, "--dtype", dtype]
+                 + (["--format", "pt2"] if fmt == "pt2" else []), stdout=sys.stderr)
+            out[key] = path
     except (OSError, subprocess.CalledProcessError) as exc:
         raise SystemExit(f"making our model with `{so3krates_cli} convert/export` failed ({exc}); fix the "
-                         "package, or pass ready exported files with --ours-f32-model / --ours-f64-model")
+                         "package, or pass ready exported files with --ours-f32-model / --ours-pt2-f32-model ...")
     return out
 
 
@@ -381,29 +395,27 @@ def check_energies(results: List[Dict], tol: float) -> List[Dict]:
 
 
 def compare(results: List[Dict]) -> List[Dict]:
+    """Per size, dtype and each of our entries (TorchScript, .pt2): the fastest peer's time / ours."""
     out = []
     for atoms in sorted({r["atoms"] for r in results}):
         for dtype, need in (("float32", 2.0), ("float64", 1.0)):
             ok = [r for r in results if r["atoms"] == atoms and r["dtype"] == dtype and r["status"] == "ok"]
-            ours = next((r for r in ok if r["backend"] == "ours"), None)
             peers = [r for r in ok if r["backend"] != "ours"]
-            if ours is None:
-                continue
-            if not peers:
-                failed = [r for r in results if r["atoms"] == atoms and r["dtype"] == dtype
-                          and r["backend"] != "ours"]
-                if failed:
-                    out.append({"atoms": atoms, "dtype": dtype, "ours_s": ours["median_s"], "fastest_peer": None,
-                                "goal": need, "meets_goal": True, "per_peer": {},
-                                "note": "no peer finished: " + "; ".join(f"{r['entry']} {r.get('error', '')}"
-                                                                         for r in failed)})
-                continue
-            fastest = min(peers, key=best_time)
-            ratio = best_time(fastest) / ours["median_s"]
-            out.append({"atoms": atoms, "dtype": dtype, "ours_s": ours["median_s"],
-                        "fastest_peer": fastest["entry"], "fastest_peer_s": best_time(fastest),
-                        "speedup": ratio, "goal": need, "meets_goal": bool(ratio >= need),
-                        "per_peer": {p["entry"]: best_time(p) / ours["median_s"] for p in peers}})
+            for ours in [r for r in ok if r["backend"] == "ours"]:
+                row = {"atoms": atoms, "dtype": dtype, "entry": ours["entry"], "ours_s": ours["median_s"]}
+                if not peers:
+                    failed = [r for r in results if r["atoms"] == atoms and r["dtype"] == dtype
+                              and r["backend"] != "ours"]
+                    if failed:
+                        out.append(dict(row, fastest_peer=None, goal=need, meets_goal=True, per_peer={},
+                                        note="no peer finished: " + "; ".join(f"{r['entry']} {r.get('error', '')}"
+                                                                              for r in failed)))
+                    continue
+                fastest = min(peers, key=best_time)
+                ratio = best_time(fastest) / ours["median_s"]
+                out.append(dict(row, fastest_peer=fastest["entry"], fastest_peer_s=best_time(fastest),
+                                speedup=ratio, goal=need, meets_goal=bool(ratio >= need),
+                                per_peer={p["entry"]: best_time(p) / ours["median_s"] for p in peers}))
     return out
 
 
@@ -442,10 +454,10 @@ def print_table(results: List[Dict], checks: List[Dict], ratios: List[Dict], tol
     lines.append("speed (fastest peer time / ours; goal: >= 2x in float32, >= 1x in float64):")
     for q in ratios:
         if q.get("fastest_peer") is None:
-            lines.append(f"  {q['atoms']:>6} {q['dtype']}: ours {q['ours_s']:.3f} s; {q['note'][:200]}")
+            lines.append(f"  {q['atoms']:>6} {q['dtype']}: {q.get('entry', 'ours')} {q['ours_s']:.3f} s; {q['note'][:200]}")
             continue
         per = ", ".join(f"{k} {v:.2f}x" for k, v in q["per_peer"].items())
-        lines.append(f"  {q['atoms']:>6} {q['dtype']}: ours {q['ours_s']:.3f} s, fastest peer {q['fastest_peer']} "
+        lines.append(f"  {q['atoms']:>6} {q['dtype']}: {q.get('entry', 'ours')} {q['ours_s']:.3f} s, fastest peer {q['fastest_peer']} "
                      f"{q['fastest_peer_s']:.3f} s -> {q['speedup']:.2f}x  "
                      f"{'meets' if q['meets_goal'] else 'MISSES'} {q['goal']:g}x   [{per}]")
     text = "\n".join(lines)
@@ -472,6 +484,10 @@ def parse_args(argv=None):
                    help="use this exported float32 file (`so3krates export --dtype float32`) instead of "
                         "converting + exporting params.pkl with the CLI at run time")
     p.add_argument("--ours-f64-model", type=Path, default=None, help="likewise for float64")
+    p.add_argument("--ours-pt2-f32-model", type=Path, default=None,
+                   help="use this float32 .pt2 package (`so3krates export --format pt2 --dtype float32`) for "
+                        "ours-pt2-f32 instead of compiling one at run time (~10 min)")
+    p.add_argument("--ours-pt2-f64-model", type=Path, default=None, help="likewise for float64")
     p.add_argument("--jax-python", type=Path, default=JAX_VENV / "bin" / "python",
                    help="python of the prepared JAX SO3LR venv (default: %(default)s)")
     p.add_argument("--torch-python", type=Path, default=TORCH_VENV / "bin" / "python",
@@ -550,9 +566,11 @@ def main(argv=None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="peers_so3lr_"))
     try:
-        ours_dtypes = sorted({ENTRIES[e][1] for e in entries if ENTRIES[e][0] == "ours"})
-        models = prepare_ours(args.so3krates, ours_dtypes, workdir,
-                              {"float32": args.ours_f32_model, "float64": args.ours_f64_model}) if ours_dtypes else {}
+        ours_keys = sorted({_model_key(e) for e in entries if ENTRIES[e][0] == "ours"})
+        models = prepare_ours(args.so3krates, ours_keys, workdir,
+                              {"ts-float32": args.ours_f32_model, "ts-float64": args.ours_f64_model,
+                               "pt2-float32": args.ours_pt2_f32_model, "pt2-float64": args.ours_pt2_f64_model}
+                              ) if ours_keys else {}
         systems = []
         for size in args.sizes:
             s = water_box(size, workdir)
@@ -575,7 +593,7 @@ def main(argv=None) -> int:
         results: List[Dict] = []
         for s in systems:
             for e in entries:
-                model = models.get(ENTRIES[e][1]) if ENTRIES[e][0] == "ours" else None
+                model = models.get(_model_key(e)) if ENTRIES[e][0] == "ours" else None
                 results.append(run_entry(e, pythons[ENTRIES[e][2]], s, args, model, workdir))
                 _write(args.out, meta, systems, results, [], [], partial=True)
         checks = check_energies(results, args.tolerance)
