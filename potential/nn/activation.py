@@ -25,13 +25,8 @@ def activation(x: Tensor, name: str) -> Tensor:
 
 
 def activation_backward(grad: Tensor, x: Tensor, name: str) -> Tensor:
-    """grad * d activation(x) / dx (explicit backward passes): one fused aten kernel for silu and gelu
-    (torch's own backward kernels; the elementwise chain of :func:`activation_derivative` makes ~6 passes
-    over a [pairs, 2H] array), the product otherwise."""
-    if name == "silu":
-        return torch.ops.aten.silu_backward(grad, x)
-    if name == "gelu":
-        return torch.ops.aten.gelu_backward(grad, x, approximate="tanh")
+    """grad * d activation(x) / dx (explicit backward passes). Not torch.ops.aten.silu_backward: inside the
+    TorchScript file frozen by openmm-torch's TorchForce it crashes the process (segfault, torch 2.9.0)."""
     return grad * activation_derivative(x, name)
 
 
