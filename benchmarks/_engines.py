@@ -98,12 +98,7 @@ def openmm_worker(p: Dict[str, Any]) -> Dict[str, Any]:
     threads = int(p.get("threads", 1))
     torch.set_num_threads(threads)
     arrays = systems.load_arrays(p["npz"])
-    top = systems.topology_from_numbers(arrays["numbers"], arrays["cell"])
-    mm = openmm.System()
-    for z in arrays["numbers"]:
-        el = openmm.app.Element.getByAtomicNumber(int(z))
-        mm.addParticle(systems.MASSES.get(el.symbol, el.mass.value_in_unit(unit.dalton)))
-    mm.setDefaultPeriodicBoxVectors(*top.getPeriodicBoxVectors())
+    mm, top = systems.openmm_system(arrays)
     mm.addForce(so_mm.torch_force(p["model"], top, charge=arrays["charge"], dtype=p.get("dtype")))
     dt = float(p.get("timestep_fs", TIMESTEP_FS)) * unit.femtosecond
     if p.get("integrator", "verlet") == "langevin":

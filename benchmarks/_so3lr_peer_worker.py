@@ -37,7 +37,8 @@ def make_ours(system, dtype_name, args):
     import torch
     torch.set_num_threads(1)
     dtype = torch.float64 if dtype_name == "float64" else torch.float32
-    if args.model.endswith(".pt2"):  # a torch.export/AOTInductor package: our loader's runtime
+    is_pt2 = args.model.endswith(".pt2")  # a torch.export/AOTInductor package: our loader's runtime
+    if is_pt2:
         from so3krates.export.loader import load_exported
         module, _ = load_exported(args.model)
     else:
@@ -52,7 +53,7 @@ def make_ours(system, dtype_name, args):
         out = module(pos, z, cell, pbc, 0.0, 0.0, True, False)
         return float(out["energy"].detach().double().sum()), out["forces"].detach().double().numpy()
 
-    info = {"torch": torch.__version__, "model": os.path.abspath(args.model), "interface": "so3krates load_exported (.pt2)" if args.model.endswith(".pt2") else "torch.jit.load",
+    info = {"torch": torch.__version__, "model": os.path.abspath(args.model), "interface": "so3krates load_exported (.pt2)" if is_pt2 else "torch.jit.load",
             "model_mtime": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(os.path.getmtime(args.model)))}
     meta = _export_metadata(args.model)
     if meta:

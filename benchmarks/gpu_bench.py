@@ -232,12 +232,7 @@ def worker_openmm(p: Dict[str, Any]) -> Dict[str, Any]:
     from so3krates.openmm.torch_force import EV_TO_KJ_PER_MOL
 
     arrays = systems.load_arrays(p["npz"])
-    top = systems.topology_from_numbers(arrays["numbers"], arrays["cell"])
-    mm = openmm.System()
-    for z in arrays["numbers"]:
-        el = openmm.app.Element.getByAtomicNumber(int(z))
-        mm.addParticle(systems.MASSES.get(el.symbol, el.mass.value_in_unit(unit.dalton)))
-    mm.setDefaultPeriodicBoxVectors(*top.getPeriodicBoxVectors())
+    mm, top = systems.openmm_system(arrays)
     threads = int(p.get("threads", 1))
     mm.addForce(python_force(p["model"], top, charge=arrays["charge"], device=device,
                              num_threads=threads if device == "cpu" else None))

@@ -443,6 +443,19 @@ def load_arrays(path) -> dict:
                 "charge": float(d["charge"]) if "charge" in d else 0.0}
 
 
+def openmm_system(arrays: dict):
+    """(openmm.System with the atoms' masses and periodic box, Topology) for the arrays of :func:`load_arrays`
+    (``numbers``, ``cell`` in Å): the particles an ML force is added to. No forces yet."""
+    openmm, app, unit = _openmm()
+    top = topology_from_numbers(arrays["numbers"], arrays["cell"])
+    system = openmm.System()
+    for z in arrays["numbers"]:
+        el = app.Element.getByAtomicNumber(int(z))
+        system.addParticle(MASSES.get(el.symbol, el.mass.value_in_unit(unit.dalton)))
+    system.setDefaultPeriodicBoxVectors(*top.getPeriodicBoxVectors())
+    return system, top
+
+
 def topology_from_numbers(numbers: Sequence[int], cell: Optional[np.ndarray] = None):
     """A minimal OpenMM Topology (one residue per atom, no bonds) with these elements and, when
     ``cell`` (Å, orthorhombic) is given, its periodic box: what ``so3krates.openmm.torch_force``

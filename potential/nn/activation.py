@@ -24,12 +24,6 @@ def activation(x: Tensor, name: str) -> Tensor:
     raise ValueError("unknown activation function")
 
 
-def activation_backward(grad: Tensor, x: Tensor, name: str) -> Tensor:
-    """grad * d activation(x) / dx (explicit backward passes). Not torch.ops.aten.silu_backward: inside the
-    TorchScript file frozen by openmm-torch's TorchForce it crashes the process (segfault, torch 2.9.0)."""
-    return grad * activation_derivative(x, name)
-
-
 def activation_derivative(x: Tensor, name: str) -> Tensor:
     """d activation(x) / dx, elementwise (for explicit backward passes)."""
     if name == "silu":

@@ -11,7 +11,7 @@ from typing import List, Tuple
 import torch
 from torch import Tensor, nn
 
-from .activation import activation, activation_backward
+from .activation import activation, activation_derivative
 from .basis import degree_repeat_index, l0_contraction_matrix
 from .exact import ExactConstants
 
@@ -234,7 +234,8 @@ class AttentionBlock(ExactConstants):
         g_cut = (ga1_ij * a1_ij).sum(1) + (ga1_ji * a1_ji).sum(1) + (ga2_ij * a2_ij).sum(1) + (ga2_ji * a2_ji).sum(1)
         # filters: second layers, activation, first layers, contraction of dev
         g_h = torch.cat([torch.matmul(g1[4], w[2].t()), torch.matmul(g2[4], w[4].t())], 1)
-        g_x = torch.matmul(activation_backward(g_h, pre, self.activation_fn), w[0].t())
+        # (not torch.ops.aten.silu_backward: inside the TorchScript file frozen by openmm-torch it segfaults)
+        g_x = torch.matmul(g_h * activation_derivative(pre, self.activation_fn), w[0].t())
         k = rbf.shape[1]
         if not inputs_grad:
             none = torch.empty(0, dtype=dt, device=dev.device)
