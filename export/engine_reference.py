@@ -41,7 +41,8 @@ class _Stage(torch.autograd.Function):
 
 
 class _Pairs(torch.autograd.Function):
-    """One pair stage over all pairs (in chunks): what each pair adds to its two atoms' rows."""
+    """One pair stage over all pairs (in chunks): what each pair adds to its two atoms' rows, added block by
+    block into column views of the accumulator (the stage returns column blocks, see exported_model.py)."""
 
     @staticmethod
     def forward(ctx, module, stage: str, k: int, z: Tensor, ii: Tensor, jj: Tensor, table: Tensor,
@@ -53,8 +54,8 @@ class _Pairs(torch.autograd.Function):
             i, j = ii[a:a + chunk], jj[a:a + chunk]
             out = module.engine_pairs(stage, k, z[i], z[j], table[i], table[j], vectors[a:a + chunk])
             if acc is None:
-                acc = torch.zeros(table.shape[0], out.shape[2], dtype=vectors.dtype)
-            acc.index_add_(0, i, out[:, 0]).index_add_(0, j, out[:, 1])
+                acc = torch.zeros(table.shape[0], sum(b.shape[1] for b in out[:len(out) // 2]), dtype=vectors.dtype)
+            add_blocks(acc, i, j, out)
         return acc
 
     @staticmethod
@@ -65,10 +66,24 @@ class _Pairs(torch.autograd.Function):
         for a in range(0, ii.shape[0], ctx.chunk):
             i, j = ii[a:a + ctx.chunk], jj[a:a + ctx.chunk]
             r = ctx.module.engine_pairs_vjp(ctx.stage, ctx.k, z[i], z[j], table[i], table[j], vectors[a:a + ctx.chunk],
-                                            torch.stack([g[i], g[j]], 1))
-            g_table.index_add_(0, i, r[0]).index_add_(0, j, r[1])
-            g_vec[a:a + ctx.chunk] = r[2]
+                                            g[i], g[j])
+            g_vec[a:a + ctx.chunk] = r[0]
+            add_blocks(g_table, i, j, r[1:])
         return None, None, None, None, None, None, g_table, g_vec, None
+
+
+def add_blocks(acc: Tensor, i: Tensor, j: Tensor, blocks: List[Tensor]) -> None:
+    """Add a pair stage's column blocks (n for the first atoms ``i``, then n for the second ``j``) into
+    ``acc``'s column views; no blocks: nothing to add (a table that needs no gradient)."""
+    n = len(blocks) // 2
+    off = 0
+    for b_i, b_j in zip(blocks[:n], blocks[n:]):
+        view = acc[:, off:off + b_i.shape[1]]
+        view.index_add_(0, i, b_i).index_add_(0, j, b_j)
+        off += b_i.shape[1]
+    if n and off != acc.shape[1]:
+        raise RuntimeError(f"pair stage returned blocks {off} columns wide for a table of {acc.shape[1]}: the "
+                           "model file and this engine disagree on the stage protocol; re-export the model")
 
 
 def _stage(module, stage: str, k: int, *inputs: Tensor) -> List[Tensor]:

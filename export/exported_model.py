@@ -16,9 +16,14 @@ its own communication between them (the pair style: ``plugins/lammps/so3krates_m
 
 * ``engine_atoms(stage, k, inputs) -> outputs`` and ``engine_atoms_vjp(stage, k, inputs, grads) ->
   grads of the inputs`` (per-atom stages; ``k`` the layer);
-* ``engine_pairs(stage, k, z_i, z_j, a_i, a_j, vectors) -> [P, 2, w]`` (what each pair adds to its
-  first / second atom) and ``engine_pairs_vjp(..., grads [P, 2, w]) -> [g_a_i, g_a_j, g_vectors]``
-  (pair stages, called on chunks of pairs; a_i / a_j the rows of a per-atom table at the two atoms).
+* ``engine_pairs(stage, k, z_i, z_j, a_i, a_j, vectors) -> [b_1 .. b_n, c_1 .. c_n]`` (what each pair
+  adds to the rows of its first atom, as n column blocks [P, w_1] .. [P, w_n] in column order, then the same
+  blocks for its second atom) and ``engine_pairs_vjp(..., g_i [P, w], g_j [P, w]) -> [g_vectors, blocks of
+  g_a_i, blocks of g_a_j]`` (g_i / g_j: the gradient rows of the two atoms; the table gradients as column
+  blocks in column order, or none when the stage's table needs no gradient). Pair stages are called on
+  chunks of pairs; a_i / a_j are the rows of a per-atom table at the two atoms. Blocks, not one
+  concatenated row: the engine adds each block into a column view of its accumulator, so no [P, w]
+  concatenation is ever formed (format 3; format 2 returned stacked [P, 2, w] rows).
 
 A rank holds ``nlocal`` owned atoms first, then ghost images; a *feature row* h = [x | ev] has
 ``engine_layout()["feature_width"]`` = F + m_tot values. Per step (``engine_layout`` gives the sizes):
@@ -30,14 +35,14 @@ check (atoms)        positions [n,3], atomic_numbers [n]       — (raises Value
 embedding_sums       z_owned [nl], charge [1], spin [1]        [2] (sum over all ranks: ``embedding_sums``)
 embed                z [n], charge, spin, sums [2]             h0 [n, W_h] (no gradient)
 project (k)          h [n, W_h]                                table [n, 5F + m_tot]
-messages (k, pairs)  table rows of both atoms                  [P, 2, W_h]: attention sums of both atoms
+messages (k, pairs)  table rows of both atoms                  x, ev blocks of both atoms' attention sums
 efa_sums (k)         h_owned, positions_owned, cell [3,3], pbc  key-value sums (sum over all ranks)
 update (k)           h_owned, sums_owned [nl, W_h], positions_owned, cell, pbc, efa_sums (empty if no EFA)
                                                                h_owned [nl, W_h]
 readout              h_owned, z_owned                          energy [nl], lr_raw [nl, W], sums [K]
 long_range_values    lr_raw, sums (all ranks) [K], charge      lr [nl, W] (charges, Hirshfeld ratios)
-zbl (pairs)          (empty table)                             [P, 2, 1]: half the pair energy each
-long_range (pairs)   lr rows of both atoms                     [P, 2, 1]
+zbl (pairs)          (empty table)                             [P, 1] each: half the pair energy
+long_range (pairs)   lr rows of both atoms                     [P, 1] each: half the pair energy
 ===================  ========================================  ==========================================
 
 Between layers the engine copies the owned rows of h to their ghost images (forward communication)
@@ -177,39 +182,40 @@ class ExportedPotential(nn.Module):
 
     @torch.jit.export
     def engine_pairs(self, stage: str, k: int, z_i: Tensor, z_j: Tensor, a_i: Tensor, a_j: Tensor,
-                     vectors: Tensor) -> Tensor:
+                     vectors: Tensor) -> List[Tensor]:
         m = self.model
         if stage == "messages":
             ti = self._table(a_i)
             tj = self._table(a_j)
-            r = m.pair_messages(k, ti[:5], tj[:5], ti[5], tj[5], vectors)
-            return torch.stack([torch.cat([r[0], r[1]], 1), torch.cat([r[2], r[3]], 1)], 1)
+            return m.pair_messages(k, ti[:5], tj[:5], ti[5], tj[5], vectors)  # x, ev to i; x, ev to j
         if stage == "zbl":
             e = 0.5 * m.zbl_pair_energy(z_i, z_j, vectors)
         elif stage == "long_range":
             e = 0.5 * m.long_range_pair_energy(z_i, z_j, a_i, a_j, vectors)
         else:
             raise ValueError("engine_pairs: unknown stage '" + stage + "'")
-        return torch.stack([e, e], 1).unsqueeze(2)
+        e = e.unsqueeze(1)
+        return [e, e.clone()]  # distinct outputs: compiled (.pt2) programs must not return one tensor twice
 
     @torch.jit.export
     def engine_pairs_vjp(self, stage: str, k: int, z_i: Tensor, z_j: Tensor, a_i: Tensor, a_j: Tensor,
-                         vectors: Tensor, grads: Tensor) -> List[Tensor]:
+                         vectors: Tensor, g_i: Tensor, g_j: Tensor) -> List[Tensor]:
         m = self.model
         if stage == "messages":
             ti = self._table(a_i)
             tj = self._table(a_j)
             w = self.num_features
-            gm = [grads[:, 0, :w], grads[:, 0, w:], grads[:, 1, :w], grads[:, 1, w:]]
+            gm = [g_i[:, :w], g_i[:, w:], g_j[:, :w], g_j[:, w:]]
             # layer 0's feature rows come from the embedding (elements, total charge, spin), never from the
             # positions: their gradients are not needed and not computed (as in So3krates.energy_and_gradients)
             r = m.pair_messages_vjp(k, ti[:5], tj[:5], ti[5], tj[5], vectors, gm, k > 0)
             if k == 0:
-                return [torch.zeros_like(a_i), torch.zeros_like(a_j), r[12]]
-            return [torch.cat(r[0:5] + [r[10]], 1), torch.cat(r[5:10] + [r[11]], 1), r[12]]
-        g_pair = 0.5 * (grads[:, 0, 0] + grads[:, 1, 0])
+                return [r[12]]
+            return [r[12]] + r[0:5] + [r[10]] + r[5:10] + [r[11]]
+        g_pair = 0.5 * (g_i[:, 0] + g_j[:, 0])
         if stage == "zbl":
-            return [torch.zeros_like(a_i), torch.zeros_like(a_j), m.zbl_pair_vjp(z_i, z_j, vectors, g_pair)]
+            return [m.zbl_pair_vjp(z_i, z_j, vectors, g_pair)]
         if stage == "long_range":
-            return m.long_range_pair_vjp(z_i, z_j, a_i, a_j, vectors, g_pair)
+            r = m.long_range_pair_vjp(z_i, z_j, a_i, a_j, vectors, g_pair)
+            return [r[2], r[0], r[1]]
         raise ValueError("engine_pairs_vjp: unknown stage '" + stage + "'")

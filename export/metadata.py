@@ -21,8 +21,10 @@ from so3krates.potential.validate import chemical_symbol
 
 METADATA_NAME = "so3krates/metadata.json"
 PT2_METADATA_NAME = "so3krates_metadata.json"  # extra file of a --format pt2 package (so3krates.export.pt2)
-# 2: the stage protocol of export/exported_model.py (per-layer halo exchange); 1: ghost-shell engine methods
-FORMAT_VERSION = 2
+# 3: the stage protocol of export/exported_model.py (per-layer halo exchange; pair stages return column
+# blocks); 2: the same with stacked [P, 2, w] pair rows; 1: ghost-shell engine methods. ``forward`` (ASE,
+# OpenMM) reads every version; the LAMMPS pair style reads 3 only.
+FORMAT_VERSION = 3
 # TorchScript methods of an exported file (export/exported_model.py): the generic entry point and the
 # engine entry points (the model's stages, for engines that own the atoms: LAMMPS)
 ENTRY_POINTS = ("forward", "engine_layout", "engine_atoms", "engine_atoms_vjp", "engine_pairs", "engine_pairs_vjp")

@@ -120,9 +120,9 @@ class PT2Engine:
         return self._run(self._name(stage, k, True, inputs), inputs + grads)
 
     def engine_pairs(self, stage: str, k: int, z_i: Tensor, z_j: Tensor, a_i: Tensor, a_j: Tensor,
-                     vectors: Tensor) -> Tensor:
-        return self._run(program_name(stage, k, False), [z_i, z_j, a_i, a_j, vectors])[0]
+                     vectors: Tensor) -> List[Tensor]:
+        return self._run(program_name(stage, k, False), [z_i, z_j, a_i, a_j, vectors])
 
     def engine_pairs_vjp(self, stage: str, k: int, z_i: Tensor, z_j: Tensor, a_i: Tensor, a_j: Tensor,
-                         vectors: Tensor, grads: Tensor) -> List[Tensor]:
-        return self._run(program_name(stage, k, True), [z_i, z_j, a_i, a_j, vectors, grads])
+                         vectors: Tensor, g_i: Tensor, g_j: Tensor) -> List[Tensor]:
+        return self._run(program_name(stage, k, True), [z_i, z_j, a_i, a_j, vectors, g_i, g_j])

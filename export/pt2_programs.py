@@ -115,20 +115,20 @@ class PairsStage(nn.Module):
         super().__init__()
         self.exported, self.stage, self.k = exported, stage, k
 
-    def forward(self, z_i: Tensor, z_j: Tensor, a_i: Tensor, a_j: Tensor, vectors: Tensor) -> Tensor:
-        return self.exported.engine_pairs(self.stage, self.k, z_i, z_j, a_i, a_j, vectors)
+    def forward(self, z_i: Tensor, z_j: Tensor, a_i: Tensor, a_j: Tensor, vectors: Tensor) -> Tuple[Tensor, ...]:
+        return tuple(self.exported.engine_pairs(self.stage, self.k, z_i, z_j, a_i, a_j, vectors))
 
 
 class PairsStageVJP(nn.Module):
-    """``engine_pairs_vjp(stage, k, z_i, z_j, a_i, a_j, vectors, grads)``."""
+    """``engine_pairs_vjp(stage, k, z_i, z_j, a_i, a_j, vectors, g_i, g_j)``."""
 
     def __init__(self, exported: ExportedPotential, stage: str, k: int):
         super().__init__()
         self.exported, self.stage, self.k = exported, stage, k
 
     def forward(self, z_i: Tensor, z_j: Tensor, a_i: Tensor, a_j: Tensor, vectors: Tensor,
-                grads: Tensor) -> Tuple[Tensor, ...]:
-        return tuple(self.exported.engine_pairs_vjp(self.stage, self.k, z_i, z_j, a_i, a_j, vectors, grads))
+                g_i: Tensor, g_j: Tensor) -> Tuple[Tensor, ...]:
+        return tuple(self.exported.engine_pairs_vjp(self.stage, self.k, z_i, z_j, a_i, a_j, vectors, g_i, g_j))
 
 
 PAIR_STAGES = ("messages", "zbl", "long_range")
@@ -207,14 +207,14 @@ class Recorder:
         return self.exported.engine_atoms_vjp(stage, k, inputs, grads)
 
     def engine_pairs(self, stage: str, k: int, z_i: Tensor, z_j: Tensor, a_i: Tensor, a_j: Tensor,
-                     vectors: Tensor) -> Tensor:
+                     vectors: Tensor) -> List[Tensor]:
         self._keep(("pairs", stage, k), [z_i, z_j, a_i, a_j, vectors])
         return self.exported.engine_pairs(stage, k, z_i, z_j, a_i, a_j, vectors)
 
     def engine_pairs_vjp(self, stage: str, k: int, z_i: Tensor, z_j: Tensor, a_i: Tensor, a_j: Tensor,
-                         vectors: Tensor, grads: Tensor) -> List[Tensor]:
-        self._keep(("pairs_vjp", stage, k), [z_i, z_j, a_i, a_j, vectors, grads])
-        return self.exported.engine_pairs_vjp(stage, k, z_i, z_j, a_i, a_j, vectors, grads)
+                         vectors: Tensor, g_i: Tensor, g_j: Tensor) -> List[Tensor]:
+        self._keep(("pairs_vjp", stage, k), [z_i, z_j, a_i, a_j, vectors, g_i, g_j])
+        return self.exported.engine_pairs_vjp(stage, k, z_i, z_j, a_i, a_j, vectors, g_i, g_j)
 
 
 def _resize_rows(t: Tensor, n_old: int, n_new: int) -> Tensor:

@@ -475,16 +475,18 @@ def test_error_corrupt_metadata(work, tmp_path):
 
 
 def test_error_newer_format(work, tmp_path):
-    H.rewrite_metadata(work["dir"] / "toy.pt", tmp_path / "new.pt", format_version=3)
-    assert "has format_version 3 but this plugin reads format version 2" in _error(
+    H.rewrite_metadata(work["dir"] / "toy.pt", tmp_path / "new.pt", format_version=4)
+    assert "has format_version 4 but this plugin reads format version 3" in _error(
         work, tmp_path, _script(model="new.pt"))
 
 
-def test_error_old_format(work, tmp_path):
-    """A file exported for the old ghost-shell protocol (format 1): re-export, says the message."""
-    H.rewrite_metadata(work["dir"] / "toy.pt", tmp_path / "old.pt", format_version=1)
+@pytest.mark.parametrize("version,protocol", [(1, "ghost-shell methods"), (2, "stacked [P, 2, w] rows")])
+def test_error_old_format(work, tmp_path, version, protocol):
+    """A file exported for an older engine protocol (format 1: ghost shell; 2: stacked pair rows): re-export,
+    says the message."""
+    H.rewrite_metadata(work["dir"] / "toy.pt", tmp_path / "old.pt", format_version=version)
     text = _error(work, tmp_path, _script(model="old.pt"))
-    assert "has format_version 1" in text and "re-export it with this version" in text
+    assert f"has format_version {version}" in text and protocol in text and "re-export it with this version" in text
 
 
 def test_error_overlapping_atoms(work, tmp_path):

@@ -192,17 +192,17 @@ std::vector<Tensor> AOTIBackend::atoms_vjp(const std::string &stage, int64_t k, 
   return run(name(stage, k, true, inputs), all);
 }
 
-Tensor AOTIBackend::pairs(const std::string &stage, int64_t k, const Tensor &z_i, const Tensor &z_j,
-                          const Tensor &a_i, const Tensor &a_j, const Tensor &vectors)
+std::vector<Tensor> AOTIBackend::pairs(const std::string &stage, int64_t k, const Tensor &z_i, const Tensor &z_j,
+                                       const Tensor &a_i, const Tensor &a_j, const Tensor &vectors)
 {
-  return run(program_name(stage, k, false, ""), {z_i, z_j, a_i, a_j, vectors})[0];
+  return run(program_name(stage, k, false, ""), {z_i, z_j, a_i, a_j, vectors});
 }
 
 std::vector<Tensor> AOTIBackend::pairs_vjp(const std::string &stage, int64_t k, const Tensor &z_i,
                                            const Tensor &z_j, const Tensor &a_i, const Tensor &a_j,
-                                           const Tensor &vectors, const Tensor &grads)
+                                           const Tensor &vectors, const Tensor &g_i, const Tensor &g_j)
 {
-  return run(program_name(stage, k, true, ""), {z_i, z_j, a_i, a_j, vectors, grads});
+  return run(program_name(stage, k, true, ""), {z_i, z_j, a_i, a_j, vectors, g_i, g_j});
 }
 
 }    // namespace so3krates

@@ -38,13 +38,13 @@ class AOTIBackend : public StageBackend {
   std::vector<torch::Tensor> atoms_vjp(const std::string &stage, int64_t k,
                                        const std::vector<torch::Tensor> &inputs,
                                        const std::vector<torch::Tensor> &grads) override;
-  torch::Tensor pairs(const std::string &stage, int64_t k, const torch::Tensor &z_i,
-                      const torch::Tensor &z_j, const torch::Tensor &a_i, const torch::Tensor &a_j,
-                      const torch::Tensor &vectors) override;
+  std::vector<torch::Tensor> pairs(const std::string &stage, int64_t k, const torch::Tensor &z_i,
+                                   const torch::Tensor &z_j, const torch::Tensor &a_i, const torch::Tensor &a_j,
+                                   const torch::Tensor &vectors) override;
   std::vector<torch::Tensor> pairs_vjp(const std::string &stage, int64_t k, const torch::Tensor &z_i,
                                        const torch::Tensor &z_j, const torch::Tensor &a_i,
                                        const torch::Tensor &a_j, const torch::Tensor &vectors,
-                                       const torch::Tensor &grads) override;
+                                       const torch::Tensor &g_i, const torch::Tensor &g_j) override;
 
  private:
   struct Program {

@@ -46,7 +46,7 @@ using so3krates::z_to_symbol;
 
 namespace {
 // exported files of format 2 carry the stage protocol of export/exported_model.py
-const int SUPPORTED_FORMAT_MAJOR = 2;
+const int SUPPORTED_FORMAT_MAJOR = 3;  // 1: ghost-shell methods; 2: stacked pair rows; 3: column blocks
 // atoms closer than this (Å) stop the run: overlapping atoms, a wrong unit or an exploded system
 const double MIN_DISTANCE = 0.1;
 }    // namespace
@@ -242,9 +242,9 @@ void PairSo3krates::read_metadata(const std::string &text, const std::string &pa
                                : (fv.is_string() ? std::atoi(fv.get<std::string>().c_str()) : 0);
     if (major < SUPPORTED_FORMAT_MAJOR)
       error->all(FLERR,
-                 "pair_coeff so3krates: '{}' has format_version {}: it was exported for the old ghost-shell "
-                 "protocol; re-export it with this version ('so3krates export CHECKPOINT -o model.pt')",
-                 path, fv.dump());
+                 "pair_coeff so3krates: '{}' has format_version {}: it was exported for an older engine protocol "
+                 "({}); re-export it with this version ('so3krates export CHECKPOINT -o model.pt')",
+                 path, fv.dump(), major <= 1 ? "ghost-shell methods" : "pair stages returning stacked [P, 2, w] rows");
     if (major > SUPPORTED_FORMAT_MAJOR)
       error->all(FLERR,
                  "pair_coeff so3krates: '{}' has format_version {} but this plugin reads format version {}; "

@@ -39,6 +39,25 @@ struct StageFn : public torch::autograd::Function<StageFn> {
   }
 };
 
+// Adds a pair stage's column blocks (n for the first atoms i, then n for the second atoms j) into column views
+// of acc: no [P, w] row is ever concatenated. No blocks: nothing to add (a table that needs no gradient).
+void add_blocks(Tensor &acc, const Tensor &i, const Tensor &j, const std::vector<Tensor> &blocks, size_t first)
+{
+  const size_t n = (blocks.size() - first) / 2;
+  int64_t off = 0;
+  for (size_t c = 0; c < n; ++c) {
+    const Tensor &b_i = blocks[first + c], &b_j = blocks[first + n + c];
+    Tensor view = acc.narrow(1, off, b_i.size(1));
+    view.index_add_(0, i, b_i);
+    view.index_add_(0, j, b_j);
+    off += b_i.size(1);
+  }
+  if (n > 0 && off != acc.size(1))
+    throw std::runtime_error("a pair stage returned blocks " + std::to_string(off) + " columns wide for a table of " +
+                             std::to_string(acc.size(1)) + ": the model file and this plugin disagree on the stage "
+                             "protocol; re-export the model with this so3krates version");
+}
+
 struct PairsFn : public torch::autograd::Function<PairsFn> {
   static Tensor forward(AutogradContext *ctx, StageBackend *backend, const std::string &stage, int64_t k,
                         int64_t chunk, Tensor z, Tensor ii, Tensor jj, Tensor table, Tensor vectors)
@@ -53,11 +72,14 @@ struct PairsFn : public torch::autograd::Function<PairsFn> {
     for (int64_t a = 0; a == 0 || a < np; a += chunk) {
       const int64_t len = std::min(chunk, np - a);
       Tensor i = ii.narrow(0, a, len), j = jj.narrow(0, a, len);
-      Tensor out = backend->pairs(stage, k, z.index_select(0, i), z.index_select(0, j), table.index_select(0, i),
-                                  table.index_select(0, j), vectors.narrow(0, a, len));
-      if (!acc.defined()) acc = torch::zeros({table.size(0), out.size(2)}, vectors.options());
-      acc.index_add_(0, i, out.select(1, 0));
-      acc.index_add_(0, j, out.select(1, 1));
+      auto out = backend->pairs(stage, k, z.index_select(0, i), z.index_select(0, j), table.index_select(0, i),
+                                table.index_select(0, j), vectors.narrow(0, a, len));
+      if (!acc.defined()) {
+        int64_t width = 0;
+        for (size_t c = 0; c < out.size() / 2; ++c) width += out[c].size(1);
+        acc = torch::zeros({table.size(0), width}, vectors.options());
+      }
+      add_blocks(acc, i, j, out, 0);
     }
     return acc;
   }
@@ -76,11 +98,9 @@ struct PairsFn : public torch::autograd::Function<PairsFn> {
       Tensor i = ii.narrow(0, a, len), j = jj.narrow(0, a, len);
       auto r = backend_of(ctx)->pairs_vjp(stage, k, z.index_select(0, i), z.index_select(0, j),
                                           table.index_select(0, i), table.index_select(0, j),
-                                          vectors.narrow(0, a, len),
-                                          torch::stack({g.index_select(0, i), g.index_select(0, j)}, 1));
-      g_table.index_add_(0, i, r[0]);
-      g_table.index_add_(0, j, r[1]);
-      g_vec.narrow(0, a, len).copy_(r[2]);
+                                          vectors.narrow(0, a, len), g.index_select(0, i), g.index_select(0, j));
+      g_vec.narrow(0, a, len).copy_(r.at(0));
+      add_blocks(g_table, i, j, r, 1);
     }
     return {Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), g_table, g_vec};
   }

@@ -35,21 +35,21 @@ std::vector<torch::Tensor> TorchScriptBackend::atoms_vjp(const std::string &stag
       module_.get_method("engine_atoms_vjp")({stage, k, to_list(inputs), to_list(grads)}));
 }
 
-torch::Tensor TorchScriptBackend::pairs(const std::string &stage, int64_t k, const torch::Tensor &z_i,
-                                        const torch::Tensor &z_j, const torch::Tensor &a_i,
-                                        const torch::Tensor &a_j, const torch::Tensor &vectors)
+std::vector<torch::Tensor> TorchScriptBackend::pairs(const std::string &stage, int64_t k, const torch::Tensor &z_i,
+                                                     const torch::Tensor &z_j, const torch::Tensor &a_i,
+                                                     const torch::Tensor &a_j, const torch::Tensor &vectors)
 {
-  return module_.get_method("engine_pairs")({stage, k, z_i, z_j, a_i, a_j, vectors}).toTensor();
+  return to_tensors(module_.get_method("engine_pairs")({stage, k, z_i, z_j, a_i, a_j, vectors}));
 }
 
 std::vector<torch::Tensor> TorchScriptBackend::pairs_vjp(const std::string &stage, int64_t k,
                                                          const torch::Tensor &z_i, const torch::Tensor &z_j,
                                                          const torch::Tensor &a_i, const torch::Tensor &a_j,
-                                                         const torch::Tensor &vectors,
-                                                         const torch::Tensor &grads)
+                                                         const torch::Tensor &vectors, const torch::Tensor &g_i,
+                                                         const torch::Tensor &g_j)
 {
   return to_tensors(
-      module_.get_method("engine_pairs_vjp")({stage, k, z_i, z_j, a_i, a_j, vectors, grads}));
+      module_.get_method("engine_pairs_vjp")({stage, k, z_i, z_j, a_i, a_j, vectors, g_i, g_j}));
 }
 
 }    // namespace so3krates

@@ -23,16 +23,18 @@ class StageBackend {
   virtual std::vector<torch::Tensor> atoms_vjp(const std::string &stage, int64_t k,
                                                const std::vector<torch::Tensor> &inputs,
                                                const std::vector<torch::Tensor> &grads) = 0;
-  // [P, 2, w]: what each pair adds to the rows of its first and second atom
-  virtual torch::Tensor pairs(const std::string &stage, int64_t k, const torch::Tensor &z_i,
+  // what each pair adds to the rows of its first atom as n column blocks [P, w_c] in column order, then
+  // the same n blocks for its second atom (export/exported_model.py, format 3)
+  virtual std::vector<torch::Tensor> pairs(const std::string &stage, int64_t k, const torch::Tensor &z_i,
                               const torch::Tensor &z_j, const torch::Tensor &a_i,
                               const torch::Tensor &a_j, const torch::Tensor &vectors) = 0;
-  // [g_a_i, g_a_j, g_vectors]
+  // g_i / g_j: gradient rows of the two atoms -> [g_vectors, blocks of g_a_i, blocks of g_a_j] (no blocks:
+  // the table needs no gradient)
   virtual std::vector<torch::Tensor> pairs_vjp(const std::string &stage, int64_t k,
                                                const torch::Tensor &z_i, const torch::Tensor &z_j,
                                                const torch::Tensor &a_i, const torch::Tensor &a_j,
-                                               const torch::Tensor &vectors,
-                                               const torch::Tensor &grads) = 0;
+                                               const torch::Tensor &vectors, const torch::Tensor &g_i,
+                                               const torch::Tensor &g_j) = 0;
 };
 
 class TorchScriptBackend : public StageBackend {
@@ -43,13 +45,13 @@ class TorchScriptBackend : public StageBackend {
   std::vector<torch::Tensor> atoms_vjp(const std::string &stage, int64_t k,
                                        const std::vector<torch::Tensor> &inputs,
                                        const std::vector<torch::Tensor> &grads) override;
-  torch::Tensor pairs(const std::string &stage, int64_t k, const torch::Tensor &z_i,
-                      const torch::Tensor &z_j, const torch::Tensor &a_i, const torch::Tensor &a_j,
-                      const torch::Tensor &vectors) override;
+  std::vector<torch::Tensor> pairs(const std::string &stage, int64_t k, const torch::Tensor &z_i,
+                                   const torch::Tensor &z_j, const torch::Tensor &a_i, const torch::Tensor &a_j,
+                                   const torch::Tensor &vectors) override;
   std::vector<torch::Tensor> pairs_vjp(const std::string &stage, int64_t k, const torch::Tensor &z_i,
                                        const torch::Tensor &z_j, const torch::Tensor &a_i,
                                        const torch::Tensor &a_j, const torch::Tensor &vectors,
-                                       const torch::Tensor &grads) override;
+                                       const torch::Tensor &g_i, const torch::Tensor &g_j) override;
 
  private:
   torch::jit::Module module_;
