@@ -97,6 +97,25 @@ def test_metadata_and_info_cli(tmp_path):
     assert "2 layers" in out and "receptive field 10.5 Å" in out and "elements H C O" in out
 
 
+def test_shipped_model_file_is_current():
+    """examples/models/so3krates_demo.pt (what the README's main job and the LAMMPS examples load) is in this
+    package's file format and is the shipped checkpoint exported: a protocol change must re-export it."""
+    from so3krates.export.exporter import potential_from_checkpoint
+
+    path = ROOT / "examples" / "models" / "so3krates_demo.pt"
+    meta = read_metadata(path)
+    assert meta["format_version"] == FORMAT_VERSION, \
+        "re-export: so3krates export examples/models/so3krates_demo.ckpt -o examples/models/so3krates_demo.pt"
+    assert meta["dtype"] == "float32"
+    module, _ = load_exported(path)
+    eager = potential_from_checkpoint(str(ROOT / "examples" / "models" / "so3krates_demo.ckpt"), "float32")
+    pos, z = random_molecule(12, seed=2, species=(1, 6, 7, 8))
+    a = _eval(eager, pos, z, dtype=torch.float32)
+    b = _eval(module, pos, z, dtype=torch.float32)
+    assert abs(float(a["energy"] - b["energy"])) <= 1e-5 * max(1.0, abs(float(a["energy"])))
+    assert float((a["forces"] - b["forces"]).abs().max()) <= 1e-4
+
+
 def test_bad_files_give_clear_errors(tmp_path):
     with pytest.raises(ModelFileError, match="does not exist"):
         read_metadata(tmp_path / "missing.pt")
