@@ -94,6 +94,26 @@ def test_radial_basis_and_cutoff():
     assert torch.isfinite(rr.grad).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_radial_basis_has_no_denormal_values(dtype):
+    """SO3LR's 32 Bernstein functions reach k log x ~ -700 near the cutoff: computed, those values are
+    denormal floats in float32, which make the exp and the filter product that reads them several times
+    slower (docs/model.md, "Denormal numbers"). Values below exp(-60) are exactly zero; the rest is unchanged."""
+    r = torch.linspace(0.01, 12.0, 4001, dtype=dtype)
+    b = RadialBasis("bernstein", 32, 4.5)(r)
+    tiny = torch.finfo(dtype).tiny
+    assert not ((b != 0) & (b.abs() < tiny)).any()
+    assert not ((b != 0) & (b.abs() < math.exp(-60.0) * 0.999)).any()
+    # above the threshold: the plain formula exp(log C(n-1, k) + k log x + (n-1-k) log(1-x))
+    x = torch.exp(-RadialBasis("bernstein", 32, 4.5).gamma * r.double()).unsqueeze(1)
+    k = torch.arange(32, dtype=torch.float64)
+    logc = torch.lgamma(torch.tensor(32.0, dtype=torch.float64)) - torch.lgamma(k + 1) - torch.lgamma(32 - k)
+    ref = torch.exp(logc + k * torch.log(x) + (31 - k) * torch.log1p(-x))
+    big = ref > 1e-20
+    torch.testing.assert_close(b.double()[big], ref[big], rtol=1e-4 if dtype == torch.float32 else 1e-10, atol=0)
+    assert big.any() and (~big).any()
+
+
 # ------------------------------------------------------------------------------------ symmetries
 def _wigner_from_harmonics(rot: torch.Tensor, l: int) -> torch.Tensor:
     """D_l(R) with Y_l(R u) = D_l Y_l(u), fitted on random directions."""
