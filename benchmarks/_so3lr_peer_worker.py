@@ -38,12 +38,11 @@ def make_ours(system, dtype_name, args):
     torch.set_num_threads(1)
     dtype = torch.float64 if dtype_name == "float64" else torch.float32
     is_pt2 = args.model.endswith(".pt2")  # a torch.export/AOTInductor package: our loader's runtime
-    if is_pt2:
-        from so3krates.export.loader import load_exported
-        module, _ = load_exported(args.model)
-    else:
-        module = torch.jit.load(args.model, map_location="cpu")
-        module.eval()
+    # the public loader, as the ASE calculator and OpenMM use it (it also sets the process' malloc to keep
+    # freed memory, export/process_memory.py; SO3KRATES_MALLOC=system in the environment turns that off)
+    from so3krates.export.loader import load_exported
+    from so3krates.export.process_memory import keep_freed_memory
+    module, _ = load_exported(args.model)
     pos = torch.tensor(system["positions"], dtype=dtype)
     z = torch.tensor(system["numbers"], dtype=torch.long)
     cell = torch.tensor(system["cell"], dtype=dtype)
@@ -53,7 +52,8 @@ def make_ours(system, dtype_name, args):
         out = module(pos, z, cell, pbc, 0.0, 0.0, True, False)
         return float(out["energy"].detach().double().sum()), out["forces"].detach().double().numpy()
 
-    info = {"torch": torch.__version__, "model": os.path.abspath(args.model), "interface": "so3krates load_exported (.pt2)" if is_pt2 else "torch.jit.load",
+    info = {"torch": torch.__version__, "model": os.path.abspath(args.model), "interface": "so3krates load_exported (.pt2)" if is_pt2 else "so3krates load_exported (TorchScript)",
+            "malloc": keep_freed_memory(),
             "model_mtime": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(os.path.getmtime(args.model)))}
     meta = _export_metadata(args.model)
     if meta:

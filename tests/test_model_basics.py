@@ -378,3 +378,20 @@ def test_energy_and_gradients_equal_autograd(which, so3lr):
                 continue
             torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-11 * max(1.0, float(a.abs().max())), msg=what)
     assert float(ref[1].abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize("pairs", [0, 7])
+def test_segment_sums_match_the_segment_matrix(pairs):
+    """The attention's per-head sums (a reshape and an inner sum) and their transpose (a broadcast product)
+    equal the products with the [S * size, S] 0/1 segment matrix they replace, also without pairs."""
+    from potential.nn.attention import segment_expand_mul, segment_sum
+    torch.manual_seed(0)
+    nseg, size, scale = 4, 5, 0.3
+    seg = torch.zeros(nseg * size, nseg, dtype=torch.float64)
+    for s in range(nseg):
+        seg[s * size:(s + 1) * size, s] = scale
+    x = torch.randn(pairs, nseg * size, dtype=torch.float64)
+    g = torch.randn(pairs, nseg, dtype=torch.float64)
+    torch.testing.assert_close(segment_sum(x, nseg, scale), x @ seg, rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(segment_expand_mul(g, x, scale), (g @ seg.t()) * x, rtol=1e-14, atol=1e-14)
+    assert segment_sum(x, nseg, scale).shape == (pairs, nseg)

@@ -141,7 +141,7 @@ void PairSo3krates::settings(int narg, char **arg)
 // glibc returns the large blocks of a step's tensors to the system when they are freed (mmap/munmap,
 // heap trimming), and the next step faults them in again page by page: ~25 % of a step's time went into
 // the kernel's page-fault handling on water boxes of 3k-25k atoms (system time; LAMMPS' "% CPU use"
-// shows only ~73 %). Keeping freed memory in the process (as a long-running Python process ends up doing)
+// shows only ~73 %). Keeping freed memory in the process (the Python loader does the same: export/process_memory.py)
 // removes it for ~5 % more resident memory. Environment settings MALLOC_*_ win; 'malloc system' keeps
 // glibc's defaults.
 void PairSo3krates::keep_freed_memory()
