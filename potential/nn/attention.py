@@ -157,7 +157,7 @@ class AttentionBlock(ExactConstants):
         f = self.num_features
         h = self.num_heads
         cut_ = cut.unsqueeze(-1)
-        # per-head sums (1/nc folded into the summation matrices)
+        # per-head sums, times 1/nc (segment_sum)
         alpha1 = segment_sum(q1_i * w1 * k1_j, h, 1.0 / self.nc1) * cut_  # [E, H]
         alpha2 = segment_sum(q2_i * w2 * k2_j, self.num_degrees, 1.0 / self.nc2) * cut_  # [E, D]
         msg = (alpha1.unsqueeze(-1) * v1_j.view(e, h, f // h)).view(e, f)
@@ -214,7 +214,7 @@ class AttentionBlock(ExactConstants):
         cut_ = cut.unsqueeze(-1)
         nd = self.num_degrees
         rep = self.repeat_index
-        # invariant messages m_ij = alpha1_ij[head] v1_j with alpha1_ij = a1_ij cut, a1_ij = (q1_i w1 k1_j) @ S1
+        # invariant messages m_ij = alpha1_ij[head] v1_j with alpha1_ij = a1_ij cut, a1_ij = segment_sum(q1_i w1 k1_j)
         qw1_i = p_i[0] * w1
         qw1_j = p_j[0] * w1
         a1_ij = segment_sum(qw1_i * p_j[2], nh, 1.0 / self.nc1)  # [P, H]
