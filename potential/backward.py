@@ -56,22 +56,21 @@ class StageGradients(nn.Module):
 
     @torch.jit.export
     def pair_messages_vjp(self, k: int, p_i: List[Tensor], p_j: List[Tensor], ev_i: Tensor, ev_j: Tensor,
-                          edge_vectors: Tensor, g_m: List[Tensor], inputs_grad: bool = True) -> List[Tensor]:
+                          edge_vectors: Tensor, g_m: List[Tensor], inputs_grad: bool = True,
+                          kept: Optional[List[Tensor]] = None) -> List[Tensor]:
         """Backward of ``pair_messages`` for one chunk of pairs: g_m = gradients of its four outputs ->
         [g_p_i (5 tensors), g_p_j (5 tensors), g_ev_i, g_ev_j, g_edge_vectors] (the per-atom inputs'
         gradients are not computed — empty tensors — when ``inputs_grad`` is False: layer 0, whose inputs do
         not depend on positions). The attention and filters have an explicit backward (AttentionBlock.
-        pair_messages_backward); the geometry (radial basis, cutoff, spherical harmonics) uses autograd."""
+        pair_messages_backward; ``kept``: the chunk's filter state from ``messages(..., kept=...)``, else
+        recomputed); the geometry (radial basis, cutoff, spherical harmonics) uses autograd."""
         grad_was = torch.is_grad_enabled()
         torch.set_grad_enabled(True)
         v = _leaf(edge_vectors, True)
         d, rbf, cut, ylm = self.geometry(v)
         torch.set_grad_enabled(False)
-        r: List[Tensor] = []
-        for i, layer in enumerate(self.layers):
-            if i == k:
-                r = layer.attention_block.pair_messages_backward(p_i, p_j, ev_j - ev_i, rbf.detach(), ylm.detach(),
-                                                                 cut.detach(), g_m, inputs_grad)
+        r = self.pair_messages_backward_at(k, p_i, p_j, ev_i, ev_j, [rbf.detach(), cut.detach(), ylm.detach()], g_m,
+                                           inputs_grad, kept)
         torch.set_grad_enabled(True)
         go: List[Optional[Tensor]] = [r[11], r[13], r[12]]
         g_vec = torch.autograd.grad([rbf, cut, ylm], [v], grad_outputs=go, allow_unused=True)[0]
@@ -81,11 +80,49 @@ class StageGradients(nn.Module):
         return out
 
     @torch.jit.export
+    def pair_messages_backward_at(self, k: int, p_i: List[Tensor], p_j: List[Tensor], ev_i: Tensor, ev_j: Tensor,
+                                  geo: List[Tensor], g_m: List[Tensor], inputs_grad: bool,
+                                  kept: Optional[List[Tensor]]) -> List[Tensor]:
+        """``AttentionBlock.pair_messages_backward`` of layer ``k`` at the pairs' geometry ``geo`` = [rbf, cut,
+        ylm] (no graph) -> [g_p_i (5), g_p_j (5), g_dev, g_rbf, g_ylm, g_cut]."""
+        r: List[Tensor] = []
+        for i, layer in enumerate(self.layers):
+            if i == k:
+                r = layer.attention_block.pair_messages_backward(p_i, p_j, ev_j - ev_i, geo[0], geo[2], geo[1], g_m,
+                                                                 inputs_grad, kept)
+        return r
+
+    @torch.jit.export
+    def geometry_vjp(self, edge_vectors: Tensor, g_geo: List[Tensor]) -> Tensor:
+        """d/d(edge_vectors) [P, 3] of Σ g_geo · [rbf, cut, ylm] (``geometry``), by autograd."""
+        grad_was = torch.is_grad_enabled()
+        torch.set_grad_enabled(True)
+        v = _leaf(edge_vectors, True)
+        d, rbf, cut, ylm = self.geometry(v)
+        go: List[Optional[Tensor]] = [g_geo[0], g_geo[1], g_geo[2]]
+        g_vec = torch.autograd.grad([rbf, cut, ylm], [v], grad_outputs=go, allow_unused=True)[0]
+        torch.set_grad_enabled(grad_was)
+        return _or_zeros(g_vec, edge_vectors)
+
+    @torch.jit.export
     def messages_vjp(self, k: int, x: Tensor, ev: Tensor, edge_vectors: Tensor, idx_i: Tensor, idx_j: Tensor,
                      g_x_att: Tensor, g_ev_att: Tensor, chunk_size: int = 0,
                      inputs_grad: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
         """Backward of ``messages``: -> (g_x [N, F], g_ev [N, m_tot], g_edge_vectors [P, 3]), recomputing
         the messages one chunk of pairs at a time."""
+        return self.messages_keep_vjp(k, x, ev, edge_vectors, idx_i, idx_j, g_x_att, g_ev_att, chunk_size,
+                                      inputs_grad, [], [], [])
+
+    @torch.jit.export
+    def messages_keep_vjp(self, k: int, x: Tensor, ev: Tensor, edge_vectors: Tensor, idx_i: Tensor, idx_j: Tensor,
+                          g_x_att: Tensor, g_ev_att: Tensor, chunk_size: int, inputs_grad: bool,
+                          kept: List[List[Tensor]], geo: List[List[Tensor]],
+                          g_geo: List[List[Tensor]]) -> Tuple[Tensor, Tensor, Tensor]:
+        """``messages_vjp`` with the filter state of the first ``len(kept)`` chunks from ``kept`` (filled by
+        ``messages_keep``) instead of recomputed, and for the first ``len(geo)`` chunks the geometry from
+        ``geo`` (``chunk_geometry``): their gradients w.r.t. [rbf, cut, ylm] are added to ``g_geo`` (one entry
+        per chunk, appended at the first layer) and their rows of g_edge_vectors left zero — ``geometry_vjp``
+        forms them once for all layers."""
         grad_was = torch.is_grad_enabled()  # (no `with torch.no_grad()`: it crashes frozen TorchScript modules)
         torch.set_grad_enabled(False)
         p = self.project(k, x)
@@ -99,10 +136,26 @@ class StageGradients(nn.Module):
             jj = idx_j[b[c]:b[c + 1]]
             gm = [g_x_att.index_select(0, ii), g_ev_att.index_select(0, ii),
                   g_x_att.index_select(0, jj), g_ev_att.index_select(0, jj)]
-            ge = self.pair_messages_vjp(k, [t.index_select(0, ii) for t in p], [t.index_select(0, jj) for t in p],
-                                        ev.index_select(0, ii), ev.index_select(0, jj), edge_vectors[b[c]:b[c + 1]],
-                                        gm, inputs_grad)
-            g_vec[b[c]:b[c + 1]] = ge[12]
+            kc: Optional[List[Tensor]] = None
+            if c < len(kept):
+                kc = kept[c]
+            p_i = [t.index_select(0, ii) for t in p]
+            p_j = [t.index_select(0, jj) for t in p]
+            if c < len(geo):
+                torch.set_grad_enabled(False)
+                r = self.pair_messages_backward_at(k, p_i, p_j, ev.index_select(0, ii), ev.index_select(0, jj),
+                                                   geo[c], gm, inputs_grad, kc)
+                torch.set_grad_enabled(grad_was)
+                ge = r[:10] + [-r[10], r[10]] if inputs_grad else r[:12]
+                gg = [r[11], r[13], r[12]]
+                if c < len(g_geo):
+                    g_geo[c] = [g_geo[c][0] + gg[0], g_geo[c][1] + gg[1], g_geo[c][2] + gg[2]]
+                else:
+                    g_geo.append(gg)
+            else:
+                ge = self.pair_messages_vjp(k, p_i, p_j, ev.index_select(0, ii), ev.index_select(0, jj),
+                                            edge_vectors[b[c]:b[c + 1]], gm, inputs_grad, kc)
+                g_vec[b[c]:b[c + 1]] = ge[12]
             if inputs_grad:
                 for t in range(5):
                     gp[t].index_add_(0, ii, ge[t])
@@ -227,15 +280,17 @@ class StageGradients(nn.Module):
     def long_range_pair_vjp(self, z_i: Tensor, z_j: Tensor, lr_i: Tensor, lr_j: Tensor, edge_vectors: Tensor,
                             g_pair: Tensor) -> List[Tensor]:
         """Backward of ``long_range_pair_energy`` with analytic derivatives (no graph):
-        -> [g_lr_i [P, W], g_lr_j [P, W], g_edge_vectors [P, 3]]."""
+        -> [g_lr_i [P, W], g_lr_j [P, W], g_edge_vectors [P, 3], the pair energies [P] (eV) themselves]."""
         d = safe_norm(edge_vectors)
         de_dd = torch.zeros_like(d)
+        e = torch.zeros_like(d)
         g_i: List[Tensor] = []
         g_j: List[Tensor] = []
         col = 0
         es = self.electrostatics
         if es is not None:
             r = es.pair_energy_and_derivatives(lr_i[:, 0], lr_j[:, 0], d)
+            e = e + r[0]
             de_dd = de_dd + r[1]
             g_i.append(g_pair * r[2])
             g_j.append(g_pair * r[3])
@@ -243,6 +298,7 @@ class StageGradients(nn.Module):
         disp = self.dispersion
         if disp is not None:
             r = disp.pair_energy_and_derivatives(lr_i[:, col], lr_j[:, col], z_i, z_j, d)
+            e = e + r[0]
             de_dd = de_dd + r[1]
             g_i.append(g_pair * r[2])
             g_j.append(g_pair * r[3])
@@ -252,27 +308,34 @@ class StageGradients(nn.Module):
         empty = torch.zeros(d.shape[0], 0, dtype=d.dtype, device=d.device)
         gi = torch.stack(g_i, 1) if len(g_i) > 0 else empty
         gj = torch.stack(g_j, 1) if len(g_j) > 0 else empty
-        return [gi, gj, g_vec]
+        return [gi, gj, g_vec, e]
 
     @torch.jit.export
     def pair_energies_vjp(self, atomic_numbers: Tensor, lr: Tensor, edge_vectors: Tensor, idx_i: Tensor,
                           idx_j: Tensor, edge_vectors_lr: Tensor, idx_i_lr: Tensor, idx_j_lr: Tensor,
-                          g_energy: Tensor, chunk_size: int = 0) -> List[Tensor]:
-        """Backward of ``pair_energies`` -> [g_edge_vectors [P, 3], g_edge_vectors_lr [P', 3], g_lr [N, W]]."""
+                          g_energy: Tensor, chunk_size: int = 0, with_energies: bool = False) -> List[Tensor]:
+        """Backward of ``pair_energies`` -> [g_edge_vectors [P, 3], g_edge_vectors_lr [P', 3], g_lr [N, W]],
+        with ``with_energies`` followed by ``pair_energies`` itself ([N], eV; the long-range pair energies
+        come from the same analytic pass, so the long-range pairs are visited once instead of twice)."""
         z = atomic_numbers
         g_vec = torch.zeros_like(edge_vectors)
         g_vec_lr = torch.zeros_like(edge_vectors_lr)
         g_lr = torch.zeros_like(lr)
+        e_atoms = torch.zeros(z.shape[0], dtype=edge_vectors.dtype, device=edge_vectors.device)
         if self.zbl is not None:
             b = self.chunk_bounds(idx_i.shape[0], chunk_size)
             for c in range(len(b) - 1):
                 ii = idx_i[b[c]:b[c + 1]]
                 jj = idx_j[b[c]:b[c + 1]]
                 gp = 0.5 * (g_energy.index_select(0, ii) + g_energy.index_select(0, jj))
-                g_vec[b[c]:b[c + 1]] = self.zbl_pair_vjp(z.index_select(0, ii), z.index_select(0, jj),
-                                                         edge_vectors[b[c]:b[c + 1]], gp)
+                z_i = z.index_select(0, ii)
+                z_j = z.index_select(0, jj)
+                g_vec[b[c]:b[c + 1]] = self.zbl_pair_vjp(z_i, z_j, edge_vectors[b[c]:b[c + 1]], gp)
+                if with_energies:
+                    h = 0.5 * self.zbl_pair_energy(z_i, z_j, edge_vectors[b[c]:b[c + 1]])
+                    e_atoms = e_atoms.index_add(0, ii, h).index_add(0, jj, h)
         if self.exchange_width > 0:
-            b = self.chunk_bounds(idx_i_lr.shape[0], chunk_size)
+            b = self.chunk_bounds_lr(idx_i_lr.shape[0], chunk_size)
             for c in range(len(b) - 1):
                 ii = idx_i_lr[b[c]:b[c + 1]]
                 jj = idx_j_lr[b[c]:b[c + 1]]
@@ -282,6 +345,11 @@ class StageGradients(nn.Module):
                 g_lr.index_add_(0, ii, r[0])
                 g_lr.index_add_(0, jj, r[1])
                 g_vec_lr[b[c]:b[c + 1]] = r[2]
+                if with_energies:
+                    h = 0.5 * r[3]
+                    e_atoms = e_atoms.index_add(0, ii, h).index_add(0, jj, h)
+        if with_energies:
+            return [g_vec, g_vec_lr, g_lr, e_atoms]
         return [g_vec, g_vec_lr, g_lr]
 
     # -------------------------------------------------------------------- the memory-lean inference pass
@@ -290,7 +358,7 @@ class StageGradients(nn.Module):
                              idx_i: Tensor, idx_j: Tensor, edge_vectors_lr: Tensor, idx_i_lr: Tensor,
                              idx_j_lr: Tensor, batch: Tensor, num_graphs: int, total_charge: Tensor,
                              num_unpaired_electrons: Tensor, cell: Tensor, pbc: Tensor,
-                             chunk_size: int = 0) -> Tuple[Dict[str, Tensor], List[Tensor]]:
+                             chunk_size: int = 0, keep_bytes: int = 0) -> Tuple[Dict[str, Tensor], List[Tensor]]:
         """``forward``'s outputs (no graph) and the gradients of the total energy E = Σ atomic_energies
         (eV): [dE/d edge_vectors [P,3] eV/Å, dE/d edge_vectors_lr [P',3] eV/Å, dE/d positions [N,3] eV/Å
         (explicit dependence: EFA), dE/d cell [B,3,3] eV/Å (periodic EFA)]. Forces and stress follow by
@@ -298,25 +366,43 @@ class StageGradients(nn.Module):
 
         The stages run once without a graph, keeping only per-atom features; the backward pass calls the
         stages' ``*_vjp`` methods in reverse order (pairs recomputed in chunks of ``chunk_size``; 0: the
-        model's default). Equals ``forward`` + autograd to rounding, with memory O(N·F·layers + chunk·F)."""
+        model's default). Equals ``forward`` + autograd to rounding, with memory O(N·F·layers + chunk·F).
+        ``keep_bytes`` > 0 trades memory for speed: up to that many bytes of the filter MLPs' state
+        (4.5·F numbers per pair and layer) are kept from the forward for the backward instead of being
+        recomputed (the filters' matrix products are ~1/3 of a layer's backward); the pair energies come
+        from the pass that forms their gradients."""
         z = atomic_numbers
         step = self.chunk(chunk_size)  # the lean pass always works in chunks
         saved: List[List[Tensor]] = []
+        kept: List[List[List[Tensor]]] = []
+        chunk_pairs = max(1, min(step, idx_i.shape[0]))  # the largest chunk
+        chunk_bytes = chunk_pairs * (9 * self.num_features // 2) * edge_vectors.element_size()
+        geo_bytes = chunk_pairs * (self.radial_basis.num_basis + self.m_tot + 1) * edge_vectors.element_size()
+        num_chunks = len(self.chunk_bounds(idx_i.shape[0], step)) - 1
+        budget = keep_bytes
         grad_was = torch.is_grad_enabled()
         torch.set_grad_enabled(False)
+        # the pairs' geometry, the same in every layer: formed once per chunk when the budget allows
+        geo = self.chunk_geometry(edge_vectors, step, budget // geo_bytes if budget > 0 else 0)
+        budget -= len(geo) * geo_bytes
+        g_geo: List[List[Tensor]] = []
         x = self.embed(z, total_charge, num_unpaired_electrons, batch, num_graphs, None)
         ev = torch.zeros(z.shape[0], self.m_tot, dtype=x.dtype, device=x.device)
         for k in range(self.num_layers):
-            x_att, ev_att = self.messages(k, x, ev, edge_vectors, idx_i, idx_j, step)
+            keep_chunks = min(num_chunks, budget // chunk_bytes) if budget > 0 else 0
+            budget -= keep_chunks * chunk_bytes
+            kept_k: List[List[Tensor]] = []
+            x_att, ev_att = self.messages_keep(k, x, ev, edge_vectors, idx_i, idx_j, step, kept_k, keep_chunks, geo)
+            kept.append(kept_k)
             saved.append([x, ev, x_att, ev_att])
             x, ev = self.update(k, x, ev, x_att, ev_att, positions, batch, num_graphs, cell, pbc, None)
         energy, lr_raw, sums = self.readout(x, z, batch, num_graphs)
         lr = self.long_range_values(lr_raw, sums, total_charge, batch)
-        energy = energy + self.pair_energies(z, lr, edge_vectors, idx_i, idx_j, edge_vectors_lr, idx_i_lr,
-                                             idx_j_lr, step)
-        torch.set_grad_enabled(grad_was)
         g_e = torch.ones_like(energy)
-        gp = self.pair_energies_vjp(z, lr, edge_vectors, idx_i, idx_j, edge_vectors_lr, idx_i_lr, idx_j_lr, g_e, step)
+        gp = self.pair_energies_vjp(z, lr, edge_vectors, idx_i, idx_j, edge_vectors_lr, idx_i_lr, idx_j_lr, g_e,
+                                    chunk_size, True)  # (without a graph: the ZBL part enables autograd where it needs it)
+        torch.set_grad_enabled(grad_was)
+        energy = energy + gp[3]
         g_vec = gp[0]
         gl = self.long_range_values_vjp(lr_raw, sums, total_charge, batch, gp[2])
         g_x = self.readout_vjp(x, z, batch, num_graphs, g_e, gl[0], gl[1])
@@ -330,8 +416,13 @@ class StageGradients(nn.Module):
                                  g_x, g_ev, k > 0)
             g_pos = g_pos + gu[4]
             g_cell = g_cell + gu[5]
-            gm = self.messages_vjp(k, s[0], s[1], edge_vectors, idx_i, idx_j, gu[2], gu[3], step, k > 0)
+            gm = self.messages_keep_vjp(k, s[0], s[1], edge_vectors, idx_i, idx_j, gu[2], gu[3], step, k > 0,
+                                        kept[k], geo, g_geo)
+            kept[k].clear()  # this layer's filter state is no longer needed
             g_vec = g_vec + gm[2]
             g_x = gu[0] + gm[0]
             g_ev = gu[1] + gm[1]
+        b = self.chunk_bounds(idx_i.shape[0], step)
+        for c in range(len(g_geo)):  # the shared geometry's backward, once for all layers
+            g_vec[b[c]:b[c + 1]] = g_vec[b[c]:b[c + 1]] + self.geometry_vjp(edge_vectors[b[c]:b[c + 1]], g_geo[c])
         return self.outputs(energy, lr), [g_vec, gp[1], g_pos, g_cell]

@@ -37,8 +37,10 @@ class So3kratesPotential(nn.Module):
     (``partial_charges`` in e, ``hirshfeld_ratios``). Inputs are converted to the model's dtype.
 
     Eval mode: forces and stress come from the model's memory-lean pass (``energy_and_gradients``:
-    memory O(N) + one chunk of pairs; ``chunk_size`` attribute, 0 = the model's default) and carry no
-    graph. Training mode (``.train()``): autograd with ``create_graph=True``, so that a force loss can
+    memory O(N) + one chunk of pairs; ``chunk_size`` attribute, 0 = the model's default — plus up to
+    ``filter_memory_mb`` MiB, default 1024, of filter state kept from the forward so that the backward
+    need not recompute it: ~2.3 kB per local pair and layer in float32, so systems up to ~5k SO3LR atoms
+    keep all of it; 0 = recompute everything, the leanest) and carry no graph. Training mode (``.train()``): autograd with ``create_graph=True``, so that a force loss can
     be back-propagated.
 
     Raises ``ValueError`` naming the problem and the fix for NaN/inf positions, unknown elements,
@@ -55,6 +57,9 @@ class So3kratesPotential(nn.Module):
         self.species: List[int] = [int(z) for z in model.species]
         self.min_distance = float(min_distance)
         self.chunk_size: int = 0
+        # memory-for-speed trade of the lean pass: MiB of filter state kept between its forward and backward
+        # (So3krates.energy_and_gradients ``keep_bytes``; 0 = recompute it, the leanest)
+        self.filter_memory_mb: int = 1024
         if len(self.species) == 0:
             raise ValueError("the model lists no species (model.species is empty)")
         known = torch.zeros(max(self.species) + 1, dtype=torch.bool)
@@ -127,7 +132,7 @@ class So3kratesPotential(nn.Module):
             out, g = self.model.energy_and_gradients(pos_g.to(dtype), z, vec_g.to(dtype), idx_i, idx_j, vec_lr,
                                                      idx_i_lr, idx_j_lr, batch, 1, q_tot, s_tot,
                                                      cell_g.to(dtype).unsqueeze(0), pbc_b.unsqueeze(0),
-                                                     self.chunk_size)
+                                                     self.chunk_size, self.filter_memory_mb * 1048576)
             g_pos, g_strain = lean_gradients(pos_g, cell_g, idx_i, idx_j, shifts, idx_i_lr, idx_j_lr, shifts_lr, g,
                                              compute_stress)
         else:

@@ -116,6 +116,24 @@ def test_shipped_model_file_is_current():
     assert float((a["forces"] - b["forces"]).abs().max()) <= 1e-4
 
 
+def test_exported_filter_memory_is_settable_and_changes_no_result():
+    """The lean pass' memory-for-speed budget (``potential.filter_memory_mb``: geometry and filter state kept
+    between forward and backward) is an attribute of the loaded file; 0 (recompute all), a budget that keeps
+    part of it and the default give the same energies and forces."""
+    module, _ = load_exported(ROOT / "examples" / "models" / "so3krates_demo.pt")
+    assert module.potential.filter_memory_mb == 1024
+    pos, z = random_molecule(40, seed=5, species=(1, 6, 7, 8))
+    out = []
+    for mb in (1024, 0, 1):
+        module.potential.filter_memory_mb = mb
+        out.append(_eval(module, pos, z, dtype=torch.float32))
+    module.potential.filter_memory_mb = 1024
+    for o in out[1:]:
+        assert abs(float(o["energy"] - out[0]["energy"])) <= 1e-6 * max(1.0, abs(float(out[0]["energy"])))
+        assert float((o["forces"] - out[0]["forces"]).abs().max()) <= 1e-5
+    assert float(out[0]["forces"].abs().max()) > 1e-2
+
+
 def test_bad_files_give_clear_errors(tmp_path):
     with pytest.raises(ModelFileError, match="does not exist"):
         read_metadata(tmp_path / "missing.pt")

@@ -332,7 +332,8 @@ def _graphs(model, pos, cell, pbc):
 @pytest.mark.parametrize("which", ["so3lr", "efa_periodic", "efa_open"])
 def test_energy_and_gradients_equal_autograd(which, so3lr):
     """So3krates.energy_and_gradients (the stages' explicit backward: layer-wise recomputation in chunks,
-    analytic long-range derivatives) = forward + autograd: energies, charges, forces, cell gradient."""
+    analytic long-range derivatives; with ``keep_bytes`` the filter state of some or all chunks kept from
+    the forward) = forward + autograd: energies, charges, forces, cell gradient."""
     pos, z, cell = _water(2)
     pbc = torch.ones(3, dtype=torch.bool)
     if which == "so3lr":
@@ -349,7 +350,7 @@ def test_energy_and_gradients_equal_autograd(which, so3lr):
     dt = torch.float64
     args0 = (torch.zeros(n, dtype=torch.long), 1, torch.zeros(1, dtype=dt), torch.zeros(1, dtype=dt))
     ref = None
-    for mode in ("autograd", "lean", "lean_script"):
+    for mode in ("autograd", "lean", "lean_script", "lean_keep_geo3", "lean_keep_some", "lean_keep_all_script"):
         ii, jj, sh, il, jl, shl = _graphs(model, pos, cell, pbc)
         p = pos.clone().requires_grad_(True)
         c = cell.clone().requires_grad_(True)
@@ -364,8 +365,14 @@ def test_energy_and_gradients_equal_autograd(which, so3lr):
             ref = res
             charges = out.get("partial_charges")
             continue
-        m = torch.jit.script(model) if mode == "lean_script" else model
-        out, grads = m.energy_and_gradients(*args, 50)
+        m = torch.jit.script(model) if mode.endswith("_script") else model
+        # chunks of 50 pairs (~10 here); "keep_geo3": the geometry of 3 chunks shared by all layers, the rest
+        # recomputed; "keep_some": the geometry of all chunks and the filter state of a few in layer 0 (kept
+        # and recomputed chunks mixed in one layer's backward); "keep_all": everything kept
+        geo_bytes = 50 * (model.radial_basis.num_basis + model.m_tot + 1) * 8
+        keep = {"lean_keep_geo3": 3 * geo_bytes + 1, "lean_keep_some": 5 * 50 * (9 * model.num_features // 2) * 8,
+                "lean_keep_all_script": 1 << 40}
+        out, grads = m.energy_and_gradients(*args, 50, keep.get(mode, 0))
         assert not out["atomic_energies"].requires_grad
         g = torch.autograd.grad([ev, evl, p, c], [p, c], grad_outputs=[grads[0], grads[1], grads[2], grads[3][0]],
                                 allow_unused=True)

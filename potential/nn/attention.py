@@ -6,7 +6,7 @@ F features, H heads, D = len(degrees), m_tot = sum(2l + 1). Segment sums use ind
 from __future__ import annotations
 
 import math
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -164,17 +164,42 @@ class AttentionBlock(ExactConstants):
         ev_msg = alpha2.index_select(1, self.repeat_index) * ylm
         return msg, ev_msg
 
+    def filter_state(self, rbf: Tensor, dev: Tensor) -> List[Tensor]:
+        """[w1 [P, F], w2 [P, F], act' [P, 2H]]: the filters and the derivative of the activation at the
+        first layers' pre-activations — all that the explicit backward needs from the filter MLPs (the
+        memory-lean pass may keep it from the forward instead of recomputing it)."""
+        w = self.filter_weights()
+        pre = self.filter_preactivations(rbf, dev, w)
+        silu = self.activation_fn == "silu"
+        sig = torch.sigmoid(pre) if silu else pre  # SiLU: h = x s(x), s kept for the derivative
+        h = pre * sig if silu else activation(pre, self.activation_fn)
+        half = w[2].shape[0]
+        w1 = torch.addmm(w[3], h[:, :half], w[2])
+        w2 = torch.addmm(w[5], h[:, half:], w[4])
+        # SiLU'(x) = s + h (1 - s) from s and h: two passes over [P, 2H] instead of five. (Not
+        # torch.ops.aten.silu_backward, nor autograd's SiluBackward: in the TorchScript file frozen by
+        # openmm-torch both segfault.)
+        d = torch.addcmul(sig + h, h, sig, value=-1.0) if silu else activation_derivative(pre, self.activation_fn)
+        return [w1, w2, d]
+
     def pair_messages(self, p_i: List[Tensor], p_j: List[Tensor], dev: Tensor, rbf: Tensor, ylm: Tensor,
-                      cut: Tensor) -> List[Tensor]:
+                      cut: Tensor, keep: bool = False) -> List[Tensor]:
         """Both directions of P pairs (i, j) at once, the filters computed once per pair: p_i / p_j are the
         five rows of ``project`` gathered at i / j, dev = ev[j] - ev[i], rbf, ylm, cut of r_ij.
         Returns [messages i <- j [P, F], [P, m_tot], messages j <- i [P, F], [P, m_tot]]
-        (Y_l(-r) = (-1)^l Y_l(r))."""
-        w1, w2 = self.filters(rbf, dev)
+        (Y_l(-r) = (-1)^l Y_l(r)), followed with ``keep`` by the three tensors of ``filter_state`` (for
+        ``pair_messages_backward(..., kept=...)``)."""
+        st: List[Tensor] = []
+        if keep:
+            st = self.filter_state(rbf, dev)
+            w1 = st[0]
+            w2 = st[1]
+        else:
+            w1, w2 = self.filters(rbf, dev)
         m_ij, e_ij = self.messages(p_i[0], p_i[1], p_j[2], p_j[3], p_j[4], w1, w2, ylm, cut)
         m_ji, e_ji = self.messages(p_j[0], p_j[1], p_i[2], p_i[3], p_i[4], w1, w2,
                                    ylm * self.parity.to(ylm.dtype), cut)
-        return [m_ij, e_ij, m_ji, e_ji]
+        return [m_ij, e_ij, m_ji, e_ji] + st
 
     @staticmethod
     def _logits_backward(q_i: Tensor, q_j: Tensor, k_i: Tensor, k_j: Tensor, w: Tensor, qw_i: Tensor, qw_j: Tensor,
@@ -193,10 +218,12 @@ class AttentionBlock(ExactConstants):
                 segment_expand_mul(ga_ij, qw_i, scale), g_w]
 
     def pair_messages_backward(self, p_i: List[Tensor], p_j: List[Tensor], dev: Tensor, rbf: Tensor, ylm: Tensor,
-                               cut: Tensor, g: List[Tensor], inputs_grad: bool = True) -> List[Tensor]:
+                               cut: Tensor, g: List[Tensor], inputs_grad: bool = True,
+                               kept: Optional[List[Tensor]] = None) -> List[Tensor]:
         """Explicit backward of ``pair_messages`` (no autograd): g = gradients of its four outputs ->
-        [g_p_i (5 tensors), g_p_j (5 tensors), g_dev, g_rbf, g_ylm, g_cut]. The filters and attention
-        weights are recomputed. Without ``inputs_grad`` (layer 0: its inputs do not depend on the positions)
+        [g_p_i (5 tensors), g_p_j (5 tensors), g_dev, g_rbf, g_ylm, g_cut]. The filters (``filter_state``)
+        are recomputed unless ``kept`` from the forward (``pair_messages(..., keep=True)``), the attention
+        weights always. Without ``inputs_grad`` (layer 0: its inputs do not depend on the positions)
         g_p_i, g_p_j and g_dev are left out (empty tensors): about half of the elementwise work."""
         n = dev.shape[0]
         f = self.num_features
@@ -204,13 +231,9 @@ class AttentionBlock(ExactConstants):
         fh = f // nh
         dt = dev.dtype
         w = self.filter_weights()
-        pre = self.filter_preactivations(rbf, dev, w)
-        silu = self.activation_fn == "silu"
-        sig = torch.sigmoid(pre) if silu else pre  # SiLU: h = x s(x), kept for its derivative below
-        h = pre * sig if silu else activation(pre, self.activation_fn)
-        half = w[2].shape[0]
-        w1 = torch.addmm(w[3], h[:, :half], w[2])
-        w2 = torch.addmm(w[5], h[:, half:], w[4])
+        st = kept if kept is not None else self.filter_state(rbf, dev)
+        w1 = st[0]
+        w2 = st[1]
         cut_ = cut.unsqueeze(-1)
         nd = self.num_degrees
         rep = self.repeat_index
@@ -240,11 +263,7 @@ class AttentionBlock(ExactConstants):
         g_cut = (ga1_ij * a1_ij).sum(1) + (ga1_ji * a1_ji).sum(1) + (ga2_ij * a2_ij).sum(1) + (ga2_ji * a2_ji).sum(1)
         # filters: second layers, activation, first layers, contraction of dev
         g_h = torch.cat([torch.matmul(g1[4], w[2].t()), torch.matmul(g2[4], w[4].t())], 1)
-        # SiLU'(x) = s + h (1 - s) from s and h: two passes over [P, 2H] instead of five. (Not
-        # torch.ops.aten.silu_backward, nor autograd's SiluBackward: in the TorchScript file frozen by
-        # openmm-torch both segfault.)
-        d = torch.addcmul(sig + h, h, sig, value=-1.0) if silu else activation_derivative(pre, self.activation_fn)
-        g_x = torch.matmul(g_h * d, w[0].t())
+        g_x = torch.matmul(g_h * st[2], w[0].t())
         k = rbf.shape[1]
         if not inputs_grad:
             none = torch.empty(0, dtype=dt, device=dev.device)
