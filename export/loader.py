@@ -14,6 +14,7 @@ from typing import Any, Dict, Tuple
 import torch
 
 from so3krates.export.metadata import METADATA_NAME, ModelFileError, ModelSource, read_metadata, source_name
+from so3krates.export.jit_fusion import no_jit_fusion
 from so3krates.export.process_memory import keep_freed_memory
 from so3krates.export.pt2 import So3kratesPT2
 
@@ -22,9 +23,11 @@ def load_exported(source: ModelSource, device: str | torch.device = "cpu") -> Tu
     """Load an exported model (path or file bytes) and its metadata (validated). Returns (module, metadata):
     a scripted module for a TorchScript file, a :class:`so3krates.export.pt2.So3kratesPT2` for a pt2 package.
     Sets this process' malloc to keep freed memory for reuse (``process_memory``; SO3KRATES_MALLOC=system
-    keeps glibc's defaults)."""
+    keeps glibc's defaults) and turns TorchScript's kernel fusion off (``jit_fusion``; SO3KRATES_JIT_FUSION=on
+    keeps torch's default)."""
     meta = read_metadata(source)
     keep_freed_memory()
+    no_jit_fusion()
     if meta.get("format") == "pt2":
         if isinstance(source, (bytes, bytearray)):
             raise ModelFileError("a pt2 package must be loaded from its path, not from bytes")
@@ -42,9 +45,11 @@ def load_exported(source: ModelSource, device: str | torch.device = "cpu") -> Tu
 
 def read_model_bytes(source: ModelSource) -> bytes:
     """The bytes of an exported TorchScript file, after the same checks as ``load_exported`` (and the same
-    malloc setting: the caller runs the model in this process)."""
+    malloc and fusion settings: the caller runs the model in this process, e.g. OpenMM's TorchForce on the
+    same libtorch)."""
     meta = read_metadata(source)
     keep_freed_memory()
+    no_jit_fusion()
     if meta.get("format") == "pt2":
         raise ModelFileError(f"'{source_name(source)}' is a pt2 package; OpenMM's TorchForce needs the TorchScript "
                              "file (export without --format pt2); use so3krates.openmm.python_force for pt2 packages")

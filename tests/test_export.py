@@ -130,7 +130,9 @@ def test_exported_filter_memory_is_settable_and_changes_no_result():
     module.potential.filter_memory_mb = 1024
     for o in out[1:]:
         assert abs(float(o["energy"] - out[0]["energy"])) <= 1e-6 * max(1.0, abs(float(out[0]["energy"])))
-        assert float((o["forces"] - out[0]["forces"]).abs().max()) <= 1e-5
+        # float32: the kept and the recomputed filters differ in rounding
+        f_max = float(out[0]["forces"].abs().max())
+        assert float((o["forces"] - out[0]["forces"]).abs().max()) <= 1e-6 * f_max + 2e-5
     assert float(out[0]["forces"].abs().max()) > 1e-2
 
 

@@ -47,11 +47,11 @@ def work(tmp_path_factory):
     return {"dir": d, "ortho": ortho, "tric": tric, "ref_ortho": H.ase_reference(d / "toy.pt", ortho)}
 
 
-def _run(work, tmp_path, script, nprocs=1):
+def _run(work, tmp_path, script, nprocs=1, env=None):
     for f in work["dir"].iterdir():
         if not (tmp_path / f.name).exists():
             os.symlink(f, tmp_path / f.name)
-    return H.run_lmp(tmp_path, script, nprocs=nprocs)
+    return H.run_lmp(tmp_path, script, nprocs=nprocs, env=env)
 
 
 def _compare(res, ref, tol=TOL, factor=1.0):
@@ -123,6 +123,22 @@ def test_malloc_keyword(work, tmp_path):
     a, b = H.parse_results(tmp_path / "keep", keep), H.parse_results(tmp_path / "system", system)
     _compare(a, ref)
     assert a["pe"] == b["pe"] and np.array_equal(a["forces"], b["forces"])
+
+
+def test_jit_fusion_setting(work, tmp_path):
+    """TorchScript kernel fusion is off by default (less memory, faster warm-up); SO3KRATES_JIT_FUSION=on keeps
+    torch's default with the same results; any other value is refused with a message naming the choices."""
+    ref = work["ref_ortho"]
+    script = H.energy_script("ortho.data", "toy.pt", ["H", "O"])
+    for value in ("on", "off"):
+        (tmp_path / value).mkdir()
+        proc = _run(work, tmp_path / value, script, env={"SO3KRATES_JIT_FUSION": value})
+        assert proc.returncode == 0, H.error_text(proc)[-3000:]
+        _compare(H.parse_results(tmp_path / value, proc), ref)
+    (tmp_path / "bad").mkdir()
+    proc = _run(work, tmp_path / "bad", script, env={"SO3KRATES_JIT_FUSION": "maybe"})
+    text = H.error_text(proc)
+    assert proc.returncode != 0 and "SO3KRATES_JIT_FUSION='maybe'" in text and "'off'" in text, text[-2000:]
 
 
 def test_halo_exchange_log_line(work, tmp_path):

@@ -23,6 +23,8 @@
 
 #include <dlfcn.h>
 
+#include <cstdlib>
+
 #include <fstream>
 #include <stdexcept>
 #include <unordered_map>
@@ -112,6 +114,21 @@ bool Model::cuda_available(std::string *why)
     if (why) *why = short_message(e);
     return false;
   }
+}
+
+// TorchScript's CPU fuser compiles a kernel for every shape specialisation it sees: for these graphs ~1.5 GB
+// of resident memory and seconds of warm-up, for no steady-state gain (the Python loader does the same:
+// export/jit_fusion.py). Off for the process unless SO3KRATES_JIT_FUSION=on.
+void Model::no_jit_fusion()
+{
+  const char *v = std::getenv("SO3KRATES_JIT_FUSION");
+  const std::string choice = v ? v : "off";
+  if (choice == "on") return;
+  if (choice != "off")
+    throw std::runtime_error("SO3KRATES_JIT_FUSION='" + choice + "': use 'off' (the default: TorchScript kernel "
+                             "fusion off) or 'on' (torch's default fusion)");
+  torch::jit::FusionStrategy none{{torch::jit::FusionBehavior::STATIC, 0}, {torch::jit::FusionBehavior::DYNAMIC, 0}};
+  torch::jit::setFusionStrategy(none);
 }
 
 void Model::set_num_threads(int n)
@@ -217,6 +234,7 @@ Model::Model(const std::string &path, const std::string &device, int device_inde
     load_pt2(path);
     return;
   }
+  no_jit_fusion();
   std::unordered_map<std::string, std::string> extra{{METADATA_FILE, ""}};
   try {
     impl_->module = torch::jit::load(path, impl_->device, extra);

@@ -100,6 +100,8 @@ class Model {
   void compute(const Step &step, const Collectives &comm, Result &out);
 
   static void set_num_threads(int n);
+  // TorchScript kernel fusion off for the process (SO3KRATES_JIT_FUSION=on keeps torch's default); load() calls it
+  static void no_jit_fusion();
   // true when libtorch sees a CUDA device (loads libtorch_cuda.so on demand)
   static bool cuda_available(std::string *why = nullptr);
 
