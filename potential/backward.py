@@ -62,7 +62,7 @@ class StageGradients(nn.Module):
         [g_p_i (5 tensors), g_p_j (5 tensors), g_ev_i, g_ev_j, g_edge_vectors] (the per-atom inputs'
         gradients are not computed — empty tensors — when ``inputs_grad`` is False: layer 0, whose inputs do
         not depend on positions). The attention and filters have an explicit backward (AttentionBlock.
-        pair_messages_backward; ``kept``: the chunk's filter state from ``messages(..., kept=...)``, else
+        pair_messages_backward; ``kept``: the chunk's filter state from ``messages_keep``, else
         recomputed); the geometry (radial basis, cutoff, spherical harmonics) uses autograd."""
         grad_was = torch.is_grad_enabled()
         torch.set_grad_enabled(True)
@@ -367,10 +367,11 @@ class StageGradients(nn.Module):
         The stages run once without a graph, keeping only per-atom features; the backward pass calls the
         stages' ``*_vjp`` methods in reverse order (pairs recomputed in chunks of ``chunk_size``; 0: the
         model's default). Equals ``forward`` + autograd to rounding, with memory O(N·F·layers + chunk·F).
-        ``keep_bytes`` > 0 trades memory for speed: up to that many bytes of the filter MLPs' state
-        (4.5·F numbers per pair and layer) are kept from the forward for the backward instead of being
-        recomputed (the filters' matrix products are ~1/3 of a layer's backward); the pair energies come
-        from the pass that forms their gradients."""
+        ``keep_bytes`` > 0 trades memory for speed: up to that many bytes are kept from the forward for the
+        backward instead of being recomputed — first the pairs' geometry (K + m_tot + 1 numbers per pair,
+        shared by all layers, its backward run once), then per layer the filter MLPs' state (4.5·F numbers
+        per pair; the filters' matrix products are ~1/3 of a layer's backward). The pair energies come from
+        the pass that forms their gradients."""
         z = atomic_numbers
         step = self.chunk(chunk_size)  # the lean pass always works in chunks
         saved: List[List[Tensor]] = []
