@@ -40,8 +40,8 @@ class So3kratesPotential(nn.Module):
     memory O(N) + one chunk of pairs; ``chunk_size`` attribute, 0 = the model's default — plus up to
     ``filter_memory_mb`` MiB, default 1024, of filter state kept from the forward so that the backward
     need not recompute it: ~2.3 kB per local pair and layer in float32, so systems up to ~5k SO3LR atoms
-    keep all of it; 0 = recompute everything, the leanest) and carry no graph. Training mode (``.train()``): autograd with ``create_graph=True``, so that a force loss can
-    be back-propagated.
+    keep all of it; 0 = recompute everything, the leanest) and carry no graph. Training mode
+    (``.train()``): autograd with ``create_graph=True``, so that a force loss can be back-propagated.
 
     Raises ``ValueError`` naming the problem and the fix for NaN/inf positions, unknown elements,
     atoms closer than ``min_distance`` (0.1 Å), a periodic cell of zero volume, stress requested
