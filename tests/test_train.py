@@ -435,6 +435,13 @@ def test_time_budget_accounting():
     assert budget.used() == 9.0 and budget.fraction() == pytest.approx(0.9) and not budget.spent()
     now[0] = 156.0
     assert budget.spent()
+    now[0] = 155.0
+    budget.sample()  # one reading per step: the schedule and the stop decision see the same seconds
+    now[0] = 158.0
+    assert budget.fraction() == pytest.approx(0.9) and not budget.spent() and budget.used() == 12.0
+    budget.sample()
+    assert budget.fraction() == pytest.approx(1.2) and budget.spent()
+    now[0] = 156.0
     budget.stop()
     now[0] = 500.0
     assert budget.used() == 10.0 and budget.spent()  # after the loop: nothing counts

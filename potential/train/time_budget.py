@@ -4,6 +4,9 @@ Only the training loop counts (steps and validations, not data loading or the fi
 seconds used are stored in the checkpoints (``budget_used_s``) and continue on ``--resume``.
 Clocks: ``wall`` (``time.perf_counter``) or ``cpu`` (``time.process_time``: CPU time of all threads
 of the process, far less sensitive to other jobs on a shared machine).
+The trainer samples the clock once per optimizer step (:meth:`TimeBudget.sample`); the cosine decay and
+the stop decision of that step read the same sample, so the step that ends the run is the step whose
+learning rate reached the schedule's floor.
 """
 
 from __future__ import annotations
@@ -25,14 +28,15 @@ class TimeBudget:
         self._clock = CLOCKS[clock] if isinstance(clock, str) else clock
         self._used = float(used)
         self._start: Optional[float] = None
+        self._sample: Optional[float] = None
 
     def start(self) -> None:
         """Start counting (the training loop begins)."""
-        self._start = self._clock()
+        self._start, self._sample = self._clock(), None
 
     def stop(self) -> None:
         """Stop counting (the loop ended); :meth:`used` stays fixed afterwards."""
-        self._used, self._start = self.used(), None
+        self._used, self._start, self._sample = self.used(), None, None
 
     def used(self) -> float:
         """Seconds used so far, earlier invocations included."""
@@ -40,10 +44,18 @@ class TimeBudget:
             return self._used
         return self._used + self._clock() - self._start
 
+    def sample(self) -> None:
+        """Read the clock once for this step: :meth:`fraction` and :meth:`spent` return this reading
+        until the next sample (or :meth:`start`/:meth:`stop`)."""
+        self._sample = self.used()
+
+    def _seen(self) -> float:
+        return self._sample if self._sample is not None else self.used()
+
     def fraction(self) -> float:
         """Fraction of the budget used (drives the cosine learning-rate decay)."""
-        return self.used() / self.seconds
+        return self._seen() / self.seconds
 
     def spent(self) -> bool:
         """True once a budget is set and used up."""
-        return self.seconds is not None and self.used() >= self.seconds
+        return self.seconds is not None and self._seen() >= self.seconds

@@ -215,6 +215,7 @@ class Trainer:
         if self.t.get("gradient_clip"):
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.t["gradient_clip"]))
         self.optimizer.step()
+        self.budget.sample()  # the learning rate below and this step's stop decision see one clock reading
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update(self.model)
