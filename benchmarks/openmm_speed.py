@@ -16,8 +16,11 @@ in the load of a shared machine hits all of them alike):
             forces to numpy) with its parameters set up for inference (no gradients; what the
             PythonForce route does, and what openmm-torch's torch::jit::freeze does for the
             TorchForce): ms/call. This is the baseline "calling the exported module".
-  torch     MD steps with ``so3krates.openmm.torch_force`` (openmmtorch.TorchForce): ms/step
-  python    MD steps with ``so3krates.openmm.python_force`` (openmm.PythonForce): ms/step
+  torch     MD steps with ``so3krates.openmm.torch_force`` (openmmtorch.TorchForce): ms/step; like the
+            direct calls a new neighbour search every step (``neighbor_skin=0``)
+  python    MD steps with ``so3krates.openmm.python_force`` (openmm.PythonForce): ms/step, skin 0
+  skin      MD steps with ``torch_force`` as users get it: pair lists reused over steps with the
+            default skin (1 Å, rebuilt when an atom moved 0.5 Å): ms/step and its speed-up over ``torch``
   tf-zero   MD steps with a zero-cost TorchForce (returns zeros): OpenMM's own per-step cost
   pf-zero   the same through PythonForce
 
@@ -215,7 +218,7 @@ def summarise(samples: Dict[str, dict], timestep_fs: float) -> dict:
     row = {"direct_ms_per_call": statistics.median(base_w),
            "direct_ms_per_call_q25_q75": [_q(base_w, 0.25), _q(base_w, 0.75)],
            "direct_cpu_ms_per_call": statistics.median(base_c)}
-    for route in ("torch", "python"):
+    for route in ("torch", "python", "skin"):
         if route not in samples:
             continue
         w, c = samples[route]["wall_ms"], samples[route]["cpu_ms"]
@@ -235,6 +238,9 @@ def summarise(samples: Dict[str, dict], timestep_fs: float) -> dict:
             med = statistics.median(samples[zero]["wall_ms"])
             row[f"{route}_plumbing_ms_per_step"] = med
             row[f"{route}_plumbing_pct"] = 100.0 * med / row["direct_ms_per_call"]
+    if "skin" in samples:  # paired within rounds, like the overheads
+        row["skin_speedup"] = statistics.median([a / b for a, b in zip(samples["torch"]["wall_ms"],
+                                                                       samples["skin"]["wall_ms"])])
     return row
 
 
@@ -278,7 +284,7 @@ def main(argv=None):
           f"load average {os.getloadavg()[0]:.1f}")
     header = (f"{'atoms':>6} {'direct ms':>10} {'torch ms/step':>13} {'ns/day':>7} {'overhead %':>16} "
               f"{'python ms/step':>14} {'ns/day':>7} {'overhead %':>16} {'tf-zero ms':>10} {'%':>6} "
-              f"{'pf-zero ms':>10} {'%':>6}")
+              f"{'pf-zero ms':>10} {'%':>6} {'skin ms/step':>12} {'speed-up':>8}")
     print(header)
     rows = []
     for edge in boxes:
@@ -289,16 +295,18 @@ def main(argv=None):
         start = md_start(model, top, pos, dtype, args.timestep)
         configs = md_configurations(model, top, start, dtype, args.platform, args.timestep, args.threads, k)
         timers = {"direct": direct_timer(model, top, configs, dtype, args.direct_as_loaded),
-                  "torch": md_timer(so_mm.torch_force(model, top, dtype=dtype), top, start, args.platform,
-                                    args.timestep, args.threads)}
+                  "torch": md_timer(so_mm.torch_force(model, top, dtype=dtype, neighbor_skin=0.0), top, start,
+                                    args.platform, args.timestep, args.threads),
+                  "skin": md_timer(so_mm.torch_force(model, top, dtype=dtype), top, start, args.platform,
+                                   args.timestep, args.threads)}
         if not args.no_python_force:
-            timers["python"] = md_timer(so_mm.python_force(model, top, dtype=dtype, device="cpu"), top, start,
-                                        args.platform, args.timestep, args.threads)
+            timers["python"] = md_timer(so_mm.python_force(model, top, dtype=dtype, device="cpu", neighbor_skin=0.0),
+                                        top, start, args.platform, args.timestep, args.threads)
         zero = zero_forces(n)
         timers["tf_zero"] = md_timer(zero["tf_zero"], top, start, args.platform, args.timestep, args.threads)
         if not args.no_python_force:
             timers["pf_zero"] = md_timer(zero["pf_zero"], top, start, args.platform, args.timestep, args.threads)
-        per_round = {name: (k if name in ("direct", "torch", "python") else 50) for name in timers}
+        per_round = {name: (k if name in ("direct", "torch", "python", "skin") else 50) for name in timers}
         samples = measure(timers, per_round, rounds)
         row = {"atoms": n, "box_nm": edge, "calls_per_round": k, **summarise(samples, args.timestep),
                "samples": samples}
@@ -313,7 +321,8 @@ def main(argv=None):
         line = (f"{n:6d} {row['direct_ms_per_call']:10.1f} {cell('torch')[1:]} {cell('python')} "
                 f"{row['torch_plumbing_ms_per_step']:10.3f} {row['torch_plumbing_pct']:6.2f} "
                 f"{row.get('python_plumbing_ms_per_step', float('nan')):10.3f} "
-                f"{row.get('python_plumbing_pct', float('nan')):6.2f}")
+                f"{row.get('python_plumbing_pct', float('nan')):6.2f} {row['skin_ms_per_step']:12.1f} "
+                f"{row['skin_speedup']:8.3f}")
         print(line, flush=True)
 
     worst = max(r["torch_overhead_pct"] for r in rows)
@@ -345,7 +354,9 @@ def main(argv=None):
                  "(route ms/step / direct ms/call - 1) x 100, paired within a round, *_q25_q75 its "
                  "spread; *_overhead_pct_cpu the same from process CPU time; *_plumbing_* = MD step with "
                  "a zero-cost force through the same route (pure OpenMM cost), % of a direct model call; "
-                 "samples = per-round ms per call/step",
+                 "samples = per-round ms per call/step; torch/python routes search pairs every step "
+                 "(neighbor_skin=0, as the direct calls); skin = the TorchForce with the default 1 A skin, "
+                 "skin_speedup = median over rounds of torch ms/step / skin ms/step",
     }
     write_json(output, result)
     print(f"wrote {output}")

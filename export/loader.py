@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import os
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
@@ -69,3 +69,36 @@ def user_message(exc: BaseException) -> str:
         return text.rsplit(tag, 1)[1].strip()
     lines = [ln for ln in text.splitlines() if ln.strip()]
     return lines[-1].strip() if lines else type(exc).__name__
+
+
+#: Å: the pair-list skin of the MD engines' adapters (OpenMM) when none is given (LAMMPS keeps its own lists)
+MD_NEIGHBOR_SKIN = 1.0
+
+
+def resolve_neighbor_skin(module: Any, skin: Optional[float], default: float = 0.0) -> float:
+    """The pair-list skin (Å) ``set_neighbor_skin`` would give ``module``, checked, nothing changed."""
+    value = float(default if skin is None else skin)
+    if not (value >= 0.0 and value < float("inf")):
+        raise ValueError(f"neighbor skin must be a finite distance >= 0 Å (0 = a new neighbour search every call); "
+                         f"got {value!r}")
+    if hasattr(getattr(module, "potential", module), "neighbor_skin"):
+        return value
+    if skin is not None and value > 0.0:
+        raise ValueError(f"this model ({type(module).__name__}) cannot reuse pair lists across calls (a pt2 "
+                         "package, or a file exported before this option existed): pass a neighbor skin of 0, or "
+                         "re-export the model as TorchScript with this version")
+    return 0.0
+
+
+def set_neighbor_skin(module: Any, skin: Optional[float], default: float = 0.0) -> float:
+    """Make a loaded model reuse its pair lists across calls (MD steps) with a skin of ``skin`` Å: a search
+    with cutoff + skin, reused until an atom has moved skin/2 or the cell changed (``So3kratesPotential.
+    neighbor_skin``; 0 = a new search every call). ``module``: an exported TorchScript module or a
+    So3kratesPotential. ``skin`` None: ``default`` where the model supports reuse, else 0 (pt2 packages and
+    files exported before this option existed search every call; asking them for a skin > 0 raises
+    ValueError). Returns the skin set (Å)."""
+    value = resolve_neighbor_skin(module, skin, default)
+    potential = getattr(module, "potential", module)
+    if hasattr(potential, "neighbor_skin"):
+        potential.neighbor_skin = value
+    return value

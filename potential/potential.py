@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from .forces import autograd_gradients, lean_gradients, strain
 from .graph.edges import pair_vectors, pair_vectors_no_grad
 from .graph.neighbors import neighbor_list
+from .graph.pair_cache import lists_still_valid, select_within, split_candidates
 from .model import So3krates
 from .validate import check_cell, check_min_distance, check_species, check_structure, is_open
 
@@ -43,10 +44,17 @@ class So3kratesPotential(nn.Module):
     keep all of it; 0 = recompute everything, the leanest) and carry no graph. Training mode
     (``.train()``): autograd with ``create_graph=True``, so that a force loss can be back-propagated.
 
+    ``neighbor_skin`` (Å, default 0): with a skin the pair lists of one search (cutoff + skin) are reused
+    by later calls — MD steps — until an atom has moved skin/2 or the cell changed; each call selects
+    the pairs within the cutoffs by distance (same pairs as a new search; ``graph/pair_cache.py``).
+    ``neighbor_list_builds`` counts the searches.
+
     Raises ``ValueError`` naming the problem and the fix for NaN/inf positions, unknown elements,
     atoms closer than ``min_distance`` (0.1 Å), a periodic cell of zero volume, stress requested
     without a periodic cell, and wrong shapes or dtypes.
     """
+
+    pair_cache: List[Tensor]  # (class annotation: TorchScript cannot infer the type of an empty list)
 
     def __init__(self, model: So3krates, min_distance: float = 0.1):
         super().__init__()
@@ -60,6 +68,12 @@ class So3kratesPotential(nn.Module):
         # memory-for-speed trade of the lean pass: MiB of filter state kept between its forward and backward
         # (So3krates.energy_and_gradients ``keep_bytes``; 0 = recompute it, the leanest)
         self.filter_memory_mb: int = 1024
+        # pair lists reused across calls (MD steps): built with cutoff + neighbor_skin Å, rebuilt once an atom
+        # moved neighbor_skin / 2 or the cell changed (graph/pair_cache.py); 0 = a new search every call
+        self.neighbor_skin: float = 0.0
+        self.neighbor_list_builds: int = 0  # searches so far (a diagnostic: calls - builds = reuses)
+        self.pair_cache: List[Tensor] = []  # [positions, cell, pbc, the six lists] of the last build with a skin
+        self.pair_cache_skin: float = 0.0
         if len(self.species) == 0:
             raise ValueError("the model lists no species (model.species is empty)")
         known = torch.zeros(max(self.species) + 1, dtype=torch.bool)
@@ -69,11 +83,38 @@ class So3kratesPotential(nn.Module):
 
     def pair_lists(self, positions: Tensor, cell: Tensor, pbc: Tensor, open_sys: bool
                    ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """Local and long-range pair lists (each pair once): idx_i, idx_j, shifts, idx_i_lr, idx_j_lr, shifts_lr."""
-        idx_i, idx_j, shifts = neighbor_list(positions, self.cutoff, cell, pbc, True)
+        """Local and long-range pair lists (each pair once): idx_i, idx_j, shifts, idx_i_lr, idx_j_lr, shifts_lr.
+        With ``neighbor_skin`` > 0 Å the lists of the last search (cutoff + skin) are reused while they cover
+        the structure (``graph/pair_cache.py``), the pairs within the cutoffs selected by distance."""
+        skin = float(self.neighbor_skin)
+        if skin < 0.0 or skin != skin:
+            raise ValueError("neighbor_skin must be >= 0 Å (0 = a new neighbour search every call); got " + str(skin))
+        if skin == 0.0:
+            self.neighbor_list_builds += 1
+            return self.search_pair_lists(positions, cell, pbc, open_sys, 0.0)
+        long_range = self.long_range and self.cutoff_lr > 0.0
+        if not (self.pair_cache_skin == skin and lists_still_valid(self.pair_cache, positions, cell, pbc, skin)):
+            lists = self.search_pair_lists(positions, cell, pbc, open_sys, skin)
+            lr = split_candidates(positions, cell, lists[3], lists[4], lists[5], self.cutoff_lr, skin) \
+                if long_range else [lists[3], lists[4], lists[5]]
+            self.pair_cache = [positions.clone(), cell.clone(), pbc.clone()] + \
+                split_candidates(positions, cell, lists[0], lists[1], lists[2], self.cutoff, skin) + lr
+            self.pair_cache_skin = skin
+            self.neighbor_list_builds += 1
+        c = self.pair_cache
+        idx_i, idx_j, shifts = select_within(positions, cell, c[3:9], self.cutoff)
+        if long_range:
+            idx_i_lr, idx_j_lr, shifts_lr = select_within(positions, cell, c[9:15], self.cutoff_lr)
+            return idx_i, idx_j, shifts, idx_i_lr, idx_j_lr, shifts_lr
+        return idx_i, idx_j, shifts, c[9], c[10], c[11]  # all pairs of an open system, or none
+
+    def search_pair_lists(self, positions: Tensor, cell: Tensor, pbc: Tensor, open_sys: bool, skin: float
+                          ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """``pair_lists`` by a new cell-list search, with every cutoff enlarged by ``skin`` Å."""
+        idx_i, idx_j, shifts = neighbor_list(positions, self.cutoff + skin, cell, pbc, True)
         device = positions.device
         if self.long_range and self.cutoff_lr > 0.0:
-            idx_i_lr, idx_j_lr, shifts_lr = neighbor_list(positions, self.cutoff_lr, cell, pbc, True)
+            idx_i_lr, idx_j_lr, shifts_lr = neighbor_list(positions, self.cutoff_lr + skin, cell, pbc, True)
         elif self.long_range:
             if not open_sys:
                 raise ValueError("this model has no long-range cutoff (cutoff_lr = None: long-range terms over "

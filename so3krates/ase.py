@@ -16,7 +16,7 @@ import torch
 from ase.calculators.calculator import Calculator, all_changes
 
 from so3krates.export.exporter import potential_from_checkpoint
-from so3krates.export.loader import load_exported, user_message
+from so3krates.export.loader import load_exported, set_neighbor_skin, user_message
 from so3krates.export.metadata import build_metadata
 
 
@@ -44,14 +44,18 @@ class So3kratesCalculator(Calculator):
         num_unpaired_electrons: default number of unpaired electrons.
         dtype: ``"float32"``/``"float64"`` to override the file's dtype (default: as exported).
         device: ``"cpu"`` or ``"cuda"``.
+        neighbor_skin: Å (default 0: a new neighbour search every call). With a skin the pair lists are
+            searched with cutoff + skin and reused by later calls until an atom has moved skin/2 or the
+            cell changed — for MD (``1.0`` is a good value); the same pairs as a new search.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
 
     def __init__(self, model: str | os.PathLike, charge: float = 0.0, num_unpaired_electrons: float = 0.0,
-                 dtype: Optional[str] = None, device: str = "cpu", **kwargs):
+                 dtype: Optional[str] = None, device: str = "cpu", neighbor_skin: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.module, self.metadata = _load_model(os.fspath(model), dtype, device)
+        self.neighbor_skin = set_neighbor_skin(self.module, neighbor_skin)
         self.dtype = getattr(torch, self.metadata.get("dtype", "float64"))
         self.device = torch.device(device)
         self.default_charge = float(charge)

@@ -693,3 +693,32 @@ def test_peptide_example_whole_box(tmp_path):
     _check_log(out, 2)
     assert (out / "trajectory.dcd").stat().st_size > 0
     assert all(0.0 < t < 1000.0 for t in summary["temperatures_K"])
+
+
+@pytest.mark.parametrize("implementation", ["torch", "python"])
+def test_neighbor_skin_md_equals_a_new_search_every_step(model_path, solvated, implementation):
+    """MD with the adapters' default pair-list skin (1 Å: lists reused over steps) gives, at every step of
+    a real trajectory, the energy and forces of a force that searches anew each step (neighborSkin=0);
+    bad skins are refused when the force is made."""
+    top, pos = solvated
+    if implementation == "torch":
+        assert so_mm.build_wrapper(model_path, top)[0].model.potential.neighbor_skin == 1.0  # the MD default
+        assert so_mm.build_wrapper(model_path, top, neighbor_skin=0.5)[0].model.potential.neighbor_skin == 0.5
+    reused = _mlpotential(model_path, implementation=implementation).createSystem(top)
+    fresh = _mlpotential(model_path, implementation=implementation, neighborSkin=0).createSystem(top)
+    integrator = openmm.VerletIntegrator(0.0005)
+    ctx = openmm.Context(reused, integrator, openmm.Platform.getPlatformByName("Reference"))
+    ctx.setPositions(pos * unit.nanometer)
+    ctx.setVelocitiesToTemperature(600 * unit.kelvin, 7)
+    ref = context(fresh, pos)
+    for step in range(10):
+        integrator.step(2)
+        st = ctx.getState(getPositions=True, getEnergy=True, getForces=True)
+        ref.setPositions(st.getPositions())
+        e_ref, f_ref = state(ref)
+        e = st.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+        f = np.asarray(st.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer))
+        assert e == pytest.approx(e_ref, rel=1e-10, abs=1e-8)
+        np.testing.assert_allclose(f, f_ref, rtol=0, atol=1e-7)
+    with pytest.raises(ValueError, match="neighbor skin must be a finite distance >= 0"):
+        _mlpotential(model_path, implementation=implementation, neighborSkin=-1).createSystem(top)

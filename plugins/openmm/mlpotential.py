@@ -17,6 +17,9 @@ never ``bool("false")``; a bad value is an error naming the option.
                        'python' with a warning saying why; 'torch' (openmmtorch.TorchForce: the
                        .venv environment, torch 2.9.0) or 'python' (openmm.PythonForce: any torch,
                        e.g. .venv-current with torch 2.13). See docs/install.md, "Which environment".
+  neighborSkin         Å (default 1.0): the model's pair lists are searched with cutoff + skin and
+                       reused over MD steps until an atom has moved skin/2 or the box changed;
+                       0 = a new search every step (docs/openmm.md)
   device               PythonForce only: 'cpu' / 'cuda' (default: cuda if available)
   compile              PythonForce only: wrap the module in ``torch.compile`` (default False)
   useCUDAGraphs        TorchForce only: TorchForce property ``useCUDAGraphs`` (CUDA platform)
@@ -49,7 +52,7 @@ from ._options import parse_bool, parse_float, parse_nonnegative_int, parse_opti
 # imported first. MLPotential only calls ``createImpl`` and ``addForces`` (duck typing).
 
 _KEYS = ("modelPath", "charge", "numUnpairedElectrons", "multiplicity", "dtype", "implementation",
-         "device", "compile", "useCUDAGraphs", "CUDAGraphWarmupSteps", "properties")
+         "device", "compile", "useCUDAGraphs", "CUDAGraphWarmupSteps", "properties", "neighborSkin")
 _TORCH_ONLY = ("useCUDAGraphs", "CUDAGraphWarmupSteps", "properties")
 # options openmm-ml's embeddings (1.8) pass on to addForces; they are theirs, not ours
 _OPENMMML_KEYS = ("mlLongRange", "linkAtomDistances")
@@ -146,7 +149,9 @@ class So3kratesPotentialImpl:
 
         common = dict(atoms=None if atoms is None else list(atoms), charge=number("charge"),
                       num_unpaired_electrons=number("numUnpairedElectrons"),
-                      dtype=s.get("dtype"), force_group=forceGroup, periodic=periodic)
+                      dtype=s.get("dtype"), force_group=forceGroup, periodic=periodic,
+                      neighbor_skin=None if s.get("neighborSkin") is None else parse_float("neighborSkin",
+                                                                                           s["neighborSkin"]))
         if s["implementation"] == "torch":
             from .torch_force import torch_force
             properties = s.get("properties")

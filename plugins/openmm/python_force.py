@@ -23,6 +23,8 @@ import openmm
 import openmm.app
 from openmm import unit
 
+from so3krates.export.loader import MD_NEIGHBOR_SKIN, resolve_neighbor_skin, set_neighbor_skin
+
 from ._options import parse_bool
 from .torch_force import (EV_PER_A_TO_KJ_PER_MOL_NM, EV_TO_KJ_PER_MOL, NM_TO_ANGSTROM,
                           ModelSource, atomic_numbers_from_topology, cast_model, for_inference, load_model,
@@ -39,7 +41,8 @@ class So3kratesComputation:
     def __init__(self, model_bytes: bytes, atomic_numbers: Sequence[int],
                  indices: Optional[Sequence[int]], periodic: bool, charge: float,
                  num_unpaired_electrons: float, dtype: str, device: str, compile: bool = False,
-                 num_threads: Optional[int] = None, eager_metadata: Optional[dict] = None):
+                 num_threads: Optional[int] = None, eager_metadata: Optional[dict] = None,
+                 neighbor_skin: Optional[float] = None):
         self.model_bytes = model_bytes
         # None: model_bytes is an exported TorchScript file; a dict: a torch.save'd eager module
         self.eager_metadata = eager_metadata
@@ -52,6 +55,7 @@ class So3kratesComputation:
         self.device = str(device)
         self.compile = bool(compile)
         self.num_threads = num_threads
+        self.neighbor_skin = neighbor_skin
         self._ready = False
 
     # pickling: keep the model bytes and settings, drop the loaded module and tensors
@@ -76,6 +80,7 @@ class So3kratesComputation:
             metadata = self.eager_metadata
         tdtype = resolve_dtype(self.dtype, metadata)
         module = for_inference(cast_model(module, tdtype, metadata))
+        set_neighbor_skin(module, getattr(self, "neighbor_skin", None), MD_NEIGHBOR_SKIN)
         self._module = module
         self._tdtype = tdtype
         self._numbers = torch.tensor(self.atomic_numbers, dtype=torch.long, device=device)
@@ -141,7 +146,7 @@ def python_force(model_path: Union[ModelSource, torch.nn.Module], topology: open
                  num_unpaired_electrons: float = 0.0, dtype: Union[str, torch.dtype, None] = None,
                  force_group: int = 0, device: Optional[str] = None, compile: Union[bool, str] = False,
                  periodic: Optional[bool] = None, num_threads: Optional[int] = None,
-                 metadata: Optional[dict] = None) -> openmm.PythonForce:
+                 metadata: Optional[dict] = None, neighbor_skin: Optional[float] = None) -> openmm.PythonForce:
     """Create an ``openmm.PythonForce`` computing the so3krates model's energy and forces.
 
     Same arguments and results as :func:`so3krates.openmm.torch_force` (Å/eV model,
@@ -150,6 +155,7 @@ def python_force(model_path: Union[ModelSource, torch.nn.Module], topology: open
     ``compile`` (wrap the module in ``torch.compile``; useful for eager modules — an exported
     TorchScript module is already compiled and gains nothing; the first call compiles, minutes on
     CPU) and ``num_threads`` (``torch.set_num_threads`` before each call; default: leave torch's).
+    ``neighbor_skin`` (Å; None = 1.0, 0 = search every step) as for ``torch_force``.
 
     ``model_path`` may also be an eager ``nn.Module`` with the exported ``forward`` signature
     (e.g. a ``So3kratesPotential``) — then ``metadata`` (at least ``species``) is taken from the
@@ -158,6 +164,7 @@ def python_force(model_path: Union[ModelSource, torch.nn.Module], topology: open
     """
     if isinstance(model_path, torch.nn.Module) and not isinstance(model_path, torch.jit.ScriptModule):
         metadata = _eager_metadata(model_path, metadata)
+        resolve_neighbor_skin(model_path, neighbor_skin, MD_NEIGHBOR_SKIN)  # checked now, set at the first step
         buf = io.BytesIO()
         torch.save(model_path, buf)
         model_bytes, eager_metadata = buf.getvalue(), metadata
@@ -165,7 +172,8 @@ def python_force(model_path: Union[ModelSource, torch.nn.Module], topology: open
         if isinstance(model_path, torch.jit.ScriptModule):
             raise ValueError("pass the exported file's path (its metadata lives in the file), not a loaded ScriptModule")
         model_bytes, eager_metadata = read_model_bytes(model_path), None
-        _, metadata = load_model(model_bytes)  # validates the file now rather than at the first step
+        loaded, metadata = load_model(model_bytes)  # validates the file (and the skin) now, not at the first step
+        resolve_neighbor_skin(loaded, neighbor_skin, MD_NEIGHBOR_SKIN)
     compile = parse_bool("compile", compile)
     tdtype = resolve_dtype(dtype, metadata)
     indices = select_atoms(topology, atoms)
@@ -175,7 +183,8 @@ def python_force(model_path: Union[ModelSource, torch.nn.Module], topology: open
     compute = So3kratesComputation(model_bytes, numbers, indices, periodic, charge,
                                    num_unpaired_electrons, str(tdtype).replace("torch.", ""),
                                    device or _default_device(), compile=compile,
-                                   num_threads=num_threads, eager_metadata=eager_metadata)
+                                   num_threads=num_threads, eager_metadata=eager_metadata,
+                                   neighbor_skin=neighbor_skin)
     force = openmm.PythonForce(compute)
     force.setUsesPeriodicBoundaryConditions(bool(periodic))
     force.setForceGroup(int(force_group))

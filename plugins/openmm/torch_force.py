@@ -20,7 +20,7 @@ from torch import Tensor, nn
 import openmm
 import openmm.app
 
-from so3krates.export.loader import load_exported, read_model_bytes
+from so3krates.export.loader import MD_NEIGHBOR_SKIN, load_exported, read_model_bytes, set_neighbor_skin
 from so3krates.export.metadata import ModelSource
 
 from ._options import parse_nonnegative_int, parse_optional_bool
@@ -290,11 +290,13 @@ class OpenMMWrapper(nn.Module):
 def build_wrapper(model_path: ModelSource, topology: openmm.app.Topology,
                   atoms: Optional[Sequence[int]] = None, charge: float = 0.0,
                   num_unpaired_electrons: float = 0.0, dtype: Union[str, torch.dtype, None] = None,
-                  periodic: Optional[bool] = None) -> Tuple[torch.jit.ScriptModule, dict]:
+                  periodic: Optional[bool] = None, neighbor_skin: Optional[float] = None
+                  ) -> Tuple[torch.jit.ScriptModule, dict]:
     """Load the model and return the scripted :class:`OpenMMWrapper` and the metadata."""
     model, metadata = load_model(model_path)
     tdtype = resolve_dtype(dtype, metadata)
     model = for_inference(cast_model(model, tdtype, metadata))
+    set_neighbor_skin(model, neighbor_skin, MD_NEIGHBOR_SKIN)
     indices = select_atoms(topology, atoms)
     numbers = atomic_numbers_from_topology(topology, indices, metadata)
     if periodic is None:
@@ -308,7 +310,7 @@ def torch_force(model_path: ModelSource, topology: openmm.app.Topology,
                 num_unpaired_electrons: float = 0.0, dtype: Union[str, torch.dtype, None] = None,
                 force_group: int = 0, use_cuda_graphs: Union[bool, str, None] = None,
                 periodic: Optional[bool] = None, cuda_graph_warmup_steps: Union[int, str, None] = None,
-                properties: Optional[Dict[str, str]] = None):
+                properties: Optional[Dict[str, str]] = None, neighbor_skin: Optional[float] = None):
     """Create an ``openmmtorch.TorchForce`` computing the so3krates model's energy and forces.
 
     Parameters
@@ -332,6 +334,9 @@ def torch_force(model_path: ModelSource, topology: openmm.app.Topology,
         (off). ``cuda_graph_warmup_steps`` (int ≥ 0) sets ``CUDAGraphWarmupSteps``.
     periodic: override periodicity (default: topology has periodic box vectors).
     properties: further TorchForce properties, passed to ``setProperty`` unchanged.
+    neighbor_skin: Å; the model's pair lists are searched with cutoff + skin and reused over the MD
+        steps until an atom has moved skin/2 or the box changed (same pairs as a new search; docs/openmm.md).
+        None: 1.0 Å (``MD_NEIGHBOR_SKIN``); 0: a new search every step.
 
     Units: OpenMM side nm, kJ/mol, kJ/mol/nm; model side Å, eV, eV/Å (see module docstring).
     """
@@ -341,7 +346,7 @@ def torch_force(model_path: ModelSource, topology: openmm.app.Topology,
         cuda_graph_warmup_steps = parse_nonnegative_int("cuda_graph_warmup_steps", cuda_graph_warmup_steps)
 
     module, metadata = build_wrapper(model_path, topology, atoms, charge, num_unpaired_electrons,
-                                     dtype, periodic)
+                                     dtype, periodic, neighbor_skin)
     force = openmmtorch.TorchForce(module)
     force.setOutputsForces(True)
     force.setUsesPeriodicBoundaryConditions(bool(module.periodic))
