@@ -17,7 +17,10 @@ XLA single-thread flags for JAX; one at a time):
   ours-f32, ours-f64            our exported TorchScript file, made with the public CLI
                                 (``so3krates convert params.pkl --lr-cutoff 12 --dispersion-damping 2``,
                                 ``so3krates export --dtype ...``), loaded with torch.jit.load and called
-                                as module(positions, atomic_numbers, cell, pbc, 0., 0., True, False)
+                                as module(positions, atomic_numbers, cell, pbc, 0., 0., True, False); a
+                                call = neighbour search + energy + forces (the time with the pair lists
+                                reused, ``potential.neighbor_skin = 1`` — an MD step between searches,
+                                JAX-MD's E+F-only counterpart — is reported too; the faster is used)
   jax-md-f32, jax-md-f64        original SO3LR (mlff + so3lr.to_jax_md), same params.pkl, energy+forces
                                 jitted; a call = neighbour-list update + energy + forces (the E+F-only
                                 time is reported too; the faster of the two is used for the ratios)
@@ -352,7 +355,8 @@ def run_entry(name: str, python: Path, system: Dict, args, model: Optional[Path]
 
 # ------------------------------------------------------------------------------- checks, output
 def best_time(r: Dict) -> float:
-    """The peer's most favourable per-call time (JAX-MD: with or without the neighbour update)."""
+    """An entry's most favourable per-call time: with or without the neighbour update (JAX-MD: its lists
+    reused as allocated; ours: the pair lists reused with a 1 Å skin — an MD step between searches)."""
     return min(r["median_s"], r.get("energy_forces_only_median_s", float("inf")))
 
 
@@ -402,7 +406,8 @@ def compare(results: List[Dict]) -> List[Dict]:
             ok = [r for r in results if r["atoms"] == atoms and r["dtype"] == dtype and r["status"] == "ok"]
             peers = [r for r in ok if r["backend"] != "ours"]
             for ours in [r for r in ok if r["backend"] == "ours"]:
-                row = {"atoms": atoms, "dtype": dtype, "entry": ours["entry"], "ours_s": ours["median_s"]}
+                row = {"atoms": atoms, "dtype": dtype, "entry": ours["entry"], "ours_s": best_time(ours),
+                       "ours_search_s": ours["median_s"]}
                 if not peers:
                     failed = [r for r in results if r["atoms"] == atoms and r["dtype"] == dtype
                               and r["backend"] != "ours"]
@@ -412,10 +417,11 @@ def compare(results: List[Dict]) -> List[Dict]:
                                                                               for r in failed)))
                     continue
                 fastest = min(peers, key=best_time)
-                ratio = best_time(fastest) / ours["median_s"]
+                ratio = best_time(fastest) / best_time(ours)
                 out.append(dict(row, fastest_peer=fastest["entry"], fastest_peer_s=best_time(fastest),
                                 speedup=ratio, goal=need, meets_goal=bool(ratio >= need),
-                                per_peer={p["entry"]: best_time(p) / ours["median_s"] for p in peers}))
+                                speedup_both_searching=fastest["median_s"] / ours["median_s"],
+                                per_peer={p["entry"]: best_time(p) / best_time(ours) for p in peers}))
     return out
 
 
@@ -430,7 +436,8 @@ def print_table(results: List[Dict], checks: List[Dict], ratios: List[Dict], tol
             continue
         extra = ""
         if "energy_forces_only_median_s" in r:
-            extra = f"   (E+F without neighbour update {r['energy_forces_only_median_s']:.3f} s)"
+            what = "pair lists reused" if r["backend"] == "ours" else "without neighbour update"
+            extra = f"   (E+F {what} {r['energy_forces_only_median_s']:.3f} s)"
         lines.append(f"{r['atoms']:>6} {r['entry']:<20} {r['warmup_s']:>9.1f} {r['median_s']:>8.3f} "
                      f"{r['us_per_atom']:>8.0f} {r['peak_rss_gb']:>7.2f} {r['energy_eV']:>16.5f} "
                      f"{r['energy_per_atom_eV']:>12.7f} {r.get('dE_per_atom_vs_ref_eV', float('nan')):>9.1e} "
@@ -459,7 +466,8 @@ def print_table(results: List[Dict], checks: List[Dict], ratios: List[Dict], tol
         per = ", ".join(f"{k} {v:.2f}x" for k, v in q["per_peer"].items())
         lines.append(f"  {q['atoms']:>6} {q['dtype']}: {q.get('entry', 'ours')} {q['ours_s']:.3f} s, fastest peer {q['fastest_peer']} "
                      f"{q['fastest_peer_s']:.3f} s -> {q['speedup']:.2f}x  "
-                     f"{'meets' if q['meets_goal'] else 'MISSES'} {q['goal']:g}x   [{per}]")
+                     f"{'meets' if q['meets_goal'] else 'MISSES'} {q['goal']:g}x   [{per}]; both searching "
+                     f"neighbours every call: {q['speedup_both_searching']:.2f}x")
     text = "\n".join(lines)
     print(text, flush=True)
     return text

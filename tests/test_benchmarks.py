@@ -111,3 +111,37 @@ def test_lammps_speed_smoke(tmp_path):
         assert r["so3krates"]["features_per_local"] == 1.0 and r["so3krates"]["projected_per_local"] >= 1.0
     assert {"lammps1_over_module_time", "lammps1_over_module_memory", "speedup_2_ranks"} <= set(row["ratios"])
     assert "LAMMPS-1/module time" in proc.stdout and "prune" not in proc.stdout
+
+
+def test_peers_ours_worker_times_reused_lists_and_compare_uses_best_times(so3lr_file, tmp_path):
+    """benchmarks/_so3lr_peer_worker.py's ``ours`` entry on the 192-atom SO3LR water box: a call with a new
+    neighbour search and one with the pair lists reused (1 Å skin) give the same energy; peers_so3lr.compare
+    takes each side's faster time (JAX-MD: without its neighbour update, ours: lists reused)."""
+    from ase.io import read
+
+    import peers_so3lr
+    from helpers import so3lr_dir
+
+    atoms = read(so3lr_dir() / "tests" / "water_64.xyz")
+    system = tmp_path / "water.npz"
+    np.savez(system, numbers=atoms.numbers, positions=atoms.positions, cell=np.asarray(atoms.cell), pbc=atoms.pbc)
+    out = tmp_path / "ours.json"
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "_so3lr_peer_worker.py"), "--backend", "ours",
+                          "--dtype", "float64", "--system", str(system), "--out", str(out), "--model", str(so3lr_file),
+                          "--warmup", "1", "--repeats", "1"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert r["energy_forces_only_median_s"] > 0.0
+    assert r["energy_forces_only_energy_eV"] == pytest.approx(r["energy_eV"], abs=1e-9)
+
+    def entry(name, backend, s, ef_only):
+        return {"atoms": 192, "dtype": "float32", "status": "ok", "entry": name, "backend": backend, "median_s": s,
+                "energy_forces_only_median_s": ef_only}
+
+    rows = peers_so3lr.compare([entry("ours-f32", "ours", 1.0, 0.8), entry("jax-md-f32", "jax-md", 2.0, 1.8),
+                                entry("so3krates-torch-f32", "so3krates-torch", 1.9, float("inf"))])
+    assert len(rows) == 1
+    q = rows[0]
+    assert q["fastest_peer"] == "jax-md-f32" and q["speedup"] == pytest.approx(1.8 / 0.8)
+    assert q["speedup_both_searching"] == pytest.approx(2.0 / 1.0) and q["meets_goal"]
+    assert q["per_peer"]["so3krates-torch-f32"] == pytest.approx(1.9 / 0.8)
