@@ -16,6 +16,8 @@ from typing import List, Tuple
 import torch
 from torch import Tensor
 
+from .edges import pair_vectors_no_grad
+
 
 def lists_still_valid(kept: List[Tensor], positions: Tensor, cell: Tensor, pbc: Tensor, skin: float) -> bool:
     """True when ``kept`` = [positions, cell, pbc, ...] of the last build still covers ``positions``: same
@@ -33,17 +35,10 @@ def lists_still_valid(kept: List[Tensor], positions: Tensor, cell: Tensor, pbc: 
     return bool(moved2 < 0.25 * skin * skin)
 
 
-def _distances2(positions: Tensor, cell: Tensor, idx_i: Tensor, idx_j: Tensor, shifts: Tensor,
-                chunk: int = 1048576) -> Tensor:
-    """|r_ij|² [P] in float64 (Å²), in chunks of pairs."""
+def _distances2(positions: Tensor, cell: Tensor, idx_i: Tensor, idx_j: Tensor, shifts: Tensor) -> Tensor:
+    """|r_ij|² [P] in float64 (Å²): the pair vectors of ``graph/edges.py`` (formed in chunks) in float64."""
     pos = positions.to(torch.float64)
-    c = cell.to(torch.float64)
-    out = torch.empty(idx_i.shape[0], dtype=torch.float64, device=positions.device)
-    for a in range(0, idx_i.shape[0], chunk):
-        b = min(idx_i.shape[0], a + chunk)
-        v = pos.index_select(0, idx_j[a:b]) - pos.index_select(0, idx_i[a:b]) + shifts[a:b].to(torch.float64) @ c
-        out[a:b] = v.square().sum(1)
-    return out
+    return pair_vectors_no_grad(pos, cell.to(torch.float64), idx_i, idx_j, shifts, torch.float64).square().sum(1)
 
 
 def split_candidates(positions: Tensor, cell: Tensor, idx_i: Tensor, idx_j: Tensor, shifts: Tensor, cutoff: float,
