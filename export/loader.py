@@ -28,6 +28,7 @@ def load_exported(source: ModelSource, device: str | torch.device = "cpu") -> Tu
     meta = read_metadata(source)
     keep_freed_memory()
     no_jit_fusion()
+    require_fused_kernels(meta, source)
     if meta.get("format") == "pt2":
         if isinstance(source, (bytes, bytearray)):
             raise ModelFileError("a pt2 package must be loaded from its path, not from bytes")
@@ -43,6 +44,18 @@ def load_exported(source: ModelSource, device: str | torch.device = "cpu") -> Tu
     return module, meta
 
 
+def require_fused_kernels(meta: Dict[str, Any], source: ModelSource) -> None:
+    """Register the fused CPU kernels in this process when the file was exported with them (``so3krates export
+    --fused-kernels``); ModelFileError with the reason and the fix when they cannot be loaded."""
+    if not meta.get("fused_kernels"):
+        return
+    from so3krates.potential.nn import fused_ops
+    try:
+        fused_ops.require(f"'{source_name(source)}'")
+    except RuntimeError as exc:
+        raise ModelFileError(str(exc)) from None
+
+
 def read_model_bytes(source: ModelSource) -> bytes:
     """The bytes of an exported TorchScript file, after the same checks as ``load_exported`` (and the same
     malloc and fusion settings: the caller runs the model in this process, e.g. OpenMM's TorchForce on the
@@ -50,6 +63,7 @@ def read_model_bytes(source: ModelSource) -> bytes:
     meta = read_metadata(source)
     keep_freed_memory()
     no_jit_fusion()
+    require_fused_kernels(meta, source)
     if meta.get("format") == "pt2":
         raise ModelFileError(f"'{source_name(source)}' is a pt2 package; OpenMM's TorchForce needs the TorchScript "
                              "file (export without --format pt2); use so3krates.openmm.python_force for pt2 packages")

@@ -157,4 +157,6 @@ def summary_line(meta: Dict[str, Any]) -> str:
         f"{meta.get('dtype')}",
         f"{meta.get('num_parameters', '?')} parameters",
     ]
+    if meta.get("fused_kernels"):
+        parts.append("fused CPU kernels")
     return ", ".join(parts)

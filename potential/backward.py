@@ -369,15 +369,18 @@ class StageGradients(nn.Module):
         model's default). Equals ``forward`` + autograd to rounding, with memory O(N·F·layers + chunk·F).
         ``keep_bytes`` > 0 trades memory for speed: up to that many bytes are kept from the forward for the
         backward instead of being recomputed — first the pairs' geometry (K + m_tot + 1 numbers per pair,
-        shared by all layers, its backward run once), then per layer the filter MLPs' state (4.5·F numbers
-        per pair; the filters' matrix products are ~1/3 of a layer's backward). The pair energies come from
+        shared by all layers, its backward run once), then per layer the filter MLPs' state and the attention
+        logits (4.5·F + 2·(heads + degrees) numbers per pair; the filters' matrix products are ~1/3 of a
+        layer's backward). The pair energies come from
         the pass that forms their gradients."""
         z = atomic_numbers
         step = self.chunk(chunk_size)  # the lean pass always works in chunks
         saved: List[List[Tensor]] = []
         kept: List[List[List[Tensor]]] = []
         chunk_pairs = max(1, min(step, idx_i.shape[0]))  # the largest chunk
-        chunk_bytes = chunk_pairs * (9 * self.num_features // 2) * edge_vectors.element_size()
+        # kept per pair and layer: w1, w2, the activation's derivative (4.5 F) and the logits 2 (H + D)
+        chunk_bytes = chunk_pairs * (9 * self.num_features // 2 + 2 * (self.num_heads + len(self.degrees))) \
+            * edge_vectors.element_size()
         geo_bytes = chunk_pairs * (self.radial_basis.num_basis + self.m_tot + 1) * edge_vectors.element_size()
         num_chunks = len(self.chunk_bounds(idx_i.shape[0], step)) - 1
         budget = keep_bytes

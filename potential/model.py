@@ -69,6 +69,7 @@ class So3krates(StageGradients):
         self.m_tot: int = sum(2 * l + 1 for l in self.degrees)
         self.num_layers: int = int(config.num_layers)
         self.num_features: int = int(config.num_features)
+        self.num_heads: int = int(config.num_heads)
         self.chunk_elements: int = CHUNK_ELEMENTS
         self.efa_layers: List[bool] = [bool(config.efa_layers[k]) if k < len(config.efa_layers) else False
                                        for k in range(self.num_layers)]
@@ -222,9 +223,9 @@ class So3krates(StageGradients):
     def messages_keep(self, k: int, x: Tensor, ev: Tensor, edge_vectors: Tensor, idx_i: Tensor, idx_j: Tensor,
                       chunk_size: int, kept: List[List[Tensor]], keep_chunks: int,
                       geo: List[List[Tensor]]) -> Tuple[Tensor, Tensor]:
-        """``messages``, appending to ``kept`` the filter state of its first ``keep_chunks`` chunks, one entry
-        per chunk, for ``messages_keep_vjp`` (a memory-for-speed trade of the lean pass: ~4.5 F numbers per
-        pair), and taking the geometry of the first ``len(geo)`` chunks from ``geo`` (``chunk_geometry``)."""
+        """``messages``, appending to ``kept`` the filter state and attention logits of its first ``keep_chunks``
+        chunks, one entry per chunk, for ``messages_keep_vjp`` (a memory-for-speed trade of the lean pass:
+        ~4.5 F numbers per pair), and taking the geometry of the first ``len(geo)`` chunks from ``geo`` (``chunk_geometry``)."""
         p = self.project(k, x)
         x_att = torch.zeros_like(x)
         ev_att = torch.zeros_like(ev)

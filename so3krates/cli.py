@@ -27,7 +27,8 @@ def _cmd_export(args) -> None:
     from so3krates.export.exporter import export_checkpoint
     from so3krates.export.metadata import summary_line
     t0 = time.perf_counter()
-    meta = export_checkpoint(args.checkpoint, args.output, dtype=args.dtype, device=args.device, fmt=args.format)
+    meta = export_checkpoint(args.checkpoint, args.output, dtype=args.dtype, device=args.device, fmt=args.format,
+                             fused_kernels=args.fused_kernels)
     print(f"wrote {args.output} in {time.perf_counter() - t0:.1f} s")
     print(summary_line(meta))
 
@@ -85,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torchscript (default: OpenMM TorchForce, LAMMPS, ASE) or pt2 (torch.export + "
                         "AOTInductor package, every model kind: ASE, OpenMM PythonForce, LAMMPS; compiled for this "
                         "machine's CPU, float32/float64; 2-5 minutes per model)")
+    e.add_argument("--fused-kernels", action="store_true",
+                   help="CPU TorchScript files: run the attention logits and their backward as so3krates' fused "
+                        "C++ kernels (faster; every process loading the file needs the so3krates package or its "
+                        "LAMMPS plugin, which ship them)")
     e.set_defaults(func=_cmd_export)
 
     i = sub.add_parser("info", help="print the metadata of an exported model")

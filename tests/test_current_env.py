@@ -291,6 +291,29 @@ def test_lammps_matches_ase(lammps_model, tmp_path, nprocs):
     np.testing.assert_allclose(res["forces"], ref["forces"], rtol=0, atol=5e-3)
 
 
+def test_fused_kernels_built_for_this_torch(tmp_path):
+    """The fused CPU kernels (libso3krates_ops.so) of .venv-current load with torch 2.13: a demo model
+    exported here with --fused-kernels gives the shipped file's energy and forces in ASE and in LAMMPS."""
+    import lammps_helpers as H
+    from so3krates.potential.nn import fused_ops
+
+    assert fused_ops.load(), fused_ops._state.get("reason")
+    fused = tmp_path / "demo_fused.pt"
+    res = subprocess.run([sys.executable, "-m", "so3krates.cli", "export", str(DEMO_CKPT), "--fused-kernels",
+                          "-o", str(fused)], capture_output=True, text=True, env=_env(), timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    atoms = H.random_box(5, 2.3, seed=4)
+    ref = H.ase_reference(DEMO_PT, atoms)
+    got = H.ase_reference(fused, atoms)
+    assert abs(got["energy"] - ref["energy"]) < 1e-5 * max(1.0, abs(ref["energy"]))
+    np.testing.assert_allclose(got["forces"], ref["forces"], rtol=0, atol=1e-4)
+    H.write_data(atoms, tmp_path / "box.data", ["H", "O"])
+    proc = H.run_lmp(tmp_path, H.energy_script("box.data", str(fused), ["H", "O"]), 1, timeout=300)
+    out = H.parse_results(tmp_path, proc)
+    assert abs(out["pe"] - ref["energy"]) < 2e-5 * max(1.0, abs(ref["energy"])) + 5e-3, (out["pe"], ref["energy"])
+    np.testing.assert_allclose(out["forces"], ref["forces"], rtol=0, atol=5e-3)
+
+
 # ----------------------------------------------------------------------------- README main job
 def _lammps_start_energy(log: Path) -> float:
     """PotEng (eV) of the first thermo row of the last run in a log.lammps."""

@@ -52,7 +52,14 @@ class AttentionBlock(ExactConstants):
     The computation is split so that callers can process the pairs in chunks (see
     ``So3krates.messages``): ``project`` (per atom) -> gather at both atoms of each pair ->
     ``pair_messages`` (both directions of each pair) -> segment sums over the receiving atoms.
+
+    ``fused_kernels`` (a TorchScript constant, False unless an export asks for it): without a graph and
+    on the CPU, the attention logits and their backward run as the fused kernels of
+    ``libso3krates_ops.so`` (``fused_ops``; one pass over the pair arrays instead of a chain of
+    elementwise products); a file scripted with False holds no reference to them.
     """
+
+    __constants__ = ["fused_kernels"]
 
     def __init__(self, num_features: int, num_heads: int, degrees: List[int], num_radial_basis_fn: int,
                  normalization: str, avg_num_neighbors: float, activation_fn: str, qk_non_linearity: str):
@@ -92,6 +99,7 @@ class AttentionBlock(ExactConstants):
             raise ValueError(f"message normalization {normalization!r} is not supported")
         self.nc1 = nc1
         self.nc2 = nc2
+        self.fused_kernels = False
         self.register_constant("contraction", l0_contraction_matrix(degrees))
         self.register_buffer("repeat_index", degree_repeat_index(degrees), persistent=False)
         self.num_degrees = nd  # per-head sums (segment_sum) with 1/nc folded in: [E, F] -> [E, heads]
@@ -150,19 +158,16 @@ class AttentionBlock(ExactConstants):
         c = torch.matmul(dev * dev, self.contraction.to(dev.dtype))  # [P, D]
         return torch.addmm(w[1], torch.cat([rbf, c], 1), w[0])
 
-    def messages(self, q1_i: Tensor, q2_i: Tensor, k1_j: Tensor, k2_j: Tensor, v1_j: Tensor, w1: Tensor,
-                 w2: Tensor, ylm: Tensor, cut: Tensor) -> Tuple[Tensor, Tensor]:
-        """Messages i <- j from the gathered rows of ``project`` and the filters."""
-        e = q1_i.shape[0]
+    def messages(self, a1: Tensor, a2: Tensor, v1_j: Tensor, ylm: Tensor, cut: Tensor) -> List[Tensor]:
+        """Messages i <- j from the attention logits a1 [E, H], a2 [E, D] (``logits``, before the cutoff),
+        the gathered values v1_j and the pairs' ylm, cut: [msg [E, F], ev_msg [E, m_tot]]."""
+        e = v1_j.shape[0]
         f = self.num_features
         h = self.num_heads
         cut_ = cut.unsqueeze(-1)
-        # per-head sums, times 1/nc (segment_sum)
-        alpha1 = segment_sum(q1_i * w1 * k1_j, h, 1.0 / self.nc1) * cut_  # [E, H]
-        alpha2 = segment_sum(q2_i * w2 * k2_j, self.num_degrees, 1.0 / self.nc2) * cut_  # [E, D]
-        msg = (alpha1.unsqueeze(-1) * v1_j.view(e, h, f // h)).view(e, f)
-        ev_msg = alpha2.index_select(1, self.repeat_index) * ylm
-        return msg, ev_msg
+        msg = ((a1 * cut_).unsqueeze(-1) * v1_j.view(e, h, f // h)).view(e, f)
+        ev_msg = (a2 * cut_).index_select(1, self.repeat_index) * ylm
+        return [msg, ev_msg]
 
     def filter_state(self, rbf: Tensor, dev: Tensor) -> List[Tensor]:
         """[w1 [P, F], w2 [P, F], act' [P, 2H]]: the filters and the derivative of the activation at the
@@ -187,7 +192,8 @@ class AttentionBlock(ExactConstants):
         """Both directions of P pairs (i, j) at once, the filters computed once per pair: p_i / p_j are the
         five rows of ``project`` gathered at i / j, dev = ev[j] - ev[i], rbf, ylm, cut of r_ij.
         Returns [messages i <- j [P, F], [P, m_tot], messages j <- i [P, F], [P, m_tot]]
-        (Y_l(-r) = (-1)^l Y_l(r)), followed with ``keep`` by the three tensors of ``filter_state`` (for
+        (Y_l(-r) = (-1)^l Y_l(r)), followed with ``keep`` by the three tensors of ``filter_state`` and the
+        four attention logits [a1_ij, a1_ji, a2_ij, a2_ji] [P, H] / [P, D] (for
         ``pair_messages_backward(..., kept=...)``)."""
         st: List[Tensor] = []
         if keep:
@@ -196,34 +202,59 @@ class AttentionBlock(ExactConstants):
             w2 = st[1]
         else:
             w1, w2 = self.filters(rbf, dev)
-        m_ij, e_ij = self.messages(p_i[0], p_i[1], p_j[2], p_j[3], p_j[4], w1, w2, ylm, cut)
-        m_ji, e_ji = self.messages(p_j[0], p_j[1], p_i[2], p_i[3], p_i[4], w1, w2,
-                                   ylm * self.parity.to(ylm.dtype), cut)
-        return [m_ij, e_ij, m_ji, e_ji] + st
+        lg = self.logits(p_i, p_j, w1, w2)
+        o_ij = self.messages(lg[0], lg[2], p_j[4], ylm, cut)
+        o_ji = self.messages(lg[1], lg[3], p_i[4], ylm * self.parity.to(ylm.dtype), cut)
+        if keep:  # the logits too: [w1, w2, act', a1_ij, a1_ji, a2_ij, a2_ji]
+            st = st + lg
+        return [o_ij[0], o_ij[1], o_ji[0], o_ji[1]] + st
 
-    @staticmethod
-    def _logits_backward(q_i: Tensor, q_j: Tensor, k_i: Tensor, k_j: Tensor, w: Tensor, qw_i: Tensor, qw_j: Tensor,
-                         ga_ij: Tensor, ga_ji: Tensor, scale: float, inputs_grad: bool) -> List[Tensor]:
+    def _fused_now(self, x: Tensor) -> bool:
+        """Whether the fused kernels run for ``x``: asked for at export, CPU, and no graph being recorded
+        (they have no autograd formula)."""
+        return x.device.type == "cpu" and not torch.is_grad_enabled()
+
+    def logits_backward(self, q_i: Tensor, q_j: Tensor, k_i: Tensor, k_j: Tensor, w: Tensor, ga_ij: Tensor,
+                        ga_ji: Tensor, scale: float, inputs_grad: bool) -> List[Tensor]:
         """Backward of the attention logits a_ij = segment_sum(q_i w k_j) and a_ji = segment_sum(q_j w k_i)
-        (before the cutoff; ``scale`` = 1/nc) from their gradients, with qw_i = q_i w and qw_j = q_j w from
-        the recomputed forward: [g_q_i, g_q_j, g_k_i, g_k_j, g_w]; without ``inputs_grad`` only g_w (the
-        others empty). The gradient of q_i w k_j, ga_ij broadcast over each head's block, is never formed."""
-        gtk_ij = segment_expand_mul(ga_ij, k_j, scale)
-        gtk_ji = segment_expand_mul(ga_ji, k_i, scale)
-        g_w = gtk_ij * q_i + gtk_ji * q_j
+        (before the cutoff; ``scale`` = 1/nc) from their gradients: [g_q_i, g_q_j, g_k_i, g_k_j, g_w]; without
+        ``inputs_grad`` only g_w (the others empty). With t_ij = ga_ij broadcast over each head's block:
+        g_w = t_ij k_j q_i + t_ji k_i q_j, g_q_i = t_ij k_j w, g_k_j = t_ij q_i w (ten passes over [P, F]
+        arrays, one with ``fused_kernels``; the logits themselves come from the forward)."""
+        if self.fused_kernels:
+            if self._fused_now(w):
+                r = torch.ops.so3krates.attention_logits_backward(q_i, q_j, k_i, k_j, w, ga_ij, ga_ji, scale,
+                                                                  inputs_grad)
+                return [r[0], r[1], r[2], r[3], r[4]]
+        tk_ij = segment_expand_mul(ga_ij, k_j, scale)
+        tk_ji = segment_expand_mul(ga_ji, k_i, scale)
+        g_w = torch.addcmul(tk_ij * q_i, tk_ji, q_j)
         if not inputs_grad:
             none = torch.empty(0, dtype=w.dtype, device=w.device)
             return [none, none, none, none, g_w]
-        return [gtk_ij * w, gtk_ji * w, segment_expand_mul(ga_ji, qw_j, scale),
-                segment_expand_mul(ga_ij, qw_i, scale), g_w]
+        return [tk_ij * w, tk_ji * w, segment_expand_mul(ga_ji, q_j, scale) * w,
+                segment_expand_mul(ga_ij, q_i, scale) * w, g_w]
+
+    def logits(self, p_i: List[Tensor], p_j: List[Tensor], w1: Tensor, w2: Tensor) -> List[Tensor]:
+        """The attention logits before the cutoff, [a1_ij, a1_ji, a2_ij, a2_ji] [P, H] / [P, D]: per-head sums
+        of q1_i w1 k1_j (times 1/nc1), q1_j w1 k1_i, and of the degree heads' q2, w2, k2."""
+        h = self.num_heads
+        d = self.num_degrees
+        if self.fused_kernels:
+            if self._fused_now(w1):
+                r1 = torch.ops.so3krates.attention_logits(p_i[0], p_j[2], p_j[0], p_i[2], w1, h, 1.0 / self.nc1)
+                r2 = torch.ops.so3krates.attention_logits(p_i[1], p_j[3], p_j[1], p_i[3], w2, d, 1.0 / self.nc2)
+                return [r1[0], r1[1], r2[0], r2[1]]
+        return [segment_sum(p_i[0] * w1 * p_j[2], h, 1.0 / self.nc1), segment_sum(p_j[0] * w1 * p_i[2], h, 1.0 / self.nc1),
+                segment_sum(p_i[1] * w2 * p_j[3], d, 1.0 / self.nc2), segment_sum(p_j[1] * w2 * p_i[3], d, 1.0 / self.nc2)]
 
     def pair_messages_backward(self, p_i: List[Tensor], p_j: List[Tensor], dev: Tensor, rbf: Tensor, ylm: Tensor,
                                cut: Tensor, g: List[Tensor], inputs_grad: bool = True,
                                kept: Optional[List[Tensor]] = None) -> List[Tensor]:
         """Explicit backward of ``pair_messages`` (no autograd): g = gradients of its four outputs ->
         [g_p_i (5 tensors), g_p_j (5 tensors), g_dev, g_rbf, g_ylm, g_cut]. The filters (``filter_state``)
-        are recomputed unless ``kept`` from the forward (``pair_messages(..., keep=True)``), the attention
-        weights always. Without ``inputs_grad`` (layer 0: its inputs do not depend on the positions)
+        and the attention logits are recomputed unless ``kept`` from the forward (``pair_messages(...,
+        keep=True)``). Without ``inputs_grad`` (layer 0: its inputs do not depend on the positions)
         g_p_i, g_p_j and g_dev are left out (empty tensors): about half of the elementwise work."""
         n = dev.shape[0]
         f = self.num_features
@@ -234,33 +265,26 @@ class AttentionBlock(ExactConstants):
         st = kept if kept is not None else self.filter_state(rbf, dev)
         w1 = st[0]
         w2 = st[1]
+        lg = st[3:] if len(st) > 3 else self.logits(p_i, p_j, w1, w2)  # [a1_ij, a1_ji, a2_ij, a2_ji]
         cut_ = cut.unsqueeze(-1)
         nd = self.num_degrees
         rep = self.repeat_index
         # invariant messages m_ij = alpha1_ij[head] v1_j with alpha1_ij = a1_ij cut, a1_ij = segment_sum(q1_i w1 k1_j)
-        qw1_i = p_i[0] * w1
-        qw1_j = p_j[0] * w1
-        a1_ij = segment_sum(qw1_i * p_j[2], nh, 1.0 / self.nc1)  # [P, H]
-        a1_ji = segment_sum(qw1_j * p_i[2], nh, 1.0 / self.nc1)
         gm_ij = g[0].view(n, nh, fh)
         gm_ji = g[2].view(n, nh, fh)
         ga1_ij = (gm_ij * p_j[4].view(n, nh, fh)).sum(-1)
         ga1_ji = (gm_ji * p_i[4].view(n, nh, fh)).sum(-1)
-        g1 = self._logits_backward(p_i[0], p_j[0], p_i[2], p_j[2], w1, qw1_i, qw1_j, ga1_ij * cut_, ga1_ji * cut_, 1.0 / self.nc1,
+        g1 = self.logits_backward(p_i[0], p_j[0], p_i[2], p_j[2], w1, ga1_ij * cut_, ga1_ji * cut_, 1.0 / self.nc1,
                                    inputs_grad)
         # Euclidean messages e_ij = alpha2_ij[degree] Y(r_ij), e_ji = alpha2_ji[degree] (-1)^l Y(r_ij)
         par = self.parity.to(dt)
-        qw2_i = p_i[1] * w2
-        qw2_j = p_j[1] * w2
-        a2_ij = segment_sum(qw2_i * p_j[3], nd, 1.0 / self.nc2)  # [P, D]
-        a2_ji = segment_sum(qw2_j * p_i[3], nd, 1.0 / self.nc2)
         degree = (self.contraction.to(dt) != 0.0).to(dt)  # [m, D] indicator of each component's degree
         ga2_ij = torch.matmul(g[1] * ylm, degree)
         ga2_ji = torch.matmul(g[3] * ylm * par, degree)
-        g_ylm = (a2_ij * cut_).index_select(1, rep) * g[1] + (a2_ji * cut_).index_select(1, rep) * g[3] * par
-        g2 = self._logits_backward(p_i[1], p_j[1], p_i[3], p_j[3], w2, qw2_i, qw2_j, ga2_ij * cut_, ga2_ji * cut_, 1.0 / self.nc2,
+        g_ylm = (lg[2] * cut_).index_select(1, rep) * g[1] + (lg[3] * cut_).index_select(1, rep) * g[3] * par
+        g2 = self.logits_backward(p_i[1], p_j[1], p_i[3], p_j[3], w2, ga2_ij * cut_, ga2_ji * cut_, 1.0 / self.nc2,
                                    inputs_grad)
-        g_cut = (ga1_ij * a1_ij).sum(1) + (ga1_ji * a1_ji).sum(1) + (ga2_ij * a2_ij).sum(1) + (ga2_ji * a2_ji).sum(1)
+        g_cut = (ga1_ij * lg[0]).sum(1) + (ga1_ji * lg[1]).sum(1) + (ga2_ij * lg[2]).sum(1) + (ga2_ji * lg[3]).sum(1)
         # filters: second layers, activation, first layers, contraction of dev
         g_h = torch.cat([torch.matmul(g1[4], w[2].t()), torch.matmul(g2[4], w[4].t())], 1)
         g_x = torch.matmul(g_h * st[2], w[0].t())
@@ -268,8 +292,8 @@ class AttentionBlock(ExactConstants):
         if not inputs_grad:
             none = torch.empty(0, dtype=dt, device=dev.device)
             return [none] * 11 + [g_x[:, :k], g_ylm, g_cut]
-        g_v1_j = ((a1_ij * cut_).unsqueeze(-1) * gm_ij).view(n, f)
-        g_v1_i = ((a1_ji * cut_).unsqueeze(-1) * gm_ji).view(n, f)
+        g_v1_j = ((lg[0] * cut_).unsqueeze(-1) * gm_ij).view(n, f)
+        g_v1_i = ((lg[1] * cut_).unsqueeze(-1) * gm_ji).view(n, f)
         g_dev = 2.0 * dev * torch.matmul(g_x[:, k:], self.contraction.to(dt).t())
         return [g1[0], g2[0], g1[2], g2[2], g_v1_i, g1[1], g2[1], g1[3], g2[3], g_v1_j,
                 g_dev, g_x[:, :k], g_ylm, g_cut]

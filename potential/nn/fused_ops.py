@@ -1,0 +1,76 @@
+"""The fused CPU kernels of the attention (``libso3krates_ops.so``, built from plugins/ops/fused_attention.cpp).
+
+``load()`` registers ``torch.ops.so3krates.attention_logits`` / ``attention_logits_backward`` in this
+process (once; never raises) and says whether they are there; ``require()`` raises with the reason and
+the fix. A model exported with fused kernels (``so3krates export --fused-kernels``) calls them in its
+TorchScript code, so every process that loads such a file needs the library: the Python loaders call
+``require()``, the LAMMPS pair style links it. ``SO3KRATES_FUSED_OPS=off`` in the environment keeps it
+unloaded (for checks of that error path).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Dict, List
+
+import torch
+
+LIBRARY = "libso3krates_ops.so"
+_SUBDIR = "ops"
+_state: Dict[str, str] = {}
+
+
+def _candidates() -> List[str]:
+    env = os.environ.get("SO3KRATES_OPS_DIR")
+    out = [env] if env else []
+    # regular install: so3krates/ops next to so3krates/potential; editable install: site-packages/so3krates/ops
+    here = os.path.dirname(os.path.abspath(__file__))
+    out.append(os.path.join(os.path.dirname(os.path.dirname(here)), _SUBDIR))
+    out += [os.path.join(e, "so3krates", _SUBDIR) for e in sys.path if e]
+    return out
+
+
+def _registered() -> bool:
+    try:
+        torch.ops.so3krates.attention_logits  # noqa: B018 (resolves the operator or raises)
+        return True
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def load() -> bool:
+    """Register the fused kernels in this process if the library can be loaded; True when they are there."""
+    if "ok" in _state:
+        return _state["ok"] == "yes"
+    reason = ""
+    if os.environ.get("SO3KRATES_FUSED_OPS", "on").strip().lower() == "off":
+        reason = "SO3KRATES_FUSED_OPS=off in the environment"
+    elif not _registered():
+        seen = []
+        for d in _candidates():
+            path = os.path.join(d, LIBRARY)
+            if os.path.isfile(path):
+                try:
+                    torch.ops.load_library(os.path.abspath(path))
+                except (OSError, RuntimeError) as e:  # built for another torch, missing symbols
+                    reason = f"{path} does not load with torch {torch.__version__}: {e}"
+                break
+            seen.append(os.path.abspath(d))
+        else:
+            reason = f"{LIBRARY} not found (searched: {', '.join(dict.fromkeys(seen))})"
+        if not reason and not _registered():
+            reason = f"{LIBRARY} loaded but registers no so3krates::attention_logits"
+    _state["ok"] = "no" if reason else "yes"
+    _state["reason"] = reason
+    return not reason
+
+
+def require(what: str) -> None:
+    """Raise RuntimeError naming ``what`` (e.g. a model file), the reason and the fix when the kernels are missing."""
+    if load():
+        return
+    raise RuntimeError(
+        f"{what} uses so3krates' fused CPU attention kernels, which this process cannot load: {_state['reason']}. "
+        "Fix: reinstall so3krates so that CMake builds them against the installed torch "
+        "(pip install --no-build-isolation <so3krates source>), or re-export the model without them "
+        "(so3krates export CHECKPOINT -o MODEL.pt, the default).")
