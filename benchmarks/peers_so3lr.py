@@ -12,6 +12,8 @@ wrong in boxes shorter than twice its 12 Å long-range cutoff (../shared/peers.m
 
 Entries (each in a fresh process pinned to one core with ``taskset -c <core>``, OMP/MKL threads 1,
 XLA single-thread flags for JAX; one at a time):
+  ours-fused-f32, ours-fused-f64  the same, exported with ``--fused-kernels`` (the attention logits and
+                                their backward as so3krates' fused C++ CPU kernels)
   ours-pt2-f32, ours-pt2-f64    the same weights as a .pt2 package (``so3krates export --format pt2``;
                                 compiled ~10 min at run time unless --ours-pt2-f32-model gives one)
   ours-f32, ours-f64            our exported TorchScript file, made with the public CLI
@@ -86,6 +88,8 @@ DEFAULT_SIZES = [1536, 5184, 12288]
 ENTRIES = {  # name: (worker backend, dtype, which python)
     "ours-f32": ("ours", "float32", "ours"),
     "ours-f64": ("ours", "float64", "ours"),
+    "ours-fused-f32": ("ours", "float32", "ours"),  # TorchScript exported with --fused-kernels
+    "ours-fused-f64": ("ours", "float64", "ours"),
     "ours-pt2-f32": ("ours", "float32", "ours"),   # the same weights as a .pt2 package (AOTInductor)
     "ours-pt2-f64": ("ours", "float64", "ours"),
     "jax-md-f32": ("jax-md", "float32", "jax"),
@@ -230,14 +234,15 @@ def water_box(atoms_wanted: int, workdir: Path) -> Dict:
 
 
 def _model_key(entry: str) -> str:
-    """'ts-float32', 'pt2-float64', ... for one of our entries."""
-    return ("pt2-" if "-pt2-" in entry else "ts-") + ENTRIES[entry][1]
+    """'ts-float32', 'fused-float32', 'pt2-float64', ... for one of our entries."""
+    kind = "pt2-" if "-pt2-" in entry else "fused-" if "-fused-" in entry else "ts-"
+    return kind + ENTRIES[entry][1]
 
 
 def prepare_ours(so3krates_cli: Path, keys: List[str], workdir: Path,
                  given: Dict[str, Optional[Path]]) -> Dict[str, Path]:
     """Our model through the public CLI only: convert the published params, export per format and dtype
-    (``ts-float32`` ... ``pt2-float64``) unless a ready file is given (--ours-f32-model, --ours-pt2-f32-model,
+    (``ts-float32``, ``fused-float32`` ... ``pt2-float64``) unless a ready file is given (--ours-f32-model, --ours-pt2-f32-model,
     ...). A .pt2 export compiles for ~10 min (SO3LR, 2 cores) and checks itself against the eager model."""
     out = {k: Path(given[k]) for k in keys if given.get(k)}
     for k, path in out.items():
@@ -255,8 +260,11 @@ def prepare_ours(so3krates_cli: Path, keys: List[str], workdir: Path,
             path = workdir / f"so3lr_{dtype}.{'pt2' if fmt == 'pt2' else 'pt'}"
             if fmt == "pt2":
                 print(f"[setup] compiling our {dtype} .pt2 package (~10 min) ...", flush=True)
+            if fmt == "fused":
+                path = workdir / f"so3lr_{dtype}_fused.pt"
             _run([so3krates_cli, "export", ckpt, "-o", path, "--dtype", dtype]
-                 + (["--format", "pt2"] if fmt == "pt2" else []), stdout=sys.stderr)
+                 + (["--format", "pt2"] if fmt == "pt2" else []) + (["--fused-kernels"] if fmt == "fused" else []),
+                 stdout=sys.stderr)
             out[key] = path
     except (OSError, subprocess.CalledProcessError) as exc:
         raise SystemExit(f"making our model with `{so3krates_cli} convert/export` failed ({exc}); fix the "
@@ -492,6 +500,9 @@ def parse_args(argv=None):
                    help="use this exported float32 file (`so3krates export --dtype float32`) instead of "
                         "converting + exporting params.pkl with the CLI at run time")
     p.add_argument("--ours-f64-model", type=Path, default=None, help="likewise for float64")
+    p.add_argument("--ours-fused-f32-model", type=Path, default=None,
+                   help="use this float32 file exported with --fused-kernels for ours-fused-f32")
+    p.add_argument("--ours-fused-f64-model", type=Path, default=None, help="likewise for float64")
     p.add_argument("--ours-pt2-f32-model", type=Path, default=None,
                    help="use this float32 .pt2 package (`so3krates export --format pt2 --dtype float32`) for "
                         "ours-pt2-f32 instead of compiling one at run time (~10 min)")
@@ -577,6 +588,7 @@ def main(argv=None) -> int:
         ours_keys = sorted({_model_key(e) for e in entries if ENTRIES[e][0] == "ours"})
         models = prepare_ours(args.so3krates, ours_keys, workdir,
                               {"ts-float32": args.ours_f32_model, "ts-float64": args.ours_f64_model,
+                               "fused-float32": args.ours_fused_f32_model, "fused-float64": args.ours_fused_f64_model,
                                "pt2-float32": args.ours_pt2_f32_model, "pt2-float64": args.ours_pt2_f64_model}
                               ) if ours_keys else {}
         systems = []

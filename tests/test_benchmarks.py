@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,3 +146,16 @@ def test_peers_ours_worker_times_reused_lists_and_compare_uses_best_times(so3lr_
     assert q["fastest_peer"] == "jax-md-f32" and q["speedup"] == pytest.approx(1.8 / 0.8)
     assert q["speedup_both_searching"] == pytest.approx(2.0 / 1.0) and q["meets_goal"]
     assert q["per_peer"]["so3krates-torch-f32"] == pytest.approx(1.9 / 0.8)
+
+
+def test_peers_fused_entry_exports_with_fused_kernels(tmp_path):
+    """peers_so3lr's ours-fused-* entries: their model is made by the public CLI with --fused-kernels."""
+    import peers_so3lr
+    from so3krates.export.metadata import read_metadata
+
+    assert peers_so3lr._model_key("ours-fused-f32") == "fused-float32"
+    assert peers_so3lr._model_key("ours-f64") == "ts-float64" and peers_so3lr._model_key("ours-pt2-f32") == "pt2-float32"
+    cli = Path(sys.executable).parent / "so3krates"
+    models = peers_so3lr.prepare_ours(cli, ["fused-float32"], tmp_path, {})
+    meta = read_metadata(models["fused-float32"])
+    assert meta["fused_kernels"] is True and meta["dtype"] == "float32" and meta["cutoff_lr"] == 12.0
