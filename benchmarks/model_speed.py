@@ -85,6 +85,9 @@ def worker(args):
     else:
         net = model_from_checkpoint(DEMO_CKPT)
     pot = So3kratesPotential(net).float().eval()
+    if args.fused_kernels:  # the attention's fused C++ kernels in the lean pass (this checkout only)
+        from so3krates.export.exporter import with_fused_kernels
+        pot = with_fused_kernels(pot, True)
     if args.script:
         pot = torch.jit.script(pot)
     box = np.load(args.system)
@@ -176,6 +179,7 @@ def _run_point(args, env, t, s, system, source, done_rows, label):
            str(args.min_time)]
     cmd += ["--source", source] if source else []
     cmd += ["--script"] if args.script else []
+    cmd += ["--fused-kernels"] if args.fused_kernels and not source else []
     cmd += ["--malloc-trim"] if args.malloc_trim else []
     print(f"{label} {3 * s ** 3} atoms, {t} thread(s) ...", end=" ", flush=True)
     done = [r for r in done_rows if r["threads"] == t] or done_rows
@@ -240,6 +244,9 @@ def main():
     ap.add_argument("--repeats", type=int, default=2, help="timed calls per point (minimum)")
     ap.add_argument("--min-time", type=float, default=5.0, help="time each point at least this long (s)")
     ap.add_argument("--script", action="store_true", help="time the TorchScript-compiled potential")
+    ap.add_argument("--fused-kernels", action="store_true",
+                    help="this checkout's potential with the fused CPU attention kernels (as `so3krates export "
+                         "--fused-kernels` files run; not applied to the --before revision)")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per point before giving up")
     ap.add_argument("--max-memory-mb", type=float, default=None,
                     help="skip sizes whose extrapolated peak memory exceeds this, kill a point above 1.2x "
@@ -331,7 +338,7 @@ def main():
         "system": "periodic water box, 1 g/cm^3", "dtype": "float32", "quantity": "energy+forces",
         "path": "So3kratesPotential eval mode: So3krates.energy_and_gradients (half pair lists, "
                 "layer-wise recomputation in edge chunks, analytic long-range derivatives)",
-        "scripted": bool(args.script), "torch": torch.__version__, "python": platform.python_version(),
+        "scripted": bool(args.script), "fused_kernels": bool(args.fused_kernels), "torch": torch.__version__, "python": platform.python_version(),
         "machine": platform.machine(), "cpu_count": os.cpu_count(),
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "results": rows, "scaling_exponent": exponents, "scaling_exponent_cpu_time": exponents_cpu,
