@@ -210,8 +210,9 @@ class AttentionBlock(ExactConstants):
         return [o_ij[0], o_ij[1], o_ji[0], o_ji[1]] + st
 
     def _fused_now(self, x: Tensor) -> bool:
-        """Whether the fused kernels run for ``x``: asked for at export, CPU, and no graph being recorded
-        (they have no autograd formula)."""
+        """Whether the fused kernels can run for ``x`` (callers check ``fused_kernels`` first, as its own
+        ``if``, so that TorchScript drops the branch from files exported without them): a CPU tensor and no
+        graph being recorded (the kernels have no autograd formula)."""
         return x.device.type == "cpu" and not torch.is_grad_enabled()
 
     def logits_backward(self, q_i: Tensor, q_j: Tensor, k_i: Tensor, k_j: Tensor, w: Tensor, ga_ij: Tensor,
