@@ -82,6 +82,45 @@ def test_bad_inputs_get_clear_errors():
         torch.ops.so3krates.attention_logits(qi[0], kj[0], qj[0], ki[0], w[0], 4, 1.0)
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-14), (torch.float32, 2e-6)])
+def test_silu_kernel_equals_silu_and_its_derivative(dtype, tol):
+    """Against float64 autograd (float32: s + h (1 - s) loses ~10 ulp to cancellation for x ~ 20, as the
+    ATen formulation does)."""
+    g = torch.Generator().manual_seed(5)
+    x = (torch.randn(301, 40, generator=g, dtype=torch.float64) * 6).to(dtype)
+    x[0, :8] = torch.tensor([-1000.0, -100.0, -80.0, -20.0, 20.0, 80.0, 100.0, 1000.0], dtype=dtype)
+    view = torch.cat([x, x], 1)[:, 3:43]  # a strided view
+    h, d = torch.ops.so3krates.silu_and_derivative(view, True)
+    h_only, none = torch.ops.so3krates.silu_and_derivative(view, False)
+    assert torch.equal(h, h_only) and none.numel() == 0 and h.dtype == dtype
+    ref = view.double().requires_grad_(True)
+    want_h = torch.nn.functional.silu(ref)
+    (want_d,) = torch.autograd.grad(want_h.sum(), ref)
+    scale = 1.0 + ref.detach().abs()  # relative to |x| (h ~ x for x >> 0)
+    assert torch.isfinite(h).all() and torch.isfinite(d).all()
+    assert ((h.double() - want_h.detach()).abs() / scale).max() < tol
+    assert (d.double() - want_d).abs().max() < tol
+    # far out: SiLU(x) = x for large x, 0 for very negative x, no NaN or infinity from exp
+    far, d_far = torch.ops.so3krates.silu_and_derivative(x[:1, :8], True)
+    assert far[0, 7] == 1000.0 and d_far[0, 7] == 1.0 and abs(float(far[0, 0])) < 1e-30
+
+
+def test_silu_kernel_refuses_bad_inputs():
+    with pytest.raises(RuntimeError, match="float32 or float64 expected"):
+        torch.ops.so3krates.silu_and_derivative(torch.ones(3, 4, dtype=torch.int64), True)
+
+
+def test_block_filters_with_the_silu_kernel_equal_without():
+    fused, plain = _composite_block(True), _composite_block(False)
+    plain.load_state_dict(fused.state_dict())
+    g = torch.Generator().manual_seed(6)
+    rbf, dev = torch.rand(53, 8, generator=g, dtype=torch.float64), torch.randn(53, 8, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        for x, y in zip(fused.filter_state(rbf, dev) + list(fused.filters(rbf, dev)),
+                        plain.filter_state(rbf, dev) + list(plain.filters(rbf, dev))):
+            assert torch.allclose(x, y, rtol=1e-13, atol=1e-14)
+
+
 def test_block_uses_the_kernels_only_without_a_graph():
     """With a graph being recorded the block falls back to ATen ops (the kernels have no autograd)."""
     blk = _composite_block(True)
@@ -111,6 +150,7 @@ def test_fused_export_is_marked_and_calls_the_kernels(fused_export):
     assert read_metadata(d / "plain.pt")["fused_kernels"] is False
     assert "fused CPU kernels" in summary_line(meta)
     assert "ops.so3krates.attention_logits_backward(" in _code(d / "fused.pt")
+    assert "ops.so3krates.silu_and_derivative(" in _code(d / "fused.pt")
     assert "ops.so3krates" not in _code(d / "plain.pt")  # a plain file does not need the library
 
 
@@ -131,7 +171,8 @@ def test_lean_pass_with_the_kernels_equals_without(fused_export):
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         out = fused(pos, z, cell, pbc, 0.0, 0.0, True, True)
     ran = {e.key for e in prof.key_averages()}
-    assert {"so3krates::attention_logits", "so3krates::attention_logits_backward"} <= ran  # the kernels ran
+    assert {"so3krates::attention_logits", "so3krates::attention_logits_backward",
+            "so3krates::silu_and_derivative"} <= ran  # the kernels ran
     for key in ("energy", "forces", "stress"):
         assert torch.allclose(out[key], ref[key], rtol=1e-10, atol=1e-11), key
 

@@ -54,9 +54,9 @@ class AttentionBlock(ExactConstants):
     ``pair_messages`` (both directions of each pair) -> segment sums over the receiving atoms.
 
     ``fused_kernels`` (a TorchScript constant, False unless an export asks for it): without a graph and
-    on the CPU, the attention logits and their backward run as the fused kernels of
-    ``libso3krates_ops.so`` (``fused_ops``; one pass over the pair arrays instead of a chain of
-    elementwise products); a file scripted with False holds no reference to them.
+    on the CPU, the attention logits and their backward, and the filters' SiLU with its derivative, run as
+    the fused kernels of ``libso3krates_ops.so`` (``fused_ops``; one pass over the pair arrays instead of
+    a chain of elementwise products); a file scripted with False holds no reference to them.
     """
 
     __constants__ = ["fused_kernels"]
@@ -149,7 +149,14 @@ class AttentionBlock(ExactConstants):
         c = contract_l0(dev)), as three matrix products (``filter_weights``): fewer passes over the
         [P, F] arrays."""
         w = self.filter_weights()
-        h = activation(self.filter_preactivations(rbf, dev, w), self.activation_fn)
+        pre = self.filter_preactivations(rbf, dev, w)
+        if self.fused_kernels:
+            if self._fused_silu_now(pre):
+                return self.second_layers(torch.ops.so3krates.silu_and_derivative(pre, False)[0], w)
+        return self.second_layers(activation(pre, self.activation_fn), w)
+
+    def second_layers(self, h: Tensor, w: List[Tensor]) -> Tuple[Tensor, Tensor]:
+        """The filters (w1, w2) from the activations h [P, 2H] of both first layers (``filter_weights`` w)."""
         half = w[2].shape[0]
         return torch.addmm(w[3], h[:, :half], w[2]), torch.addmm(w[5], h[:, half:], w[4])
 
@@ -175,12 +182,15 @@ class AttentionBlock(ExactConstants):
         memory-lean pass may keep it from the forward instead of recomputing it)."""
         w = self.filter_weights()
         pre = self.filter_preactivations(rbf, dev, w)
+        if self.fused_kernels:
+            if self._fused_silu_now(pre):  # h and SiLU' in one pass
+                hd = torch.ops.so3krates.silu_and_derivative(pre, True)
+                w1, w2 = self.second_layers(hd[0], w)
+                return [w1, w2, hd[1]]
         silu = self.activation_fn == "silu"
         sig = torch.sigmoid(pre) if silu else pre  # SiLU: h = x s(x), s kept for the derivative
         h = pre * sig if silu else activation(pre, self.activation_fn)
-        half = w[2].shape[0]
-        w1 = torch.addmm(w[3], h[:, :half], w[2])
-        w2 = torch.addmm(w[5], h[:, half:], w[4])
+        w1, w2 = self.second_layers(h, w)
         # SiLU'(x) = s + h (1 - s) from s and h: two passes over [P, 2H] instead of five. (Not
         # torch.ops.aten.silu_backward, nor autograd's SiluBackward: in the TorchScript file frozen by
         # openmm-torch both segfault.)
@@ -214,6 +224,10 @@ class AttentionBlock(ExactConstants):
         ``if``, so that TorchScript drops the branch from files exported without them): a CPU tensor and no
         graph being recorded (the kernels have no autograd formula)."""
         return x.device.type == "cpu" and not torch.is_grad_enabled()
+
+    def _fused_silu_now(self, pre: Tensor) -> bool:
+        """``_fused_now`` for the filters' SiLU kernel (``so3krates::silu_and_derivative``): SiLU filters only."""
+        return self.activation_fn == "silu" and self._fused_now(pre)
 
     def logits_backward(self, q_i: Tensor, q_j: Tensor, k_i: Tensor, k_j: Tensor, w: Tensor, ga_ij: Tensor,
                         ga_ji: Tensor, scale: float, inputs_grad: bool) -> List[Tensor]:

@@ -1,8 +1,8 @@
-"""The fused CPU kernels of the attention (``libso3krates_ops.so``, built from plugins/ops/fused_attention.cpp).
+"""The fused CPU kernels of the attention (``libso3krates_ops.so``, built from plugins/ops/*.cpp).
 
-``load()`` registers ``torch.ops.so3krates.attention_logits`` / ``attention_logits_backward`` in this
-process (once; never raises) and says whether they are there; ``require()`` raises with the reason and
-the fix. A model exported with fused kernels (``so3krates export --fused-kernels``) calls them in its
+``load()`` registers ``torch.ops.so3krates.attention_logits`` / ``attention_logits_backward`` /
+``silu_and_derivative`` (``OPERATORS``) in this process (once; never raises) and says whether they are
+there; ``require()`` raises with the reason and the fix. A model exported with fused kernels (``so3krates export --fused-kernels``) calls them in its
 TorchScript code, so every process that loads such a file needs the library: the Python loaders call
 ``require()``, the LAMMPS pair style links it. ``SO3KRATES_FUSED_OPS=off`` in the environment keeps it
 unloaded (for checks of that error path).
@@ -30,9 +30,14 @@ def _candidates() -> List[str]:
     return out
 
 
+#: every operator a file exported with fused kernels may call
+OPERATORS = ("attention_logits", "attention_logits_backward", "silu_and_derivative")
+
+
 def _registered() -> bool:
     try:
-        torch.ops.so3krates.attention_logits  # noqa: B018 (resolves the operator or raises)
+        for name in OPERATORS:
+            getattr(torch.ops.so3krates, name)  # resolves the operator or raises
         return True
     except (AttributeError, RuntimeError):
         return False
@@ -59,7 +64,7 @@ def load() -> bool:
         else:
             reason = f"{LIBRARY} not found (searched: {', '.join(dict.fromkeys(seen))})"
         if not reason and not _registered():
-            reason = f"{LIBRARY} loaded but registers no so3krates::attention_logits"
+            reason = f"{LIBRARY} loaded but lacks one of so3krates::{', so3krates::'.join(OPERATORS)} (an older build)"
     _state["ok"] = "no" if reason else "yes"
     _state["reason"] = reason
     return not reason
