@@ -24,38 +24,24 @@ from __future__ import annotations
 import os
 import sys
 
+from so3krates import installed_files
+
 __all__ = ["plugin_dir", "plugin_path", "PLUGIN_NAME", "setup", "lammps"]
 
 PLUGIN_NAME = "so3kratesplugin.so"
 _SUBDIR = "lammps_plugin"
 
 
-def _candidates():
-    env = os.environ.get("SO3KRATES_LAMMPS_PLUGIN_DIR")
-    if env:
-        yield env
-    # regular (non-editable) install: the plugin sits inside this package
-    yield os.path.join(os.path.dirname(os.path.abspath(__file__)), _SUBDIR)
-    # editable install: the package source is the repository, the CMake-installed
-    # plugin is in site-packages/so3krates/lammps_plugin
-    for entry in sys.path:
-        if entry:
-            yield os.path.join(entry, "so3krates", _SUBDIR)
-
-
 def plugin_path() -> str:
-    """Absolute path of the installed ``so3kratesplugin.so``.
+    """Absolute path of the installed ``so3kratesplugin.so`` (``$SO3KRATES_LAMMPS_PLUGIN_DIR`` first).
 
     Raises ``FileNotFoundError`` naming the places searched and the fix when it is missing.
     """
-    seen = []
-    for d in _candidates():
-        p = os.path.join(d, PLUGIN_NAME)
-        if os.path.isfile(p):
-            return os.path.abspath(p)
-        seen.append(d)
+    path, seen = installed_files.find(PLUGIN_NAME, _SUBDIR, "SO3KRATES_LAMMPS_PLUGIN_DIR")
+    if path is not None:
+        return path
     raise FileNotFoundError(
-        f"{PLUGIN_NAME} not found (searched: {', '.join(dict.fromkeys(seen))}). "
+        f"{PLUGIN_NAME} not found (searched: {installed_files.searched(seen)}). "
         "Reinstall the package so CMake builds the LAMMPS plugin: "
         "pip install --no-build-isolation <path to so3krates>"
     )

@@ -10,24 +10,15 @@ unloaded (for checks of that error path).
 from __future__ import annotations
 
 import os
-import sys
-from typing import Dict, List
+from typing import Dict
 
 import torch
+
+from so3krates import installed_files
 
 LIBRARY = "libso3krates_ops.so"
 _SUBDIR = "ops"
 _state: Dict[str, str] = {}
-
-
-def _candidates() -> List[str]:
-    env = os.environ.get("SO3KRATES_OPS_DIR")
-    out = [env] if env else []
-    # regular install: so3krates/ops next to so3krates/potential; editable install: site-packages/so3krates/ops
-    here = os.path.dirname(os.path.abspath(__file__))
-    out.append(os.path.join(os.path.dirname(os.path.dirname(here)), _SUBDIR))
-    out += [os.path.join(e, "so3krates", _SUBDIR) for e in sys.path if e]
-    return out
 
 
 #: every operator a file exported with fused kernels may call
@@ -45,27 +36,22 @@ def _registered() -> bool:
 
 def load() -> bool:
     """Register the fused kernels in this process if the library can be loaded; True when they are there."""
-    if "ok" in _state:
-        return _state["ok"] == "yes"
+    if "reason" in _state:
+        return not _state["reason"]
     reason = ""
     if os.environ.get("SO3KRATES_FUSED_OPS", "on").strip().lower() == "off":
         reason = "SO3KRATES_FUSED_OPS=off in the environment"
     elif not _registered():
-        seen = []
-        for d in _candidates():
-            path = os.path.join(d, LIBRARY)
-            if os.path.isfile(path):
-                try:
-                    torch.ops.load_library(os.path.abspath(path))
-                except (OSError, RuntimeError) as e:  # built for another torch, missing symbols
-                    reason = f"{path} does not load with torch {torch.__version__}: {e}"
-                break
-            seen.append(os.path.abspath(d))
+        path, seen = installed_files.find(LIBRARY, _SUBDIR, "SO3KRATES_OPS_DIR")
+        if path is None:
+            reason = f"{LIBRARY} not found (searched: {installed_files.searched(seen)})"
         else:
-            reason = f"{LIBRARY} not found (searched: {', '.join(dict.fromkeys(seen))})"
+            try:
+                torch.ops.load_library(path)
+            except (OSError, RuntimeError) as e:  # built for another torch, missing symbols
+                reason = f"{path} does not load with torch {torch.__version__}: {e}"
         if not reason and not _registered():
             reason = f"{LIBRARY} loaded but lacks one of so3krates::{', so3krates::'.join(OPERATORS)} (an older build)"
-    _state["ok"] = "no" if reason else "yes"
     _state["reason"] = reason
     return not reason
 
