@@ -159,3 +159,28 @@ def test_peers_fused_entry_exports_with_fused_kernels(tmp_path):
     models = peers_so3lr.prepare_ours(cli, ["fused-float32"], tmp_path, {})
     meta = read_metadata(models["fused-float32"])
     assert meta["fused_kernels"] is True and meta["dtype"] == "float32" and meta["cutoff_lr"] == 12.0
+
+
+def test_files_ab_times_exports_interleaved_and_compares_them(tmp_path):
+    """benchmarks/files_ab.py: two exports of the shipped model (plain, fused kernels) in one process."""
+    from so3krates.export.exporter import export_checkpoint
+
+    ckpt = ROOT / "examples" / "models" / "so3krates_demo.ckpt"
+    export_checkpoint(ckpt, tmp_path / "plain.pt", dtype="float32")
+    export_checkpoint(ckpt, tmp_path / "fused.pt", dtype="float32", fused_kernels=True)
+    out = tmp_path / "ab.json"
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "files_ab.py"), str(tmp_path / "plain.pt"),
+                          str(tmp_path / "fused.pt"), "--replicate", "1", "--rounds", "2", "--out", str(out)],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT / "benchmarks")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "192 atoms, 2 interleaved rounds" in run.stdout and "first/this" in run.stdout
+    doc = json.loads(out.read_text())
+    assert [len(e["seconds"]) for e in doc["entries"]] == [2, 2] and doc["dtype"] == "float32"
+    fused = doc["entries"][1]
+    assert fused["abs_dE_eV"] < 1e-3 and fused["max_abs_dF_eV_per_A"] < 1e-3  # same model, float32 rounding
+    # files of different dtypes are refused with the reason
+    export_checkpoint(ckpt, tmp_path / "f64.pt", dtype="float64")
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "files_ab.py"), str(tmp_path / "plain.pt"),
+                          str(tmp_path / "f64.pt"), "--replicate", "1", "--rounds", "1", "--out", str(out)],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT / "benchmarks")
+    assert bad.returncode != 0 and "differ in dtype" in bad.stderr
