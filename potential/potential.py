@@ -14,7 +14,7 @@ from .graph.edges import pair_vectors, pair_vectors_no_grad
 from .graph.neighbors import neighbor_list
 from .graph.pair_cache import lists_still_valid, select_within, split_candidates
 from .model import So3krates
-from .validate import check_cell, check_min_distance, check_species, check_structure, is_open
+from .validate import check_inputs, check_min_distance
 
 
 def model_dtype(model: nn.Module) -> torch.dtype:
@@ -134,14 +134,11 @@ class So3kratesPotential(nn.Module):
     def forward(self, positions: Tensor, atomic_numbers: Tensor, cell: Tensor, pbc: Tensor,
                 total_charge: float = 0.0, num_unpaired_electrons: float = 0.0,
                 compute_forces: bool = True, compute_stress: bool = False) -> Dict[str, Tensor]:
-        check_structure(positions, atomic_numbers, cell, pbc)
-        check_species(atomic_numbers, self.known_species, self.species)
-        check_cell(cell, pbc)
+        open_sys = check_inputs(positions, atomic_numbers, cell, pbc, self.known_species, self.species)
         dtype = self.dtype_ref.dtype
         device = positions.device
         z = atomic_numbers.to(torch.long)
         n = positions.shape[0]
-        open_sys = is_open(cell, pbc.to(torch.bool))
         # pair vectors are formed in float64 when the positions come in float64 (then cast to the
         # model's dtype): differences of large coordinates lose no digits in a float32 model
         gdt = torch.float64 if positions.dtype == torch.float64 else dtype

@@ -41,6 +41,12 @@ def chemical_symbol(z: int) -> str:
 def check_structure(positions: Tensor, atomic_numbers: Tensor, cell: Tensor, pbc: Tensor) -> None:
     """Shapes, dtypes and finiteness of one structure: positions [N,3] float (Å),
     atomic_numbers [N] integer, cell [3,3] float (Å, rows a, b, c), pbc [3] bool."""
+    check_shapes(positions, atomic_numbers, cell, pbc)
+    check_finite(positions, cell)
+
+
+def check_shapes(positions: Tensor, atomic_numbers: Tensor, cell: Tensor, pbc: Tensor) -> None:
+    """The shape and dtype part of ``check_structure`` (reads no tensor data: no host synchronisation)."""
     if positions.dim() != 2 or positions.shape[1] != 3:
         raise ValueError("positions must have shape [N, 3] (Å); got {}. Pass one row per atom."
                          .format(positions.shape))
@@ -65,6 +71,10 @@ def check_structure(positions: Tensor, atomic_numbers: Tensor, cell: Tensor, pbc
     if pbc.is_floating_point():
         raise ValueError("pbc must be a bool tensor, e.g. torch.tensor([True, True, True]); got {}"
                          .format(pbc.dtype))
+
+
+def check_finite(positions: Tensor, cell: Tensor) -> None:
+    """The finiteness part of ``check_structure``."""
     finite = torch.isfinite(positions).all(dim=1)
     if not bool(finite.all()):
         bad = torch.nonzero(~finite)[:, 0]
@@ -101,14 +111,19 @@ def check_cell(cell: Tensor, pbc: Tensor) -> None:
                              "open system".format(format_float(float(det), 6)))
 
 
+def known_elements(z: Tensor, known: Tensor) -> Tensor:
+    """[N] bool: atomic number z[n] is one the model knows (``known``: bool table indexed by atomic
+    number); computed on the device, no host synchronisation."""
+    inside = (z >= 0) & (z < known.shape[0])
+    return inside & known[z.clamp(0, known.shape[0] - 1)]
+
+
 def check_species(atomic_numbers: Tensor, known: Tensor, species: List[int]) -> None:
     """known: bool table indexed by atomic number (True for the elements the model knows)."""
     z = atomic_numbers.to(torch.long)
     if z.numel() == 0:
         return
-    inside = (z >= 0) & (z < known.shape[0])
-    ok = inside.clone()
-    ok[inside] = known[z[inside]]
+    ok = known_elements(z, known)
     if not bool(ok.all()):
         bad = torch.nonzero(~ok)[:, 0]
         i = int(bad[0])
@@ -124,14 +139,15 @@ def check_species(atomic_numbers: Tensor, known: Tensor, species: List[int]) -> 
 
 def check_min_distance(edge_vectors: Tensor, idx_i: Tensor, idx_j: Tensor, shifts: Tensor,
                        min_distance: float = 0.1) -> None:
-    """Raise if two atoms (or an atom and a periodic image) are closer than min_distance Å."""
+    """Raise if two atoms (or an atom and a periodic image) are closer than min_distance Å (one host
+    synchronisation when they are not)."""
     if edge_vectors.shape[0] == 0:
         return
     d = torch.linalg.norm(edge_vectors.detach(), dim=1)
-    k = int(torch.argmin(d))
-    dmin = float(d[k])
-    dshow = format_float(dmin, 4)
+    dmin = float(d.min())
     if dmin < min_distance:
+        k = int(torch.argmin(d))
+        dshow = format_float(dmin, 4)
         i = int(idx_i[k])
         j = int(idx_j[k])
         if i == j:
@@ -146,3 +162,34 @@ def check_min_distance(edge_vectors: Tensor, idx_i: Tensor, idx_j: Tensor, shift
                          "has overlapping atoms. Remove duplicates, check units (positions must "
                          "be in Å) or relax the structure".format(i, j, image, dshow,
                                                                   format_float(min_distance, 2)))
+
+
+def structure_flags(positions: Tensor, atomic_numbers: Tensor, cell: Tensor, pbc: Tensor, known: Tensor) -> Tensor:
+    """[4] bool, formed on the inputs' device without reading anything back: [positions and cell finite,
+    every element known to the model (``known_elements``), the structure open (``is_open``), the periodic
+    cell valid (``check_cell``'s conditions; True for an open structure)]."""
+    p = pbc.to(torch.bool)
+    finite = torch.isfinite(positions).all() & torch.isfinite(cell).all()
+    known_all = known_elements(atomic_numbers.to(torch.long), known).all()
+    open_sys = (~p.any()) | (cell == 0).all()
+    c = cell.detach().to(torch.float64)
+    norms = torch.linalg.norm(c, dim=1)
+    zero_vector = (p & (norms == 0.0)).any()
+    flat = p.all() & (torch.linalg.det(c).abs() <= 1e-10 * norms.prod())
+    cell_ok = open_sys | ~(zero_vector | flat)
+    return torch.stack([finite, known_all, open_sys, cell_ok])
+
+
+def check_inputs(positions: Tensor, atomic_numbers: Tensor, cell: Tensor, pbc: Tensor, known: Tensor,
+                 species: List[int]) -> bool:
+    """``check_structure`` + ``check_species`` + ``check_cell`` with one host synchronisation (one read-back
+    of ``structure_flags``) instead of about twenty; the same errors (the detailed checks run only when a
+    flag is down). Returns whether the structure is open (``is_open``)."""
+    check_shapes(positions, atomic_numbers, cell, pbc)
+    f = structure_flags(positions, atomic_numbers, cell, pbc, known).to(torch.long)
+    bits = int((f * torch.tensor([1, 2, 4, 8], dtype=torch.long, device=f.device)).sum())  # the read-back
+    if (bits & 11) != 11:  # not finite, unknown element or invalid cell: the detailed checks raise
+        check_finite(positions, cell)
+        check_species(atomic_numbers, known, species)
+        check_cell(cell, pbc)
+    return (bits & 4) != 0
