@@ -2,10 +2,10 @@
 
 ``load()`` registers ``torch.ops.so3krates.attention_logits`` / ``attention_logits_backward`` /
 ``silu_and_derivative`` (``OPERATORS``) in this process (once; never raises) and says whether they are
-there; ``require()`` raises with the reason and the fix. A model exported with fused kernels (``so3krates export --fused-kernels``) calls them in its
-TorchScript code, so every process that loads such a file needs the library: the Python loaders call
-``require()``, the LAMMPS pair style links it. ``SO3KRATES_FUSED_OPS=off`` in the environment keeps it
-unloaded (for checks of that error path).
+there; ``require()`` raises with the reason and the fix. A model exported with fused kernels
+(``so3krates export --fused-kernels``) calls them in its TorchScript code, so every process that loads
+such a file needs the library: the Python loaders call ``require()``, the LAMMPS pair style links it.
+``SO3KRATES_FUSED_OPS=off`` in the environment keeps it unloaded (for checks of that error path).
 """
 from __future__ import annotations
 
