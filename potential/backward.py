@@ -70,7 +70,7 @@ class StageGradients(nn.Module):
         d, rbf, cut, ylm = self.geometry(v)
         torch.set_grad_enabled(False)
         r = self.pair_messages_backward_at(k, p_i, p_j, ev_i, ev_j, [rbf.detach(), cut.detach(), ylm.detach()], g_m,
-                                           inputs_grad, kept)
+                                           inputs_grad, kept, None, None, None)
         torch.set_grad_enabled(True)
         go: List[Optional[Tensor]] = [r[11], r[13], r[12]]
         g_vec = torch.autograd.grad([rbf, cut, ylm], [v], grad_outputs=go, allow_unused=True)[0]
@@ -82,14 +82,17 @@ class StageGradients(nn.Module):
     @torch.jit.export
     def pair_messages_backward_at(self, k: int, p_i: List[Tensor], p_j: List[Tensor], ev_i: Tensor, ev_j: Tensor,
                                   geo: List[Tensor], g_m: List[Tensor], inputs_grad: bool,
-                                  kept: Optional[List[Tensor]]) -> List[Tensor]:
+                                  kept: Optional[List[Tensor]], tab: Optional[List[Tensor]] = None,
+                                  idx: Optional[List[Tensor]] = None,
+                                  g_tab: Optional[List[Tensor]] = None) -> List[Tensor]:
         """``AttentionBlock.pair_messages_backward`` of layer ``k`` at the pairs' geometry ``geo`` = [rbf, cut,
-        ylm] (no graph) -> [g_p_i (5), g_p_j (5), g_dev, g_rbf, g_ylm, g_cut]."""
+        ylm] (no graph) -> [g_p_i (5), g_p_j (5), g_dev, g_rbf, g_ylm, g_cut] (``tab``, ``idx``, ``g_tab``: the
+        indexed logits, see there)."""
         r: List[Tensor] = []
         for i, layer in enumerate(self.layers):
             if i == k:
                 r = layer.attention_block.pair_messages_backward(p_i, p_j, ev_j - ev_i, geo[0], geo[2], geo[1], g_m,
-                                                                 inputs_grad, kept)
+                                                                 inputs_grad, kept, tab, idx, g_tab)
         return r
 
     @torch.jit.export
@@ -126,6 +129,7 @@ class StageGradients(nn.Module):
         grad_was = torch.is_grad_enabled()  # (no `with torch.no_grad()`: it crashes frozen TorchScript modules)
         torch.set_grad_enabled(False)
         p = self.project(k, x)
+        indexed = self.indexed_now(k, x)  # for the chunks of ``geo`` (explicit backward without a graph)
         torch.set_grad_enabled(grad_was)
         gp = [torch.zeros_like(t) for t in p]
         g_ev = torch.zeros_like(ev)
@@ -134,17 +138,22 @@ class StageGradients(nn.Module):
         for c in range(len(b) - 1):
             ii = idx_i[b[c]:b[c + 1]]
             jj = idx_j[b[c]:b[c + 1]]
-            gm = [g_x_att.index_select(0, ii), g_ev_att.index_select(0, ii),
-                  g_x_att.index_select(0, jj), g_ev_att.index_select(0, jj)]
+            ix = indexed and c < len(geo)  # the tables read and their gradients added through ii, jj
+            gx_i = torch.empty(0, dtype=g_x_att.dtype, device=g_x_att.device) if ix else g_x_att.index_select(0, ii)
+            gx_j = torch.empty(0, dtype=g_x_att.dtype, device=g_x_att.device) if ix else g_x_att.index_select(0, jj)
+            gm = [gx_i, g_ev_att.index_select(0, ii), gx_j, g_ev_att.index_select(0, jj)]
             kc: Optional[List[Tensor]] = None
             if c < len(kept):
                 kc = kept[c]
-            p_i = [t.index_select(0, ii) for t in p]
-            p_j = [t.index_select(0, jj) for t in p]
+            p_i = self.gather_projections(p, ii, ix)
+            p_j = self.gather_projections(p, jj, ix)
             if c < len(geo):
                 torch.set_grad_enabled(False)
+                tab: Optional[List[Tensor]] = p if ix else None
+                ij: Optional[List[Tensor]] = [ii, jj] if ix else None
+                g_tab: Optional[List[Tensor]] = gp + [g_x_att] if ix else None
                 r = self.pair_messages_backward_at(k, p_i, p_j, ev.index_select(0, ii), ev.index_select(0, jj),
-                                                   geo[c], gm, inputs_grad, kc)
+                                                   geo[c], gm, inputs_grad, kc, tab, ij, g_tab)
                 torch.set_grad_enabled(grad_was)
                 ge = r[:10] + [-r[10], r[10]] if inputs_grad else r[:12]
                 gg = [r[11], r[13], r[12]]
@@ -157,9 +166,10 @@ class StageGradients(nn.Module):
                                             edge_vectors[b[c]:b[c + 1]], gm, inputs_grad, kc)
                 g_vec[b[c]:b[c + 1]] = ge[12]
             if inputs_grad:
-                for t in range(5):
-                    gp[t].index_add_(0, ii, ge[t])
-                    gp[t].index_add_(0, jj, ge[5 + t])
+                if not ix:  # (indexed: added by the kernels)
+                    for t in range(5):
+                        gp[t].index_add_(0, ii, ge[t])
+                        gp[t].index_add_(0, jj, ge[5 + t])
                 g_ev.index_add_(0, ii, ge[10])
                 g_ev.index_add_(0, jj, ge[11])
         g_x = self.project_vjp(k, x, gp) if inputs_grad else torch.zeros_like(x)

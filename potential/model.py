@@ -198,18 +198,37 @@ class So3krates(StageGradients):
         -> [to i: [P, F], [P, m_tot], to j: [P, F], [P, m_tot]], with ``keep`` followed by the filter
         state for the backward (``AttentionBlock.filter_state``)."""
         d, rbf, cut, ylm = self.geometry(edge_vectors)
-        return self.pair_messages_at(k, p_i, p_j, ev_i, ev_j, [rbf, cut, ylm], keep)
+        return self.pair_messages_at(k, p_i, p_j, ev_i, ev_j, [rbf, cut, ylm], keep, None, None, None)
 
     @torch.jit.export
     def pair_messages_at(self, k: int, p_i: List[Tensor], p_j: List[Tensor], ev_i: Tensor, ev_j: Tensor,
-                         geo: List[Tensor], keep: bool = False) -> List[Tensor]:
+                         geo: List[Tensor], keep: bool = False, tab: Optional[List[Tensor]] = None,
+                         idx: Optional[List[Tensor]] = None, x_att: Optional[Tensor] = None) -> List[Tensor]:
         """``pair_messages`` from the pairs' geometry ``geo`` = [rbf [P, K], cut [P], ylm [P, m_tot]]
-        (``geometry``; the same in every layer, so the lean pass forms it once per chunk)."""
+        (``geometry``; the same in every layer, so the lean pass forms it once per chunk); ``tab``, ``idx``,
+        ``x_att``: see ``AttentionBlock.pair_messages`` (only when ``indexed_now``)."""
         out: List[Tensor] = []
         for i, layer in enumerate(self.layers):
             if i == k:
-                out = layer.attention_block.pair_messages(p_i, p_j, ev_j - ev_i, geo[0], geo[2], geo[1], keep)
+                out = layer.attention_block.pair_messages(p_i, p_j, ev_j - ev_i, geo[0], geo[2], geo[1], keep, tab,
+                                                          idx, x_att)
         return out
+
+    def indexed_now(self, k: int, x: Tensor) -> bool:
+        """``AttentionBlock.indexed_now`` of layer ``k``: its logits may read q and k through the pair indices."""
+        out = False
+        for i, layer in enumerate(self.layers):
+            if i == k:
+                out = layer.attention_block.indexed_now(x)
+        return out
+
+    def gather_projections(self, p: List[Tensor], index: Tensor, indexed: bool) -> List[Tensor]:
+        """The rows ``index`` of the five ``project`` tables; none with ``indexed`` (``indexed_now``: the
+        fused kernels read them through the indices), five empty tensors."""
+        if indexed:
+            none = torch.empty(0, dtype=p[4].dtype, device=p[4].device)
+            return [none, none, none, none, none]
+        return [t.index_select(0, index) for t in p]
 
     @torch.jit.export
     def messages(self, k: int, x: Tensor, ev: Tensor, edge_vectors: Tensor, idx_i: Tensor, idx_j: Tensor,
@@ -230,20 +249,27 @@ class So3krates(StageGradients):
         x_att = torch.zeros_like(x)
         ev_att = torch.zeros_like(ev)
         b = self.chunk_bounds(idx_i.shape[0], chunk_size)
+        indexed = self.indexed_now(k, x)
+        tab: Optional[List[Tensor]] = p if indexed else None
+        acc: Optional[Tensor] = x_att if indexed else None  # indexed: invariant messages added here in place
         for c in range(len(b) - 1):
             ii = idx_i[b[c]:b[c + 1]]
             jj = idx_j[b[c]:b[c + 1]]
             keep = c < keep_chunks
-            p_i = [t.index_select(0, ii) for t in p]
-            p_j = [t.index_select(0, jj) for t in p]
+            p_i = self.gather_projections(p, ii, indexed)
+            p_j = self.gather_projections(p, jj, indexed)
+            ij: Optional[List[Tensor]] = [ii, jj] if indexed else None
             if c < len(geo):
-                m = self.pair_messages_at(k, p_i, p_j, ev.index_select(0, ii), ev.index_select(0, jj), geo[c], keep)
+                m = self.pair_messages_at(k, p_i, p_j, ev.index_select(0, ii), ev.index_select(0, jj), geo[c], keep,
+                                          tab, ij, acc)
             else:
-                m = self.pair_messages(k, p_i, p_j, ev.index_select(0, ii), ev.index_select(0, jj),
-                                       edge_vectors[b[c]:b[c + 1]], keep)
+                d, rbf, cut, ylm = self.geometry(edge_vectors[b[c]:b[c + 1]])
+                m = self.pair_messages_at(k, p_i, p_j, ev.index_select(0, ii), ev.index_select(0, jj),
+                                          [rbf, cut, ylm], keep, tab, ij, acc)
             if keep:
                 kept.append(m[4:])
-            x_att = x_att.index_add(0, ii, m[0]).index_add(0, jj, m[2])
+            if not indexed:
+                x_att = x_att.index_add(0, ii, m[0]).index_add(0, jj, m[2])
             ev_att = ev_att.index_add(0, ii, m[1]).index_add(0, jj, m[3])
         return x_att, ev_att
 

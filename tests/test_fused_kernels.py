@@ -1,4 +1,4 @@
-"""The fused CPU attention kernels (plugins/ops/fused_attention.cpp, ``so3krates export --fused-kernels``):
+"""The fused CPU kernels (plugins/ops/*.cpp, ``so3krates export --fused-kernels``):
 the operators against the ATen formulation, the lean pass with them, and a fused export in every engine
 (TorchScript, ASE, OpenMM, LAMMPS on 1 and 2 ranks) against the eager model without them (float64, 1e-10)."""
 
@@ -80,6 +80,96 @@ def test_bad_inputs_get_clear_errors():
         torch.ops.so3krates.attention_logits(qi, kj[:5], qj, ki, w, 4, 1.0)
     with pytest.raises(RuntimeError, match=r"\[pairs, features\]"):
         torch.ops.so3krates.attention_logits(qi[0], kj[0], qj[0], ki[0], w[0], 4, 1.0)
+
+
+def _tables_and_pairs(n=23, p=211, f=32, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    q, k = (torch.randn(n, f, generator=g, dtype=torch.float64) for _ in range(2))
+    ii, jj = torch.randint(0, n, (p,), generator=g), torch.randint(0, n, (p,), generator=g)
+    w = torch.randn(p, f, generator=g, dtype=torch.float64)
+    ga_ij, ga_ji = torch.randn(p, 4, generator=g, dtype=torch.float64), torch.randn(p, 4, generator=g, dtype=torch.float64)
+    return q, k, ii, jj, w, ga_ij, ga_ji
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_indexed_logits_equal_the_gathered_kernels(threads):
+    """``attention_logits[_backward]_indexed`` read q, k through the pair indices and add their gradients onto
+    the atoms: the same numbers as gathering, the gathered kernels and index_add (with 2 threads each thread
+    adds into its own accumulators: 211 pairs are too few to split, so 4000 are used there)."""
+    was = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        q, k, ii, jj, w, ga_ij, ga_ji = _tables_and_pairs(p=211 if threads == 1 else 4000)
+        ops = torch.ops.so3krates
+        a = ops.attention_logits(q[ii], k[jj], q[jj], k[ii], w, 4, 0.3)
+        b = ops.attention_logits_indexed(q, k, ii, jj, w, 4, 0.3)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+        r = ops.attention_logits_backward(q[ii], q[jj], k[ii], k[jj], w, ga_ij, ga_ji, 0.3, True)
+        g_q0 = torch.full_like(q, 0.5)  # the kernel adds to what is there
+        g_q, g_k = g_q0.clone(), torch.zeros_like(k)
+        g_w = ops.attention_logits_backward_indexed(q, k, ii, jj, w, ga_ij, ga_ji, 0.3, g_q, g_k, True)
+        assert torch.equal(g_w, r[4])
+        assert torch.allclose(g_q, g_q0.index_add(0, ii, r[0]).index_add(0, jj, r[1]), rtol=1e-13, atol=1e-13)
+        assert torch.allclose(g_k, torch.zeros_like(k).index_add(0, ii, r[2]).index_add(0, jj, r[3]),
+                              rtol=1e-13, atol=1e-13)
+        untouched = torch.zeros_like(q)
+        g_w2 = ops.attention_logits_backward_indexed(q, k, ii, jj, w, ga_ij, ga_ji, 0.3, untouched, untouched, False)
+        assert torch.equal(g_w2, r[4]) and not untouched.any()
+    finally:
+        torch.set_num_threads(was)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_indexed_values_equal_gather_multiply_scatter(threads):
+    """``attention_values[_backward]_indexed``: the invariant messages alpha_ij[head] v[j] summed onto i (and
+    alpha_ji v[i] onto j) and their backward, against the gathered ATen formulation and autograd."""
+    was = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        q, v, ii, jj, _, _, _ = _tables_and_pairs(p=211 if threads == 1 else 4000)
+        p, n = ii.shape[0], v.shape[0]
+        g = torch.Generator().manual_seed(7)
+        a_ij = torch.randn(p, 4, generator=g, dtype=torch.float64).requires_grad_(True)
+        a_ji = torch.randn(p, 4, generator=g, dtype=torch.float64).requires_grad_(True)
+        vv = v.clone().requires_grad_(True)
+        want = (torch.zeros_like(v).index_add(0, ii, (a_ij.unsqueeze(-1) * vv[jj].view(p, 4, 8)).view(p, 32))
+                .index_add(0, jj, (a_ji.unsqueeze(-1) * vv[ii].view(p, 4, 8)).view(p, 32)))
+        out = torch.full_like(v, 0.25)
+        with torch.no_grad():
+            torch.ops.so3krates.attention_values_indexed(a_ij, a_ji, v, ii, jj, out)
+        assert torch.allclose(out - 0.25, want.detach(), rtol=1e-13, atol=1e-13)
+        g_out = torch.randn(n, 32, generator=g, dtype=torch.float64)
+        grads = torch.autograd.grad(want, [a_ij, a_ji, vv], grad_outputs=g_out)
+        g_v = torch.zeros_like(v)
+        with torch.no_grad():
+            g1, g2 = torch.ops.so3krates.attention_values_backward_indexed(a_ij, a_ji, v, ii, jj, g_out, g_v, True)
+            h1, h2 = torch.ops.so3krates.attention_values_backward_indexed(a_ij, a_ji, v, ii, jj, g_out,
+                                                                           torch.empty(0), False)
+        for x, y in ((g1, grads[0]), (g2, grads[1]), (g_v, grads[2]), (h1, grads[0]), (h2, grads[1])):
+            assert torch.allclose(x, y, rtol=1e-13, atol=1e-13)
+    finally:
+        torch.set_num_threads(was)
+
+
+def test_indexed_kernels_refuse_bad_indices_and_shapes():
+    q, k, ii, jj, w, ga_ij, ga_ji = _tables_and_pairs()
+    ops = torch.ops.so3krates
+    with pytest.raises(RuntimeError, match=r"pair indices outside \[0, 23\)"):
+        ops.attention_logits_indexed(q, k, ii, jj + 23, w, 4, 1.0)
+    with pytest.raises(RuntimeError, match="pair indices outside"):
+        ops.attention_logits_indexed(q, k, ii - 1, jj, w, 4, 1.0)
+    with pytest.raises(RuntimeError, match="int64 pair indices"):
+        ops.attention_logits_indexed(q, k, ii.int(), jj.int(), w, 4, 1.0)
+    with pytest.raises(RuntimeError, match="for 211 pairs"):
+        ops.attention_logits_indexed(q, k, ii[:5], jj, w, 4, 1.0)
+    with pytest.raises(RuntimeError, match="gradient accumulators"):
+        ops.attention_logits_backward_indexed(q, k, ii, jj, w, ga_ij, ga_ji, 1.0, torch.zeros(3, 32), q.clone(), True)
+    with pytest.raises(RuntimeError, match="do not split into 5 heads"):
+        ops.attention_values_indexed(ga_ij[:, :1].repeat(1, 5), ga_ji[:, :1].repeat(1, 5), k, ii, jj, q.clone())
+    with pytest.raises(RuntimeError, match="per-atom tables must be contiguous"):
+        ops.attention_values_indexed(ga_ij, ga_ji, k, ii, jj, q.t())
+    with pytest.raises(RuntimeError, match="pair indices outside"):
+        ops.attention_values_backward_indexed(ga_ij, ga_ji, k, ii, jj + 1000, q, q.clone(), True)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-14), (torch.float32, 2e-6)])
@@ -171,8 +261,12 @@ def test_lean_pass_with_the_kernels_equals_without(fused_export):
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         out = fused(pos, z, cell, pbc, 0.0, 0.0, True, True)
     ran = {e.key for e in prof.key_averages()}
-    assert {"so3krates::attention_logits", "so3krates::attention_logits_backward",
-            "so3krates::silu_and_derivative"} <= ran  # the kernels ran
+    # the kernels ran: the lean pass reads q and k through the pair indices (the engines' pair stages,
+    # LAMMPS's, use the gathered-array kernels: test_every_engine_agrees_with_fused_kernels)
+    assert {"so3krates::attention_logits_indexed", "so3krates::attention_logits_backward_indexed",
+            "so3krates::attention_values_indexed", "so3krates::attention_values_backward_indexed",
+            "so3krates::silu_and_derivative"} <= ran
+    assert "so3krates::attention_logits" not in ran
     for key in ("energy", "forces", "stress"):
         assert torch.allclose(out[key], ref[key], rtol=1e-10, atol=1e-11), key
 

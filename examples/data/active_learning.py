@@ -586,7 +586,9 @@ def write_train_config(path: Path, *, run_dir: Path, data_files, split_files: di
 
 
 def train_and_export(cfg_path: Path, run_dir: Path, pt_path: Path, logfile: Path) -> dict:
-    """``so3krates train`` (resumed when interrupted) + compact checkpoint + float32 export."""
+    """``so3krates train`` (resumed when interrupted) + compact checkpoint + float32 export with the fused CPU
+    kernels (``--fused-kernels``: the loop's MD runs in this process family, which loads them; 684-atom box
+    249 vs 300 ms/step measured for the shipped model)."""
     cost = {"wall_s": 0.0, "cpu_s": 0.0}
     if not (run_dir / "test_metrics.json").exists():
         cmd = [SO3KRATES, "train", cfg_path]
@@ -597,7 +599,7 @@ def train_and_export(cfg_path: Path, run_dir: Path, pt_path: Path, logfile: Path
     if not pt_path.exists():
         compact = pt_path.with_suffix(".ckpt")
         compact_checkpoint(run_dir / "best.ckpt", compact)
-        run_cmd([SO3KRATES, "export", compact, "-o", pt_path, "--dtype", "float32"], logfile)
+        run_cmd([SO3KRATES, "export", compact, "-o", pt_path, "--dtype", "float32", "--fused-kernels"], logfile)
     return cost
 
 

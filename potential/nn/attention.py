@@ -198,13 +198,17 @@ class AttentionBlock(ExactConstants):
         return [w1, w2, d]
 
     def pair_messages(self, p_i: List[Tensor], p_j: List[Tensor], dev: Tensor, rbf: Tensor, ylm: Tensor,
-                      cut: Tensor, keep: bool = False) -> List[Tensor]:
+                      cut: Tensor, keep: bool = False, tab: Optional[List[Tensor]] = None,
+                      idx: Optional[List[Tensor]] = None, x_att: Optional[Tensor] = None) -> List[Tensor]:
         """Both directions of P pairs (i, j) at once, the filters computed once per pair: p_i / p_j are the
         five rows of ``project`` gathered at i / j, dev = ev[j] - ev[i], rbf, ylm, cut of r_ij.
         Returns [messages i <- j [P, F], [P, m_tot], messages j <- i [P, F], [P, m_tot]]
         (Y_l(-r) = (-1)^l Y_l(r)), followed with ``keep`` by the three tensors of ``filter_state`` and the
         four attention logits [a1_ij, a1_ji, a2_ij, a2_ji] [P, H] / [P, D] (for
-        ``pair_messages_backward(..., kept=...)``)."""
+        ``pair_messages_backward(..., kept=...)``). With ``tab`` = the five per-atom tables of ``project``,
+        ``idx`` = [idx_i, idx_j] and ``x_att`` [N, F] (only when ``indexed_now``) the kernels read the rows
+        through the pair indices (p_i, p_j may be empty) and add the invariant messages of both directions
+        into ``x_att`` in place: the first and third outputs are then empty."""
         st: List[Tensor] = []
         if keep:
             st = self.filter_state(rbf, dev)
@@ -212,12 +216,30 @@ class AttentionBlock(ExactConstants):
             w2 = st[1]
         else:
             w1, w2 = self.filters(rbf, dev)
-        lg = self.logits(p_i, p_j, w1, w2)
-        o_ij = self.messages(lg[0], lg[2], p_j[4], ylm, cut)
-        o_ji = self.messages(lg[1], lg[3], p_i[4], ylm * self.parity.to(ylm.dtype), cut)
+        lg = self.logits_at(p_i, p_j, w1, w2, tab, idx)
+        out = self.values_indexed(lg, ylm, cut, tab, idx, x_att)
+        if len(out) == 0:
+            o_ij = self.messages(lg[0], lg[2], p_j[4], ylm, cut)
+            o_ji = self.messages(lg[1], lg[3], p_i[4], ylm * self.parity.to(ylm.dtype), cut)
+            out = [o_ij[0], o_ij[1], o_ji[0], o_ji[1]]
         if keep:  # the logits too: [w1, w2, act', a1_ij, a1_ji, a2_ij, a2_ji]
             st = st + lg
-        return [o_ij[0], o_ij[1], o_ji[0], o_ji[1]] + st
+        return out + st
+
+    def values_indexed(self, lg: List[Tensor], ylm: Tensor, cut: Tensor, tab: Optional[List[Tensor]],
+                       idx: Optional[List[Tensor]], x_att: Optional[Tensor]) -> List[Tensor]:
+        """The indexed messages (see ``pair_messages``): the invariant ones added into ``x_att`` by
+        ``so3krates::attention_values_indexed``, -> [empty, ev messages to i, empty, ev messages to j]; [] when
+        not indexed."""
+        if self.fused_kernels:
+            if tab is not None and idx is not None and x_att is not None:
+                cut_ = cut.unsqueeze(-1)
+                torch.ops.so3krates.attention_values_indexed(lg[0] * cut_, lg[1] * cut_, tab[4], idx[0], idx[1], x_att)
+                none = torch.empty(0, dtype=ylm.dtype, device=ylm.device)
+                e_ij = (lg[2] * cut_).index_select(1, self.repeat_index) * ylm
+                e_ji = (lg[3] * cut_).index_select(1, self.repeat_index) * (ylm * self.parity.to(ylm.dtype))
+                return [none, e_ij, none, e_ji]
+        return []
 
     def _fused_now(self, x: Tensor) -> bool:
         """Whether the fused kernels can run for ``x`` (callers check ``fused_kernels`` first, as its own
@@ -228,6 +250,44 @@ class AttentionBlock(ExactConstants):
     def _fused_silu_now(self, pre: Tensor) -> bool:
         """``_fused_now`` for the filters' SiLU kernel (``so3krates::silu_and_derivative``): SiLU filters only."""
         return self.activation_fn == "silu" and self._fused_now(pre)
+
+    def indexed_now(self, x: Tensor) -> bool:
+        """Whether the pairs' attention logits may read the per-atom queries and keys through the pair indices
+        (``so3krates::attention_logits[_backward]_indexed``: no gathered [P, F] copies of q and k, and their
+        gradients added straight onto the atoms): fused kernels, a CPU tensor, no graph (``_fused_now``)."""
+        if self.fused_kernels:
+            return self._fused_now(x)
+        return False
+
+    def logits_at(self, p_i: List[Tensor], p_j: List[Tensor], w1: Tensor, w2: Tensor, tab: Optional[List[Tensor]],
+                  idx: Optional[List[Tensor]]) -> List[Tensor]:
+        """``logits`` from the gathered rows p_i / p_j, or with ``tab`` and ``idx`` (see ``pair_messages``) from
+        the per-atom tables through the pair indices."""
+        if self.fused_kernels:
+            if tab is not None and idx is not None:
+                r1 = torch.ops.so3krates.attention_logits_indexed(tab[0], tab[2], idx[0], idx[1], w1, self.num_heads,
+                                                                  1.0 / self.nc1)
+                r2 = torch.ops.so3krates.attention_logits_indexed(tab[1], tab[3], idx[0], idx[1], w2,
+                                                                  self.num_degrees, 1.0 / self.nc2)
+                return [r1[0], r1[1], r2[0], r2[1]]
+        return self.logits(p_i, p_j, w1, w2)
+
+    def logits_backward_at(self, p_i: List[Tensor], p_j: List[Tensor], which: int, w: Tensor, ga_ij: Tensor,
+                           ga_ji: Tensor, scale: float, inputs_grad: bool, tab: Optional[List[Tensor]],
+                           idx: Optional[List[Tensor]], g_tab: Optional[List[Tensor]]) -> List[Tensor]:
+        """``logits_backward`` of the head logits (``which`` 0: q1, k1, w1) or the degree logits (1: q2, k2, w2).
+        With ``tab``, ``idx`` and ``g_tab`` (the per-atom gradients of [q1, q2, k1, k2], added to in place)
+        the rows are read and their gradients added through the pair indices: only g_w is returned, the four
+        row gradients are empty."""
+        if self.fused_kernels:
+            if tab is not None and idx is not None and g_tab is not None:
+                g_w = torch.ops.so3krates.attention_logits_backward_indexed(
+                    tab[which], tab[2 + which], idx[0], idx[1], w, ga_ij, ga_ji, scale, g_tab[which],
+                    g_tab[2 + which], inputs_grad)
+                none = torch.empty(0, dtype=w.dtype, device=w.device)
+                return [none, none, none, none, g_w]
+        return self.logits_backward(p_i[which], p_j[which], p_i[2 + which], p_j[2 + which], w, ga_ij, ga_ji, scale,
+                                    inputs_grad)
 
     def logits_backward(self, q_i: Tensor, q_j: Tensor, k_i: Tensor, k_j: Tensor, w: Tensor, ga_ij: Tensor,
                         ga_ji: Tensor, scale: float, inputs_grad: bool) -> List[Tensor]:
@@ -265,12 +325,17 @@ class AttentionBlock(ExactConstants):
 
     def pair_messages_backward(self, p_i: List[Tensor], p_j: List[Tensor], dev: Tensor, rbf: Tensor, ylm: Tensor,
                                cut: Tensor, g: List[Tensor], inputs_grad: bool = True,
-                               kept: Optional[List[Tensor]] = None) -> List[Tensor]:
+                               kept: Optional[List[Tensor]] = None, tab: Optional[List[Tensor]] = None,
+                               idx: Optional[List[Tensor]] = None,
+                               g_tab: Optional[List[Tensor]] = None) -> List[Tensor]:
         """Explicit backward of ``pair_messages`` (no autograd): g = gradients of its four outputs ->
         [g_p_i (5 tensors), g_p_j (5 tensors), g_dev, g_rbf, g_ylm, g_cut]. The filters (``filter_state``)
         and the attention logits are recomputed unless ``kept`` from the forward (``pair_messages(...,
         keep=True)``). Without ``inputs_grad`` (layer 0: its inputs do not depend on the positions)
-        g_p_i, g_p_j and g_dev are left out (empty tensors): about half of the elementwise work."""
+        g_p_i, g_p_j and g_dev are left out (empty tensors): about half of the elementwise work. Indexed (as in
+        ``pair_messages``): ``tab``, ``idx``, and ``g_tab`` = the per-atom gradient accumulators of the five
+        tables ([N, F] each, added to in place) followed by the gradient of the invariant sums x_att [N, F];
+        g[0] and g[2] are then unused and g_p_i, g_p_j returned empty."""
         n = dev.shape[0]
         f = self.num_features
         nh = self.num_heads
@@ -280,25 +345,35 @@ class AttentionBlock(ExactConstants):
         st = kept if kept is not None else self.filter_state(rbf, dev)
         w1 = st[0]
         w2 = st[1]
-        lg = st[3:] if len(st) > 3 else self.logits(p_i, p_j, w1, w2)  # [a1_ij, a1_ji, a2_ij, a2_ji]
+        lg = st[3:] if len(st) > 3 else self.logits_at(p_i, p_j, w1, w2, tab, idx)  # [a1_ij, a1_ji, a2_ij, a2_ji]
         cut_ = cut.unsqueeze(-1)
         nd = self.num_degrees
         rep = self.repeat_index
         # invariant messages m_ij = alpha1_ij[head] v1_j with alpha1_ij = a1_ij cut, a1_ij = segment_sum(q1_i w1 k1_j)
-        gm_ij = g[0].view(n, nh, fh)
-        gm_ji = g[2].view(n, nh, fh)
-        ga1_ij = (gm_ij * p_j[4].view(n, nh, fh)).sum(-1)
-        ga1_ji = (gm_ji * p_i[4].view(n, nh, fh)).sum(-1)
-        g1 = self.logits_backward(p_i[0], p_j[0], p_i[2], p_j[2], w1, ga1_ij * cut_, ga1_ji * cut_, 1.0 / self.nc1,
-                                   inputs_grad)
+        ga1: List[Tensor] = []
+        if tab is not None and idx is not None and g_tab is not None:
+            ga1 = self.values_backward_indexed(lg, cut_, tab, idx, g_tab, inputs_grad)
+        indexed = len(ga1) > 0
+        gm_ij = g[0]
+        gm_ji = g[2]
+        if indexed:
+            ga1_ij = ga1[0]
+            ga1_ji = ga1[1]
+        else:
+            gm_ij = gm_ij.view(n, nh, fh)
+            gm_ji = gm_ji.view(n, nh, fh)
+            ga1_ij = (gm_ij * p_j[4].view(n, nh, fh)).sum(-1)
+            ga1_ji = (gm_ji * p_i[4].view(n, nh, fh)).sum(-1)
+        g1 = self.logits_backward_at(p_i, p_j, 0, w1, ga1_ij * cut_, ga1_ji * cut_, 1.0 / self.nc1, inputs_grad, tab,
+                                     idx, g_tab)
         # Euclidean messages e_ij = alpha2_ij[degree] Y(r_ij), e_ji = alpha2_ji[degree] (-1)^l Y(r_ij)
         par = self.parity.to(dt)
         degree = (self.contraction.to(dt) != 0.0).to(dt)  # [m, D] indicator of each component's degree
         ga2_ij = torch.matmul(g[1] * ylm, degree)
         ga2_ji = torch.matmul(g[3] * ylm * par, degree)
         g_ylm = (lg[2] * cut_).index_select(1, rep) * g[1] + (lg[3] * cut_).index_select(1, rep) * g[3] * par
-        g2 = self.logits_backward(p_i[1], p_j[1], p_i[3], p_j[3], w2, ga2_ij * cut_, ga2_ji * cut_, 1.0 / self.nc2,
-                                   inputs_grad)
+        g2 = self.logits_backward_at(p_i, p_j, 1, w2, ga2_ij * cut_, ga2_ji * cut_, 1.0 / self.nc2, inputs_grad, tab,
+                                     idx, g_tab)
         g_cut = (ga1_ij * lg[0]).sum(1) + (ga1_ji * lg[1]).sum(1) + (ga2_ij * lg[2]).sum(1) + (ga2_ji * lg[3]).sum(1)
         # filters: second layers, activation, first layers, contraction of dev
         g_h = torch.cat([torch.matmul(g1[4], w[2].t()), torch.matmul(g2[4], w[4].t())], 1)
@@ -307,11 +382,24 @@ class AttentionBlock(ExactConstants):
         if not inputs_grad:
             none = torch.empty(0, dtype=dt, device=dev.device)
             return [none] * 11 + [g_x[:, :k], g_ylm, g_cut]
+        g_dev = 2.0 * dev * torch.matmul(g_x[:, k:], self.contraction.to(dt).t())
+        if indexed:  # the tables' gradients are in g_tab
+            none = torch.empty(0, dtype=dt, device=dev.device)
+            return [none] * 10 + [g_dev, g_x[:, :k], g_ylm, g_cut]
         g_v1_j = ((lg[0] * cut_).unsqueeze(-1) * gm_ij).view(n, f)
         g_v1_i = ((lg[1] * cut_).unsqueeze(-1) * gm_ji).view(n, f)
-        g_dev = 2.0 * dev * torch.matmul(g_x[:, k:], self.contraction.to(dt).t())
         return [g1[0], g2[0], g1[2], g2[2], g_v1_i, g1[1], g2[1], g1[3], g2[3], g_v1_j,
                 g_dev, g_x[:, :k], g_ylm, g_cut]
+
+    def values_backward_indexed(self, lg: List[Tensor], cut_: Tensor, tab: List[Tensor], idx: List[Tensor],
+                                g_tab: List[Tensor], inputs_grad: bool) -> List[Tensor]:
+        """Backward of ``values_indexed``'s invariant messages: [dL/dalpha1_ij, dL/dalpha1_ji] [P, H] from the
+        gradient of x_att (g_tab[5]), adding dL/dv1 into g_tab[4] with ``inputs_grad``."""
+        if self.fused_kernels:
+            r = torch.ops.so3krates.attention_values_backward_indexed(lg[0] * cut_, lg[1] * cut_, tab[4], idx[0],
+                                                                      idx[1], g_tab[5], g_tab[4], inputs_grad)
+            return [r[0], r[1]]
+        raise RuntimeError("values_backward_indexed: only with fused kernels (indexed_now)")
 
 
 class ExchangeBlock(ExactConstants):

@@ -22,7 +22,9 @@ _state: Dict[str, str] = {}
 
 
 #: every operator a file exported with fused kernels may call
-OPERATORS = ("attention_logits", "attention_logits_backward", "silu_and_derivative")
+OPERATORS = ("attention_logits", "attention_logits_backward", "attention_logits_indexed",
+             "attention_logits_backward_indexed", "attention_values_indexed", "attention_values_backward_indexed",
+             "silu_and_derivative")
 
 
 def _registered() -> bool:
