@@ -252,9 +252,10 @@ class AttentionBlock(ExactConstants):
         return self.activation_fn == "silu" and self._fused_now(pre)
 
     def indexed_now(self, x: Tensor) -> bool:
-        """Whether the pairs' attention logits may read the per-atom queries and keys through the pair indices
-        (``so3krates::attention_logits[_backward]_indexed``: no gathered [P, F] copies of q and k, and their
-        gradients added straight onto the atoms): fused kernels, a CPU tensor, no graph (``_fused_now``)."""
+        """Whether the attention may read the per-atom q, k, v through the pair indices and add the invariant
+        messages onto the atoms in place (``so3krates::attention_{logits,values}[_backward]_indexed``: no
+        gathered [P, F] copies, message arrays or scatters of them): fused kernels, a CPU tensor, no graph
+        (``_fused_now``)."""
         if self.fused_kernels:
             return self._fused_now(x)
         return False
