@@ -13,6 +13,7 @@ Units: Å, eV, eV/Å, K, ps.
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -115,26 +116,48 @@ def test_status_table_from_state():
     assert "| 0 | start (shipped) | 0 | 0.200 / 0.100 / 0.300 | 0.095 | main 300 K: 1.2/3 ✗ | 1.2 | 6 / 6 / – (committee)" in table
 
 
+def _loop(tmp_path, wd, carry):
+    import argparse
+    p = argparse.ArgumentParser()
+    al.loop_args(p)
+    return al.Loop(p.parse_args(["--workdir", str(wd), "--carry", str(carry), "--status-md", str(tmp_path / "s.md"),
+                                 "--base-data", str(HELDOUT)]))
+
+
 def test_md_run_resumes(tmp_path):
-    """20 steps of the small box with the shipped model, cut off after a checkpoint, then resumed.
+    """20 steps of the small box with the shipped model, cut off after a checkpoint, carried to a new
+    machine (``--carry``: a final-check run, an empty workdir) and resumed there.
     (30 L-BFGS iterations first: the freshly built box has clashes across its faces.)"""
-    out = tmp_path / "md"
+    wd, wd2, carry = tmp_path / "wd", tmp_path / "wd2", tmp_path / "carry"
+    out = wd / "round_03" / "final" / "nvt_s1"
     args = [sys.executable, str(DATA / "active_learning.py"), "md", "--model", str(MODEL), "--box", "small",
             "--temperature", "350", "--seed", "3", "--minimize", "30", "--equil-steps", "0", "--log-every", "5",
-            "--pool-every", "10", "--checkpoint-every", "10", "--out", str(out)]
+            "--pool-every", "5", "--checkpoint-every", "10"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    subprocess.run(args + ["--ps", "0.01"], check=True, env=env, capture_output=True)
+    subprocess.run(args + ["--ps", "0.01", "--out", str(out)], check=True, env=env, capture_output=True)
     first = (out / "log.csv").read_text()
-    # pretend the run was cut off: not finished, checkpoint at step 10; then ask for 20 steps
-    s = json.loads((out / "summary.json").read_text())
-    s["finished"] = False
-    (out / "summary.json").write_text(json.dumps(s))
-    subprocess.run(args + ["--ps", "0.02"], check=True, env=env, capture_output=True)
+    # pretend the run was cut off: not finished, checkpoint at step 10
+    (out / "summary.json").unlink()  # a run in progress has no summary and no end state yet
+    (out / "final_state.xml").unlink()
+    # carry it (state: round 3 waiting for its final check) and restore it into an empty workdir
+    loop = _loop(tmp_path, wd, carry)
+    loop.state = {"rounds": [{"round": r, "stages": {}, "costs": {}} for r in range(4)], "converged": False}
+    loop.carry_save()
+    carried = carry / "md" / "round_03" / "final" / "nvt_s1"
+    assert sorted(f.name for f in carried.iterdir()) == ["checkpoint.chk", "checkpoint.json", "log.csv",
+                                                          "pool.extxyz", "pool_index.csv"]
+    assert al.count_frames(carried / "pool.extxyz") == 2 and al.count_frames(out / "pool.extxyz") == 2
+    _loop(tmp_path, wd2, carry)  # restores
+    out = wd2 / "round_03" / "final" / "nvt_s1"
+    assert (out / "checkpoint.chk").read_bytes() == (carried / "checkpoint.chk").read_bytes()
+    # then ask for 20 steps on the new machine: it resumes at step 10
+    p = subprocess.run(args + ["--ps", "0.02", "--out", str(out)], check=True, env=env, capture_output=True, text=True)
+    assert "resuming at step 10/20" in p.stdout
     rows = al.read_log(out / "log.csv")
     assert [int(r["step"]) for r in rows] == [5, 10, 15, 20]
     assert (out / "log.csv").read_text().startswith(first)
     pool = al.read_csv(out / "pool_index.csv")
-    assert [int(r["step"]) for r in pool] == [10, 20]
+    assert [int(r["step"]) for r in pool] == [5, 10, 15, 20]
     s = json.loads((out / "summary.json").read_text())
     assert s["finished"] and not s["failed"] and s["steps"] == 20
     # NVE from the end state (the stop criterion's drift run): 10 velocity-Verlet steps
@@ -239,7 +262,7 @@ def test_loop_end_to_end_tiny_with_resume(tmp_path):
             "--explore-ps", "0.02", "--explore-runs", "small:350", "--md-minimize", "30", "--md-equil-steps", "0",
             "--md-log-every", "5", "--md-pool-every", "10", "--select-after-ps", "0", "--frames-small", "1",
             "--min-gap-fs", "5", "--committee", "1", "--committee-epochs", "1", "--finetune-epochs", "1", "--max-steps", "2",
-            "--eval-cluster-frames", "2"]
+            "--eval-cluster-frames", "2", "--carry", str(tmp_path / "carry")]
     env = dict(os.environ, OMP_NUM_THREADS="1")
 
     def run(*extra):
@@ -293,10 +316,24 @@ def test_loop_end_to_end_tiny_with_resume(tmp_path):
     table = status_md.read_text()
     assert "| 1 | finetune | 1 |" in table
 
+    # ---- the carry: state with portable paths + the newest checkpoints; a new machine (empty workdir) resumes
+    carried = json.loads((tmp_path / "carry" / "state.json").read_text())
+    assert str(wd) not in json.dumps(carried) and "<workdir>/round_01/model.pt" in json.dumps(carried)
+    assert sorted(carried["carried"]) == ["round_00/committee_0/model.ckpt", "round_01/model.ckpt"]
+    assert all((tmp_path / "carry" / r).is_file() for r in carried["carried"])
+    shutil.rmtree(wd)
+    st2 = run("--stop-after", "explore")
+    assert st2["restored"][0]["dropped"] == []
+    assert {k: st2["rounds"][0]["stages"][k] for k in r0["stages"]} == r0["stages"]
+    assert st2["rounds"][1]["stages"]["evaluate"] == r1["stages"]["evaluate"]  # not evaluated again
+    assert Path(r1["model"]["pt"]).exists() and "explore" in st2["rounds"][1]["stages"]  # re-exported, then explored
+    assert "Restored from `carry/`" in status_md.read_text()
+
     # ---- the status command prints the same table
     p = subprocess.run([sys.executable, str(DATA / "active_learning.py"), "status", "--workdir", str(wd)],
                        env=env, capture_output=True, text=True, check=True)
     rows = [line for line in p.stdout.splitlines() if line[:4] in ("| 0 ", "| 1 ")]
+    table = status_md.read_text()
     assert len(rows) == 2 and all(row in table for row in rows)
 
 

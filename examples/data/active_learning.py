@@ -45,6 +45,7 @@ Commands::
     OMP_NUM_THREADS=1 python examples/data/active_learning.py run            # the loop (resumes)
     OMP_NUM_THREADS=1 python examples/data/active_learning.py run --stop-after label   # ... up to a stage
     python examples/data/active_learning.py status                           # per-round table
+    python examples/data/active_learning.py carry    # copy state + checkpoints to the committed carry folder
     OMP_NUM_THREADS=1 python examples/data/active_learning.py md --model M.pt --box main \\
         --temperature 300 --seed 1 --ps 50 --mode check --out runs/al_md/s1  # one MD run (resumes)
     OMP_NUM_THREADS=1 python examples/data/active_learning.py final --model M.pt   # only the final check
@@ -86,10 +87,26 @@ BASE_DATA = [HERE / "so3krates_demo.extxyz", HERE / "water_boxes.extxyz", HERE /
 N_CLUSTER_FRAMES = 2790          # so3krates_demo.extxyz
 BASE_SPLIT = dict(n=2930, train=0.85, valid=0.05, test=0.10, seed=7)  # the v4 shipped model's random split
 STATUS_MD = HERE / "active_learning_status.md"
+CARRY = HERE / "active_learning_carry"   # committed: the loop's state + newest checkpoints (see Loop.carry_save)
+PATH_TOKENS = ("<workdir>", "<repo>")
 MARK_BEGIN, MARK_END = "<!-- active_learning.py: begin table -->", "<!-- active_learning.py: end table -->"
 
 
 # ============================================================================ small utilities
+def map_paths(obj, pairs):
+    """``obj`` (JSON-like) with every string that starts with ``old`` rewritten to start with ``new``, for each
+    (old, new) in ``pairs`` (the first that matches)."""
+    if isinstance(obj, dict):
+        return {k: map_paths(v, pairs) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [map_paths(v, pairs) for v in obj]
+    if isinstance(obj, str):
+        for old, new in pairs:
+            if obj.startswith(old):
+                return new + obj[len(old):]
+    return obj
+
+
 def log(msg: str) -> None:
     print(f"[al {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -599,8 +616,12 @@ def train_and_export(cfg_path: Path, run_dir: Path, pt_path: Path, logfile: Path
     if not pt_path.exists():
         compact = pt_path.with_suffix(".ckpt")
         compact_checkpoint(run_dir / "best.ckpt", compact)
-        run_cmd([SO3KRATES, "export", compact, "-o", pt_path, "--dtype", "float32", "--fused-kernels"], logfile)
+        export_model(compact, pt_path, logfile)
     return cost
+
+
+def export_model(ckpt: Path, pt_path: Path, logfile: Path) -> None:
+    run_cmd([SO3KRATES, "export", ckpt, "-o", pt_path, "--dtype", "float32", "--fused-kernels"], logfile)
 
 
 def compact_checkpoint(src: Path, dst: Path) -> None:
@@ -754,6 +775,9 @@ class Loop:
         self.base_data = [Path(f).resolve() for f in (a.base_data or BASE_DATA)]
         self.n_base = sum(count_frames(f) for f in self.base_data)
         self.status_md = Path(a.status_md).resolve() if a.status_md else STATUS_MD
+        self.carry = Path(a.carry).resolve() if a.carry else None
+        if not self.state_path.exists() and self.carry and (self.carry / "state.json").exists():
+            self.restore()
 
     def split(self, n_al: int) -> dict:
         return extended_split(n_al, n_base=self.n_base)
@@ -765,6 +789,107 @@ class Loop:
     def save(self):
         write_json(self.state_path, self.state)
         write_status(self.state, self.status_md)
+        self.carry_save()
+
+    # ---------------------------------------------------------------- carry (survive a new machine)
+    def _tokens(self):
+        return [(str(self.wd), PATH_TOKENS[0]), (str(ROOT), PATH_TOKENS[1])]
+
+    def carry_save(self):
+        """Copy the state (paths as ``<workdir>/...``, ``<repo>/...``) and the checkpoints the next stages need
+        -- the newest round model and the newest committee -- to ``--carry``; older checkpoints there are
+        removed. Commit that folder and a new machine resumes at the last finished stage."""
+        if not self.carry:
+            return
+        rounds = self.state.get("rounds", [])
+        keep = []
+        for R in reversed(rounds):
+            ck = Path(R.get("model", {}).get("ckpt", ""))
+            if ck.is_file():
+                keep.append(ck)
+                break
+        for R in reversed(rounds):
+            cks = [Path(c) for c in R["stages"].get("committee", {}).get("ckpts", [])]
+            if cks and all(c.is_file() for c in cks):
+                keep += cks
+                break
+        keep = [c for c in keep if self.wd in c.parents]
+        self.carry.mkdir(parents=True, exist_ok=True)
+        rel = [str(c.relative_to(self.wd)) for c in keep]
+        for c, r in zip(keep, rel):
+            dst = self.carry / r
+            if not dst.exists() or dst.read_bytes() != c.read_bytes():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(c, dst)
+        for f in self.carry.rglob("*.ckpt"):
+            if str(f.relative_to(self.carry)) not in rel:
+                f.unlink()
+        for d in sorted(self.carry.rglob("*"), reverse=True):
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+        self.carry_md()
+        st = map_paths(self.state, self._tokens())
+        st["carried"] = rel
+        write_json(self.carry / "state.json", st)
+
+    MD_CARRY_FILES = ("checkpoint.chk", "checkpoint.json", "log.csv", "pool_index.csv", "summary.json",
+                      "final_state.xml")
+
+    def carry_md(self):
+        """The final check's MD runs (2 × 50 ps: longer than a session here) travel too: their checkpoints,
+        logs, end states and the last two pooled frames (the frames a failure adds to the selection) go to
+        ``--carry``/md/; anything older there is removed."""
+        md_root = self.carry / "md"
+        if md_root.exists():
+            shutil.rmtree(md_root)
+        rounds = self.state.get("rounds", [])
+        if not rounds or "final" in rounds[-1]["stages"]:
+            return
+        final = self.rdir(rounds[-1]["round"]) / "final"
+        for d in sorted(final.glob("*")) if final.exists() else []:
+            if not (d / "checkpoint.json").exists() and not (d / "summary.json").exists():
+                continue
+            dst = md_root / d.relative_to(self.wd)
+            dst.mkdir(parents=True, exist_ok=True)
+            for f in self.MD_CARRY_FILES:
+                if (d / f).exists():
+                    shutil.copy2(d / f, dst / f)
+            last = [r["frame_id"] for r in read_csv(d / "pool_index.csv")][-2:]
+            if last and (d / "pool.extxyz").exists():
+                shutil.copy2(d / "pool.extxyz", dst / "pool.extxyz")
+                rewrite_frames(dst / "pool.extxyz", set(last))
+
+    def restore(self):
+        """A fresh ``--workdir`` with a carried state: put the carried checkpoints back, export them, and drop
+        the stages of the unfinished round whose files did not travel (an exploration whose frames were not
+        yet labelled runs again)."""
+        st = read_json(self.carry / "state.json")
+        st = map_paths(st, [(t, str(p)) for p, t in self._tokens()])
+        for r in st.pop("carried", []):
+            dst = self.wd / r
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(self.carry / r, dst)
+            export_model(dst, dst.with_suffix(".pt"), dst.parent / "restore.log")
+        if (self.carry / "md").exists():  # the final check's MD runs continue from their checkpoints
+            shutil.copytree(self.carry / "md", self.wd, dirs_exist_ok=True)
+        dropped = []
+        if st.get("rounds"):
+            last = st["rounds"][-1]
+            ex = last["stages"].get("explore")
+            final_pending = ex is not None and last.get("model", {}).get("mode") == "scratch" and \
+                not any(e["failed"] for e in ex.values())
+            if "label" not in last["stages"]:
+                # the exploration's pooled frames did not travel: explore again unless the round is past it
+                # (a clean from-scratch round waiting for its final check)
+                for k in ("select",) if final_pending else ("select", "explore"):
+                    if last["stages"].pop(k, None) is not None:
+                        dropped.append(f"round {last['round']}: {k}")
+        st.setdefault("restored", []).append({"time": time.strftime("%Y-%m-%d %H:%M"), "from": str(self.carry),
+                                              "dropped": dropped})
+        self.state = st
+        log(f"restored the loop's state from {self.carry} (rounds: {len(st.get('rounds', []))}; "
+            f"run again: {', '.join(dropped) or 'nothing'})")
+        write_json(self.state_path, self.state)
 
     def round(self, r: int) -> dict:
         while len(self.state["rounds"]) <= r:
@@ -820,15 +945,19 @@ class Loop:
         if runs is None and self.a.explore_runs:
             runs = [(b, float(t), 100 * r + k + 1) for k, (b, t) in
                     enumerate(x.split(":") for x in self.a.explore_runs)]
+        jobs = []
         for box, T, seed in (runs or default_explore(r)):
             name = f"r{r:02d}_{box}{int(T)}_s{seed}"
             out = self.rdir(r) / "md" / name
+            jobs.append((name, out))
             if not read_json(out / "summary.json", {}).get("finished"):
                 extra = [] if self.a.md_minimize is None else ["--minimize", self.a.md_minimize]
-                run_cmd([PY, __file__, "md", "--model", pt, "--box", box, "--temperature", T, "--seed", seed,
-                         "--ps", ps, "--mode", "explore", "--t-window", self.a.t_window, "--name", f"al/{name}",
-                         "--equil-steps", self.a.md_equil_steps, "--log-every", self.a.md_log_every,
-                         "--pool-every", self.a.md_pool_every, *extra, "--out", out], out.parent / f"{name}.log")
+                jobs[-1] += ([PY, __file__, "md", "--model", pt, "--box", box, "--temperature", T, "--seed", seed,
+                              "--ps", ps, "--mode", "explore", "--t-window", self.a.t_window, "--name", f"al/{name}",
+                              "--equil-steps", self.a.md_equil_steps, "--log-every", self.a.md_log_every,
+                              "--pool-every", self.a.md_pool_every, *extra, "--out", out],)
+        run_parallel([(j[2], j[1].parent / f"{j[0]}.log") for j in jobs if len(j) == 3], self.a.md_workers)
+        for name, out, *_ in jobs:
             s = read_json(out / "summary.json")
             res[name] = {k: s.get(k) for k in ("box", "temperature", "seed", "ps", "failed", "failure", "stable_ps",
                                                   "T_mean_K", "T_std_K", "ms_per_step_cpu", "ms_per_step_wall",
@@ -850,7 +979,7 @@ class Loop:
                 prev = self.state["rounds"][q]["stages"].get("committee", {}).get("ckpts", [])
                 if prev:
                     break
-            init = prev[k] if k < len(prev) else None
+            init = prev[k] if k < len(prev) and Path(prev[k]).is_file() else None  # lost: from scratch
             cfg = write_train_config(
                 d / "train.yaml", run_dir=d / "run", data_files=data, split_files=split, init_from=init,
                 epochs=self.a.committee_epochs if init is None else self.a.committee_finetune_epochs,
@@ -935,6 +1064,11 @@ class Loop:
         split = write_split(self.split(n_al), d / "split")
         data = self.data_files(n_al)
         _, prev_ckpt, _ = self.model_of(r_next - 1)
+        if not prev_ckpt.is_file():
+            start = Path(self.a.start_model).resolve().with_suffix(".ckpt")
+            log(f"round {r_next}: round {r_next - 1}'s checkpoint {prev_ckpt} is gone (lost with a machine before "
+                f"--carry kept it); fine-tuning from the start model {start} instead")
+            prev_ckpt = start
         if mode == "finetune":
             cfg = write_train_config(d / "train.yaml", run_dir=d / "run", data_files=data, split_files=split,
                                      init_from=prev_ckpt, epochs=self.a.finetune_epochs, lr=self.a.finetune_lr,
@@ -946,12 +1080,12 @@ class Loop:
         cost = train_and_export(cfg, d / "run", pt, d / "train.log")
         tm = read_json(d / "run" / "test_metrics.json", {})
         return {"pt": str(pt), "ckpt": str(pt.with_suffix(".ckpt")), "mode": mode, "al_frames": n_al,
-                "train_cost": cost, "config": str(cfg)}
+                "train_cost": cost, "config": str(cfg), "init_from": str(prev_ckpt) if mode == "finetune" else None}
 
     def final_check(self, r):
         pt, _, _ = self.model_of(r)
         out = self.rdir(r) / "final"
-        return run_final_check(pt, out, self.a.final_ps, self.a.nve_ps, self.a.final_seeds)
+        return run_final_check(pt, out, self.a.final_ps, self.a.nve_ps, self.a.final_seeds, self.a.md_workers)
 
     # ---------------------------------------------------------------- driver
     def run(self):
@@ -1004,16 +1138,40 @@ class Loop:
         return 0
 
 
-def run_final_check(pt: Path, out: Path, ps: float, nve_ps: float, seeds) -> dict:
-    """2 × ``ps`` ps NVT (300 K, 1 fs, 1/ps) on the main box + ``nve_ps`` ps NVE from seed 1's end."""
+def run_parallel(cmds, workers: int) -> None:
+    """``run_cmd`` for each (cmd, logfile), ``workers`` at a time (each subprocess one thread); the first
+    failure is raised after the others have finished."""
+    if workers <= 1 or len(cmds) <= 1:
+        for cmd, logfile in cmds:
+            run_cmd(cmd, logfile)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(run_cmd, cmd, logfile) for cmd, logfile in cmds]
+    errors = [f.exception() for f in futures if f.exception() is not None]
+    if errors:
+        raise errors[0]
+
+
+def run_final_check(pt: Path, out: Path, ps: float, nve_ps: float, seeds, workers: int = 1) -> dict:
+    """2 × ``ps`` ps NVT (300 K, 1 fs, 1/ps) on the main box + ``nve_ps`` ps NVE from seed 1's end
+    (with ``workers`` > 1 the seeds run side by side)."""
     runs, res = {}, {"model": str(pt), "seeds": list(seeds)}
     passed = True
+
+    def nvt(s):
+        d = out / f"nvt_s{s}"
+        return ([PY, __file__, "md", "--model", pt, "--box", "main", "--temperature", 300, "--seed", s,
+                 "--ps", ps, "--mode", "check", "--log-every", 100, "--pool-every", 500,
+                 "--name", f"final/{out.parent.name}/s{s}", "--out", d], out / f"nvt_s{s}.log")
+
+    if workers > 1:
+        run_parallel([nvt(s) for s in seeds if not read_json(out / f"nvt_s{s}" / "summary.json", {}).get("finished")],
+                     workers)
     for s in seeds:
         d = out / f"nvt_s{s}"
         if not read_json(d / "summary.json", {}).get("finished"):
-            run_cmd([PY, __file__, "md", "--model", pt, "--box", "main", "--temperature", 300, "--seed", s,
-                     "--ps", ps, "--mode", "check", "--log-every", 100, "--pool-every", 500, "--name", f"final/{out.parent.name}/s{s}",
-                     "--out", d], out / f"nvt_s{s}.log")
+            run_cmd(*nvt(s))
         sm = read_json(d / "summary.json")
         res[f"nvt_s{s}"] = sm
         ok = (not sm["failed"]) and sm.get("T_last_blocks_within") and sm["duration_ps"] >= ps - 1e-6
@@ -1085,8 +1243,13 @@ def status_table(state: dict) -> str:
 def write_status(state: dict, status_md: Path = STATUS_MD) -> None:
     table = status_table(state)
     extra = ""
+    notes = [f"- Round {R['round']}: {R['note']}" for R in state.get("rounds", []) if R.get("note")]
+    notes += [f"- Restored from `{Path(x['from']).name}/` on {x['time']}"
+              + (f" (run again: {', '.join(x['dropped'])})" if x.get("dropped") else "") for x in state.get("restored", [])]
+    if notes:
+        extra += "\n\n" + "\n".join(notes)
     if state.get("converged"):
-        extra = f"\n\n**Converged in round {state.get('final_round')}.**"
+        extra += f"\n\n**Converged in round {state.get('final_round')}.**"
     block = f"{MARK_BEGIN}\n_Updated {time.strftime('%Y-%m-%d %H:%M')} by `active_learning.py`._\n\n{table}{extra}\n{MARK_END}"
     path = Path(status_md)
     if path.exists():
@@ -1146,6 +1309,12 @@ def loop_args(p):
     p.add_argument("--final-ps", type=float, default=50.0)
     p.add_argument("--nve-ps", type=float, default=5.0)
     p.add_argument("--final-seeds", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--md-workers", type=int, default=1,
+                   help="MD runs side by side (exploration runs, the final check's seeds); one thread each")
+    p.add_argument("--carry", default=str(CARRY),
+                   help="committed folder that lets the loop survive a new machine: the state and the newest "
+                        "round's checkpoints are copied there after every stage and restored from there when "
+                        "--workdir is empty ('' to switch off)")
 
 
 def main(argv=None) -> int:
@@ -1162,7 +1331,7 @@ def main(argv=None) -> int:
         p.add_argument("--model", required=True)
         p.add_argument("--out", default=str(ROOT / "build" / "al" / "final_check"))
         a = p.parse_args(argv)
-        res = run_final_check(Path(a.model).resolve(), Path(a.out), a.final_ps, a.nve_ps, a.final_seeds)
+        res = run_final_check(Path(a.model).resolve(), Path(a.out), a.final_ps, a.nve_ps, a.final_seeds, a.md_workers)
         print(json.dumps({k: v for k, v in res.items() if k != "runs_for_selection"}, indent=1, default=float)[:3000])
         return 0 if res["passed"] else 1
     a = p.parse_args(argv)
@@ -1172,7 +1341,12 @@ def main(argv=None) -> int:
         return 0
     if cmd == "run":
         return Loop(a).run()
-    raise SystemExit(f"unknown command {cmd!r}: use run, status, md, final or heldout")
+    if cmd == "carry":
+        loop = Loop(a)
+        loop.carry_save()
+        print(f"carried the state of {loop.wd} to {loop.carry}: commit that folder")
+        return 0
+    raise SystemExit(f"unknown command {cmd!r}: use run, status, carry, md, final or heldout")
 
 
 if __name__ == "__main__":
