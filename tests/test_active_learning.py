@@ -186,6 +186,12 @@ def test_final_check_plumbing(tmp_path):
     assert s["T_last_block_means_K"] == [] and s["T_last_blocks_within"] is False
     sel = res["runs_for_selection"]["final_nvt_s1"]
     assert sel["failed"] and sel["failure"]["reason"] == "temperature" and sel["box"] == "main"
+    # the traces (PNG + JSON, the issue's stability evidence) with the command of each run
+    traces = json.loads((out / "traces.json").read_text())
+    assert list(traces["runs"]) == ["NVT seed 1"] and (out / "traces.png").stat().st_size > 10000
+    run = traces["runs"]["NVT seed 1"]
+    assert "--seed 1" in run["command"] and run["summary"]["steps"] == 10
+    assert len(run["series"]["time_ps"]) == len(run["series"]["temperature_K"]) >= 1
 
 
 def _evaluate(model, data, indices, tmp_path):
@@ -348,3 +354,27 @@ def test_committee_scores_zero_for_identical_models(tmp_path):
     s = al.committee_scores(pool, [MODEL, MODEL], out)
     assert list(s) == ["x/f000010"] and s["x/f000010"]["max"] == pytest.approx(0.0, abs=1e-6)
     assert json.loads(out.read_text()) == s
+
+
+def test_md_traces_png_and_json(tmp_path):
+    """examples/data/md_traces.py on synthetic runs: 1-ps block means of an NVT run and the fitted drift of
+    an NVE run (total energy rising 0.5 meV/atom/ps) in the JSON, a PNG beside it."""
+    import md_traces
+    t = np.arange(1, 3001) * 0.001
+    rng = np.random.default_rng(0)
+    nvt, nve = tmp_path / "nvt", tmp_path / "nve"
+    for d, temp, tot in ((nvt, 300 + 5 * np.sin(t) + rng.normal(0, 3, t.size), -100 + 0 * t),
+                         (nve, 300 + 0 * t, -100 + 0.5e-3 * 684 * t)):
+        d.mkdir()
+        al.write_log(d / "log.csv", [dict(step=i + 1, time_ps=x, temperature_K=y, potential_eV=0, kinetic_eV=0,
+                                          total_eV=e, geometry="") for i, (x, y, e) in enumerate(zip(t, temp, tot))])
+    (nvt / "summary.json").write_text(json.dumps({"atoms": 684, "mode": "check", "failed": False, "duration_ps": 3.0}))
+    (nve / "summary.json").write_text(json.dumps({"atoms": 684, "mode": "nve", "failed": False, "duration_ps": 3.0,
+                                                   "nve_drift_meV_per_atom_ps": 0.5}))
+    out = md_traces.write_traces({"NVT": nvt, "NVE": nve}, tmp_path / "traces", commands={"NVT": "md --seed 1"})
+    assert (tmp_path / "traces.png").stat().st_size > 10000
+    saved = json.loads((tmp_path / "traces.json").read_text())
+    blocks = saved["runs"]["NVT"]["T_block_means_K"]
+    assert [b[0] for b in blocks] == [1.0, 2.0, 3.0] and all(abs(b[1] - 300) < 6 for b in blocks)
+    assert saved["runs"]["NVT"]["command"] == "md --seed 1" and len(saved["runs"]["NVE"]["series"]["total_eV"]) == 3000
+    assert out["runs"]["NVE"]["summary"]["nve_drift_meV_per_atom_ps"] == 0.5

@@ -1085,7 +1085,8 @@ class Loop:
     def final_check(self, r):
         pt, _, _ = self.model_of(r)
         out = self.rdir(r) / "final"
-        return run_final_check(pt, out, self.a.final_ps, self.a.nve_ps, self.a.final_seeds, self.a.md_workers)
+        return run_final_check(pt, out, self.a.final_ps, self.a.nve_ps, self.a.final_seeds, self.a.md_workers,
+                               Path(self.a.results) / f"whole_box_final_r{r:02d}")
 
     # ---------------------------------------------------------------- driver
     def run(self):
@@ -1153,11 +1154,13 @@ def run_parallel(cmds, workers: int) -> None:
         raise errors[0]
 
 
-def run_final_check(pt: Path, out: Path, ps: float, nve_ps: float, seeds, workers: int = 1) -> dict:
+def run_final_check(pt: Path, out: Path, ps: float, nve_ps: float, seeds, workers: int = 1,
+                    traces: Path | None = None) -> dict:
     """2 × ``ps`` ps NVT (300 K, 1 fs, 1/ps) on the main box + ``nve_ps`` ps NVE from seed 1's end
-    (with ``workers`` > 1 the seeds run side by side)."""
+    (with ``workers`` > 1 the seeds run side by side); the runs' traces go to ``traces``.png/.json."""
     runs, res = {}, {"model": str(pt), "seeds": list(seeds)}
     passed = True
+    commands = {}
 
     def nvt(s):
         d = out / f"nvt_s{s}"
@@ -1170,6 +1173,7 @@ def run_final_check(pt: Path, out: Path, ps: float, nve_ps: float, seeds, worker
                      workers)
     for s in seeds:
         d = out / f"nvt_s{s}"
+        commands[f"NVT seed {s}"] = " ".join(str(c) for c in nvt(s)[0])
         if not read_json(d / "summary.json", {}).get("finished"):
             run_cmd(*nvt(s))
         sm = read_json(d / "summary.json")
@@ -1184,15 +1188,25 @@ def run_final_check(pt: Path, out: Path, ps: float, nve_ps: float, seeds, worker
             break
     if passed:
         d = out / "nve"
+        cmd = [PY, __file__, "md", "--model", pt, "--box", "main", "--mode", "nve", "--ps", nve_ps,
+               "--start-state", out / f"nvt_s{seeds[0]}" / "final_state.xml", "--log-every", 10,
+               "--pool-every", 0, "--out", d]
+        commands["NVE"] = " ".join(str(c) for c in cmd)
         if not read_json(d / "summary.json", {}).get("finished"):
-            run_cmd([PY, __file__, "md", "--model", pt, "--box", "main", "--mode", "nve", "--ps", nve_ps,
-                     "--start-state", out / f"nvt_s{seeds[0]}" / "final_state.xml", "--log-every", 10,
-                     "--pool-every", 0, "--out", d], out / "nve.log")
+            run_cmd(cmd, out / "nve.log")
         sm = read_json(d / "summary.json")
         res["nve"] = sm
         passed = (not sm["failed"]) and abs(sm["nve_drift_meV_per_atom_ps"]) < 1.0
     res["passed"] = bool(passed)
     res["runs_for_selection"] = {k: v for k, v in runs.items() if v["failed"]}
+    if traces is not None:
+        from md_traces import write_traces
+        labels = {f"NVT seed {s}": out / f"nvt_s{s}" for s in seeds if (out / f"nvt_s{s}" / "log.csv").exists()}
+        if (out / "nve" / "log.csv").exists():
+            labels["NVE"] = out / "nve"
+        write_traces(labels, traces, title=f"whole-box MD, 684 atoms, model {Path(pt).name}: final check "
+                     + ("passed" if passed else "failed"), commands=commands)
+        res["traces"] = str(traces)
     write_json(out / "final_check.json", res)
     return res
 
@@ -1309,6 +1323,8 @@ def loop_args(p):
     p.add_argument("--final-ps", type=float, default=50.0)
     p.add_argument("--nve-ps", type=float, default=5.0)
     p.add_argument("--final-seeds", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--results", default=str(ROOT / "examples" / "gems" / "results"),
+                   help="folder of the final check's traces (whole_box_final_rXX.png/.json)")
     p.add_argument("--md-workers", type=int, default=1,
                    help="MD runs side by side (exploration runs, the final check's seeds); one thread each")
     p.add_argument("--carry", default=str(CARRY),
@@ -1331,7 +1347,8 @@ def main(argv=None) -> int:
         p.add_argument("--model", required=True)
         p.add_argument("--out", default=str(ROOT / "build" / "al" / "final_check"))
         a = p.parse_args(argv)
-        res = run_final_check(Path(a.model).resolve(), Path(a.out), a.final_ps, a.nve_ps, a.final_seeds, a.md_workers)
+        res = run_final_check(Path(a.model).resolve(), Path(a.out), a.final_ps, a.nve_ps, a.final_seeds, a.md_workers,
+                              Path(a.out) / "traces")
         print(json.dumps({k: v for k, v in res.items() if k != "runs_for_selection"}, indent=1, default=float)[:3000])
         return 0 if res["passed"] else 1
     a = p.parse_args(argv)
