@@ -131,8 +131,8 @@ def test_md_run_resumes(tmp_path):
     wd, wd2, carry = tmp_path / "wd", tmp_path / "wd2", tmp_path / "carry"
     out = wd / "round_03" / "final" / "nvt_s1"
     args = [sys.executable, str(DATA / "active_learning.py"), "md", "--model", str(MODEL), "--box", "small",
-            "--temperature", "350", "--seed", "3", "--minimize", "30", "--equil-steps", "0", "--log-every", "5",
-            "--pool-every", "5", "--checkpoint-every", "10"]
+            "--temperature", "350", "--seed", "3", "--minimize", "30", "--equil-steps", "0", "--log-every", "2",
+            "--pool-every", "2", "--checkpoint-every", "10"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     subprocess.run(args + ["--ps", "0.01", "--out", str(out)], check=True, env=env, capture_output=True)
     first = (out / "log.csv").read_text()
@@ -145,19 +145,23 @@ def test_md_run_resumes(tmp_path):
     loop.carry_save()
     carried = carry / "md" / "round_03" / "final" / "nvt_s1"
     assert sorted(f.name for f in carried.iterdir()) == ["checkpoint.chk", "checkpoint.json", "log.csv",
-                                                          "pool.extxyz", "pool_index.csv"]
-    assert al.count_frames(carried / "pool.extxyz") == 2 and al.count_frames(out / "pool.extxyz") == 2
+                                                          "pool.extxyz.gz", "pool_index.csv"]
+    # the pool travels thinned: every 4th pooled frame and the last two (steps 2, 8, 10 of 2, 4, ..., 10)
+    assert [int(r["step"]) for r in al.read_csv(carried / "pool_index.csv")] == [2, 8, 10]
+    assert al.count_frames(out / "pool.extxyz") == 5
     _loop(tmp_path, wd2, carry)  # restores
     out = wd2 / "round_03" / "final" / "nvt_s1"
     assert (out / "checkpoint.chk").read_bytes() == (carried / "checkpoint.chk").read_bytes()
+    import ase.io
+    assert [a.info["step"] for a in ase.io.read(str(out / "pool.extxyz"), ":")] == [2, 8, 10]
     # then ask for 20 steps on the new machine: it resumes at step 10
     p = subprocess.run(args + ["--ps", "0.02", "--out", str(out)], check=True, env=env, capture_output=True, text=True)
     assert "resuming at step 10/20" in p.stdout
     rows = al.read_log(out / "log.csv")
-    assert [int(r["step"]) for r in rows] == [5, 10, 15, 20]
+    assert [int(r["step"]) for r in rows] == list(range(2, 21, 2))
     assert (out / "log.csv").read_text().startswith(first)
     pool = al.read_csv(out / "pool_index.csv")
-    assert [int(r["step"]) for r in pool] == [5, 10, 15, 20]
+    assert [int(r["step"]) for r in pool] == [2, 8, 10, 12, 14, 16, 18, 20]
     s = json.loads((out / "summary.json").read_text())
     assert s["finished"] and not s["failed"] and s["steps"] == 20
     # NVE from the end state (the stop criterion's drift run): 10 velocity-Verlet steps
@@ -334,6 +338,12 @@ def test_loop_end_to_end_tiny_with_resume(tmp_path):
     assert st2["rounds"][1]["stages"]["evaluate"] == r1["stages"]["evaluate"]  # not evaluated again
     assert Path(r1["model"]["pt"]).exists() and "explore" in st2["rounds"][1]["stages"]  # re-exported, then explored
     assert "Restored from `carry/`" in status_md.read_text()
+    # the exploration (frames not yet labelled) travels with its thinned pool: a third machine keeps it
+    (name1,) = st2["rounds"][1]["stages"]["explore"]
+    assert (tmp_path / "carry" / "md" / "round_01" / "md" / name1 / "pool.extxyz.gz").is_file()
+    third = _loop(tmp_path, tmp_path / "al3", tmp_path / "carry")
+    assert "explore" in third.state["rounds"][1]["stages"] and third.state["restored"][-1]["dropped"] == []
+    assert al.count_frames(tmp_path / "al3" / "round_01" / "md" / name1 / "pool.extxyz") >= 1
 
     # ---- the status command prints the same table
     p = subprocess.run([sys.executable, str(DATA / "active_learning.py"), "status", "--workdir", str(wd)],

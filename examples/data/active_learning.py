@@ -835,29 +835,46 @@ class Loop:
     MD_CARRY_FILES = ("checkpoint.chk", "checkpoint.json", "log.csv", "pool_index.csv", "summary.json",
                       "final_state.xml")
 
+    POOL_CARRY_EVERY = 4  # pooled frames that travel: every 4th (200 fs at the default 50 fs) + the last two
+
     def carry_md(self):
-        """The final check's MD runs (2 × 50 ps: longer than a session here) travel too: their checkpoints,
-        logs, end states and the last two pooled frames (the frames a failure adds to the selection) go to
-        ``--carry``/md/; anything older there is removed."""
+        """MD runs of the unfinished round travel too (an exploration of 10-20 ps and the final check's 2 × 50 ps
+        are longer than a session here): for the exploration runs while the round's frames are not yet
+        labelled, and for the final check's runs, their checkpoints, logs, end states and a thinned pool
+        (every ``POOL_CARRY_EVERY``-th pooled frame and the last two -- the frames a failure adds to the
+        selection --, gzipped, ~30 kB per 684-atom frame before) go to ``--carry``/md/; older ones are removed."""
         md_root = self.carry / "md"
         if md_root.exists():
             shutil.rmtree(md_root)
         rounds = self.state.get("rounds", [])
-        if not rounds or "final" in rounds[-1]["stages"]:
+        if not rounds:
             return
-        final = self.rdir(rounds[-1]["round"]) / "final"
-        for d in sorted(final.glob("*")) if final.exists() else []:
+        last = rounds[-1]
+        rd = self.rdir(last["round"])
+        folders = []
+        if "label" not in last["stages"] and (rd / "md").exists():
+            folders += sorted(x for x in (rd / "md").iterdir() if x.is_dir())
+        if "final" not in last["stages"] and (rd / "final").exists():
+            folders += sorted(x for x in (rd / "final").iterdir() if x.is_dir())
+        for d in folders:
             if not (d / "checkpoint.json").exists() and not (d / "summary.json").exists():
                 continue
             dst = md_root / d.relative_to(self.wd)
             dst.mkdir(parents=True, exist_ok=True)
             for f in self.MD_CARRY_FILES:
-                if (d / f).exists():
+                if (d / f).exists() and f != "pool_index.csv":
                     shutil.copy2(d / f, dst / f)
-            last = [r["frame_id"] for r in read_csv(d / "pool_index.csv")][-2:]
-            if last and (d / "pool.extxyz").exists():
+            rows = read_csv(d / "pool_index.csv")
+            keep = [r for k, r in enumerate(rows) if k % self.POOL_CARRY_EVERY == 0 or k >= len(rows) - 2]
+            if (d / "pool_index.csv").exists():
+                write_csv(dst / "pool_index.csv", keep, POOL_FIELDS)
+            if keep and (d / "pool.extxyz").exists():
+                import gzip
                 shutil.copy2(d / "pool.extxyz", dst / "pool.extxyz")
-                rewrite_frames(dst / "pool.extxyz", set(last))
+                rewrite_frames(dst / "pool.extxyz", {r["frame_id"] for r in keep})
+                with open(dst / "pool.extxyz", "rb") as src, gzip.open(dst / "pool.extxyz.gz", "wb") as gz:
+                    shutil.copyfileobj(src, gz)
+                (dst / "pool.extxyz").unlink()
 
     def restore(self):
         """A fresh ``--workdir`` with a carried state: put the carried checkpoints back, export them, and drop
@@ -870,8 +887,13 @@ class Loop:
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(self.carry / r, dst)
             export_model(dst, dst.with_suffix(".pt"), dst.parent / "restore.log")
-        if (self.carry / "md").exists():  # the final check's MD runs continue from their checkpoints
+        if (self.carry / "md").exists():  # MD runs continue from their checkpoints, with their thinned pools
+            import gzip
             shutil.copytree(self.carry / "md", self.wd, dirs_exist_ok=True)
+            for gz in self.wd.rglob("pool.extxyz.gz"):
+                with gzip.open(gz, "rb") as src, open(gz.with_suffix(""), "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                gz.unlink()
         dropped = []
         if st.get("rounds"):
             last = st["rounds"][-1]
@@ -879,9 +901,11 @@ class Loop:
             final_pending = ex is not None and last.get("model", {}).get("mode") == "scratch" and \
                 not any(e["failed"] for e in ex.values())
             if "label" not in last["stages"]:
-                # the exploration's pooled frames did not travel: explore again unless the round is past it
-                # (a clean from-scratch round waiting for its final check)
-                for k in ("select",) if final_pending else ("select", "explore"):
+                # the selected frames did not travel (select again, from the carried pools); an exploration
+                # whose runs did not travel either (a state carried before they did) runs again
+                carried = ex is not None and all((self.carry / "md" / Path(e["dir"]).relative_to(self.wd)).is_dir()
+                                                 for e in ex.values() if e.get("dir"))
+                for k in ("select",) if final_pending or carried else ("select", "explore"):
                     if last["stages"].pop(k, None) is not None:
                         dropped.append(f"round {last['round']}: {k}")
         st.setdefault("restored", []).append({"time": time.strftime("%Y-%m-%d %H:%M"), "from": str(self.carry),
@@ -1002,6 +1026,7 @@ class Loop:
                 continue
             if committee and committee.get("pts"):
                 scores = committee_scores(out / "pool.extxyz", committee["pts"] + [str(pt)], out / "committee.json")
+                rows = [x for x in rows if x["frame_id"] in scores]  # (a carried pool is thinned)
                 for x in rows:
                     x["score"] = scores[x["frame_id"]]["max"]
             else:
