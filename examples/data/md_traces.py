@@ -2,8 +2,8 @@
 
 Reads the ``log.csv`` and ``summary.json`` of MD runs written by ``active_learning.py md`` and writes
 
-- ``<prefix>.png``: per NVT run the instantaneous temperature, its 1-ps block means, the target ±
-  ``window`` K band and the judged window (the last ``last_ps`` ps) shaded; per NVE run the total
+- ``<prefix>.png``: per NVT run the instantaneous temperature, its 1-ps block means, the run's target
+  (its summary's ``temperature``, else ``--target``) ± ``window`` K band and the judged window (the last ``last_ps`` ps) shaded; per NVE run the total
   energy per atom (meV/atom, relative to its first value) with the linear fit whose slope is the drift;
 - ``<prefix>.json``: per run the summary (failure, stable ps, temperature statistics, NVE drift), the
   1-ps block means and the full logged series (time ps, temperature K, total energy eV), plus the
@@ -77,13 +77,13 @@ def write_traces(runs: Dict[str, Path], prefix: Path, target_K: float = 300.0, w
                 ax.plot(t, k * t + c, "k--", lw=1, label=f"fit: drift {k:+.3f} meV/atom/ps")
             ax.set_ylabel("E - E(0)\n(meV/atom)")
         else:
+            t0 = float(s.get("temperature") or target_K)  # the run's own target, else the given one
             blocks = block_means(t, r["temperature_K"])
             entry["T_block_means_K"] = blocks
             ax.plot(t, r["temperature_K"], lw=0.5, alpha=0.6, label="T (instantaneous)")
             if blocks:
                 ax.plot([b[0] - 0.5 for b in blocks], [b[1] for b in blocks], "o-", ms=3, lw=1, label="1-ps means")
-            ax.axhspan(target_K - window_K, target_K + window_K, color="green", alpha=0.12,
-                       label=f"{target_K:.0f} ± {window_K:.0f} K")
+            ax.axhspan(t0 - window_K, t0 + window_K, color="green", alpha=0.12, label=f"{t0:.0f} ± {window_K:.0f} K")
             if len(t) and t[-1] > 0:
                 ax.axvspan(max(0.0, t[-1] - last_ps), t[-1], color="grey", alpha=0.08, label=f"last {last_ps:g} ps")
             if s.get("failed"):
