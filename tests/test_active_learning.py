@@ -144,8 +144,8 @@ def test_md_run_resumes(tmp_path):
     loop.state = {"rounds": [{"round": r, "stages": {}, "costs": {}} for r in range(4)], "converged": False}
     loop.carry_save()
     carried = carry / "md" / "round_03" / "final" / "nvt_s1"
-    assert sorted(f.name for f in carried.iterdir()) == ["checkpoint.chk", "checkpoint.json", "log.csv",
-                                                          "pool.extxyz.gz", "pool_index.csv"]
+    assert sorted(f.name for f in carried.iterdir()) == ["checkpoint.chk", "checkpoint.json", "checkpoint_state.xml",
+                                                          "log.csv", "pool.extxyz.gz", "pool_index.csv"]
     # the pool travels thinned: every 4th pooled frame and the last two (steps 2, 8, 10 of 2, 4, ..., 10)
     assert [int(r["step"]) for r in al.read_csv(carried / "pool_index.csv")] == [2, 8, 10]
     assert al.count_frames(out / "pool.extxyz") == 5
@@ -154,9 +154,16 @@ def test_md_run_resumes(tmp_path):
     assert (out / "checkpoint.chk").read_bytes() == (carried / "checkpoint.chk").read_bytes()
     import ase.io
     assert [a.info["step"] for a in ase.io.read(str(out / "pool.extxyz"), ":")] == [2, 8, 10]
+    # an OpenMM build that cannot read the checkpoint: the portable state takes over
+    other = tmp_path / "other" / "nvt_s1"
+    shutil.copytree(out, other)
+    (other / "checkpoint.chk").write_bytes(b"not a checkpoint of this build")
+    p = subprocess.run(args + ["--ps", "0.02", "--out", str(other)], check=True, env=env, capture_output=True, text=True)
+    assert "checkpoint does not load here" in p.stdout and "resuming at step 10/20" in p.stdout
+    assert json.loads((other / "summary.json").read_text())["steps"] == 20
     # then ask for 20 steps on the new machine: it resumes at step 10
     p = subprocess.run(args + ["--ps", "0.02", "--out", str(out)], check=True, env=env, capture_output=True, text=True)
-    assert "resuming at step 10/20" in p.stdout
+    assert "resuming at step 10/20" in p.stdout and "does not load" not in p.stdout
     rows = al.read_log(out / "log.csv")
     assert [int(r["step"]) for r in rows] == list(range(2, 21, 2))
     assert (out / "log.csv").read_text().startswith(first)

@@ -322,7 +322,15 @@ def md_main(argv=None) -> int:
     chk, chk_meta = out / "checkpoint.chk", read_json(out / "checkpoint.json", None)
     t_setup = time.time()
     if chk.exists() and chk_meta:
-        ctx.loadCheckpoint(chk.read_bytes())
+        try:
+            ctx.loadCheckpoint(chk.read_bytes())
+        except Exception as err:  # another machine's OpenMM build: continue from the portable state
+            xml = out / "checkpoint_state.xml"
+            if not xml.exists():
+                raise
+            print(f"[md] {out}: the OpenMM checkpoint does not load here ({str(err)[:200]}); continuing from "
+                  "checkpoint_state.xml (positions, velocities, box, time; a new random stream)")
+            ctx.setState(openmm.XmlSerializer.deserialize(xml.read_text()))
         step = int(chk_meta["step"])
         offset_steps = int(chk_meta.get("offset_steps", 0))
         # drop log rows / pooled frames written after the checkpoint
@@ -412,6 +420,10 @@ def md_main(argv=None) -> int:
             tmp = out / "checkpoint.chk.tmp"
             tmp.write_bytes(ctx.createCheckpoint())
             os.replace(tmp, chk)
+            # a portable copy too (positions, velocities, box, time): a checkpoint binds to the OpenMM build
+            tmp = out / "checkpoint_state.xml.tmp"
+            tmp.write_text(openmm.XmlSerializer.serialize(ctx.getState(getPositions=True, getVelocities=True)))
+            os.replace(tmp, out / "checkpoint_state.xml")
             write_json(out / "checkpoint.json", {"step": step, "offset_steps": offset_steps})
     pbar.close()
     wall, cpu = time.time() - wall0, time.process_time() - cpu0
@@ -832,8 +844,8 @@ class Loop:
         st["carried"] = rel
         write_json(self.carry / "state.json", st)
 
-    MD_CARRY_FILES = ("checkpoint.chk", "checkpoint.json", "log.csv", "pool_index.csv", "summary.json",
-                      "final_state.xml")
+    MD_CARRY_FILES = ("checkpoint.chk", "checkpoint_state.xml", "checkpoint.json", "log.csv", "pool_index.csv",
+                      "summary.json", "final_state.xml")
 
     POOL_CARRY_EVERY = 4  # pooled frames that travel: every 4th (200 fs at the default 50 fs) + the last two
 
