@@ -176,13 +176,45 @@ def worker_module(p: Dict[str, Any]) -> Dict[str, Any]:
         cell = torch.tensor(d["cell"], dtype=dtype, device=device)
         charge = float(d["charge"]) if "charge" in d else 0.0
     pbc = torch.ones(3, dtype=torch.bool, device=device)
+    mode = p.get("mode", "ordinary")
+    if mode in ("capturable", "graph"):  # fixed-shape pair lists, no host read-back (docs/gpu.md)
+        if not hasattr(module.potential, "capturable"):
+            return {"skipped": "this model file has no capturable mode (exported before it existed)"}
+        module.potential.capturable = True
+        module.potential.reset_static_plan()
+    if mode == "graph" and not device.startswith("cuda"):
+        return {"skipped": "CUDA graphs need a CUDA device"}
     _sync(torch, device)
     load_s = time.perf_counter() - t0
     res: Dict[str, Any] = {}
+    graph_doc: Dict[str, Any] = {}
+    if mode == "graph":
+        # warm-up on a side stream (the plan is made there), then one step captured and replayed
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(int(p.get("warmup", 3))):
+                eager = module(pos, z, cell, pbc, charge, 0.0, True, False)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        t = time.perf_counter()
+        with torch.cuda.graph(graph):
+            captured = module(pos, z, cell, pbc, charge, 0.0, True, False)
+        graph_doc["capture_s"] = time.perf_counter() - t
+        graph.replay()
+        _sync(torch, device)
+        e_eager = float(eager["energy"].double().cpu())
+        graph_doc["graph_vs_eager_energy_rel"] = abs(float(captured["energy"].double().cpu()) - e_eager) / max(abs(e_eager), 1e-30)
+        graph_doc["graph_vs_eager_force_max_abs"] = float((captured["forces"] - eager["forces"]).abs().max().cpu())
+        graph_doc["status"] = int(captured["status"].cpu())
 
     def call() -> float:
         t = time.perf_counter()
-        out = module(pos, z, cell, pbc, charge, 0.0, True, False)
+        if mode == "graph":
+            graph.replay()
+            out = captured
+        else:
+            out = module(pos, z, cell, pbc, charge, 0.0, True, False)
         _sync(torch, device)
         res["out"] = out
         return time.perf_counter() - t
@@ -204,7 +236,9 @@ def worker_module(p: Dict[str, Any]) -> Dict[str, Any]:
            "atom_steps_per_s": z.shape[0] / mean, "steps": len(times), "warmup_ms": [1e3 * w for w in warm],
            "load_s": load_s, "energy_eV": energy, "forces_finite": bool(np.isfinite(forces).all()),
            "max_abs_force_eV_A": float(np.abs(forces).max()), "threads": int(p.get("threads", 1)),
-           "torch": torch.__version__, "peak_rss_gb": _measure.peak_rss_gb()}
+           "torch": torch.__version__, "peak_rss_gb": _measure.peak_rss_gb(), "mode": mode, **graph_doc}
+    if "status" in out:
+        doc["model_status"] = int(out["status"].cpu())  # capturable steps: 0 = no problem reported
     if device.startswith("cuda"):
         doc["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
         doc["peak_gpu_reserved_mb"] = torch.cuda.max_memory_reserved() / 2**20
@@ -357,6 +391,17 @@ class Bench:
                 self.doc["module"].append({"atoms": atoms, **res, "model": model, "system": name})
                 self.save()
             self.agreement(model, models[model], systems[smallest][0], smallest, cpu_threads)
+            # capturable steps (fixed-shape pair lists, no host read-back), eagerly and replayed as a CUDA graph,
+            # on the smallest and the largest box
+            for name in dict.fromkeys([smallest, order[-1]]):
+                npz, atoms = systems[name]
+                for mode in ("capturable", "graph") if a.device.startswith("cuda") else ("capturable",):
+                    params = dict(model=str(models[model]), npz=str(npz), device=a.device, threads=dev_threads,
+                                  mode=mode, **steps)
+                    res = self.point("module", params, 120 if atoms > 5000 else 90,
+                                     f"module {model} {name} ({atoms} atoms) {mode}")
+                    self.doc["module"].append({"atoms": atoms, **res, "model": model, "system": name})
+                    self.save()
             if k == 0:
                 self.openmm(models[model], model, systems, order, cpu_threads)
         self.save()
@@ -430,12 +475,14 @@ def table(doc: Dict[str, Any]) -> str:
     info = doc.get("info", {})
     lines = [f"gpu_check: device {doc.get('device')} ({info.get('device_name', 'no GPU name')}), torch {info.get('torch')}"
              f" (CUDA {info.get('torch_cuda')}), python {info.get('python')}, openmm {info.get('openmm')}"]
-    rows = [[r.get("model"), r.get("system"), r.get("atoms", "-"), _f(r.get("ms_per_step"), ".1f"),
-             _f(r.get("atom_steps_per_s"), ".3g"), _f(r.get("peak_gpu_mb"), ".0f"), _f(r.get("energy_eV"), ".4f"),
-             r.get("status")] for r in doc.get("module", [])]
-    lines.append("\nexported module, energy + forces (float32)")
-    lines.append(_measure.format_table(["model", "system", "atoms", "ms/step", "atom-steps/s", "peak GPU MiB",
-                                        "energy eV", "status"], rows))
+    rows = [[r.get("model"), r.get("system"), r.get("atoms", "-"), r.get("mode", "ordinary"),
+             _f(r.get("ms_per_step"), ".1f"), _f(r.get("atom_steps_per_s"), ".3g"), _f(r.get("peak_gpu_mb"), ".0f"),
+             _f(r.get("energy_eV"), ".4f"), _f(r.get("graph_vs_eager_energy_rel"), ".1e"), r.get("status")]
+            for r in doc.get("module", [])]
+    lines.append("\nexported module, energy + forces (float32); mode: ordinary search, capturable (fixed shapes, "
+                 "no host read-back), graph (capturable, replayed as a CUDA graph)")
+    lines.append(_measure.format_table(["model", "system", "atoms", "mode", "ms/step", "atom-steps/s", "peak GPU MiB",
+                                        "energy eV", "graph vs eager", "status"], rows))
     if doc.get("agreement"):
         rows = [[r.get("model"), r.get("system"), _f(r.get("energy_rel_diff"), ".1e"),
                  _f(r.get("force_max_abs_diff_eV_A"), ".1e"), _f(r.get("force_rel_rms_diff"), ".1e"),

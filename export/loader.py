@@ -116,3 +116,48 @@ def set_neighbor_skin(module: Any, skin: Optional[float], default: float = 0.0) 
     if hasattr(potential, "neighbor_skin"):
         potential.neighbor_skin = value
     return value
+
+
+def set_capturable(module: Any, capturable: bool) -> None:
+    """Make a loaded model's steps capturable by a CUDA graph (``So3kratesPotential.capturable``: pair lists
+    with the fixed shapes of a plan made at the next call, no read-back to the host, problems reported in the
+    output ``status`` and as NaN outputs; fully periodic boxes with a fixed cell). ``False`` returns to the
+    ordinary search. Raises ValueError for a model without the option (a pt2 package, or a file exported
+    before it existed)."""
+    potential = getattr(module, "potential", module)
+    if not hasattr(potential, "capturable"):
+        raise ValueError(f"this model ({type(module).__name__}) has no capturable (CUDA-graph) mode: a pt2 "
+                         "package, or a file exported before the option existed; re-export it as TorchScript "
+                         "with this version")
+    if capturable and potential.capturable_problem():
+        raise ValueError(potential.capturable_problem())
+    potential.capturable = bool(capturable)
+    potential.reset_static_plan()
+
+
+#: the bits of a capturable step's ``status`` output and what each means
+STATUS_BITS = {
+    1: "positions contain NaN or inf, or an element the model does not know (check the structure; a simulation "
+       "that blew up needs a smaller time step or a minimisation first)",
+    2: "the cell is not the one the pair lists were planned for: capturable steps need a fixed cell (NVT/NVE); "
+       "call reset_static_plan() after changing the box, or turn capturable off for NPT",
+    4: "more local pairs, or more atoms in one bin, than the plan has room for (the density rose far above the "
+       "first structure's): call reset_static_plan() to plan anew",
+    8: "more long-range pairs, or more atoms in one bin, than the plan has room for: call reset_static_plan()",
+    16: "atoms closer than the model's minimum distance (0.1 Å): overlapping atoms",
+}
+
+
+def status_message(status: int) -> str:
+    """The problems a capturable step's ``status`` (an int, 0 = none) reports, one sentence each."""
+    parts = [text for bit, text in STATUS_BITS.items() if int(status) & bit]
+    return "; ".join(parts) if parts else "no problem"
+
+
+def raise_for_status(out: Dict[str, Any]) -> None:
+    """Raise ValueError naming the problems when a capturable step reported any (``out["status"]`` != 0);
+    nothing for an ordinary step (no ``status``). Reads one value back (call it outside a CUDA graph)."""
+    status = out.get("status")
+    if status is not None and int(status) != 0:
+        raise ValueError(f"the model reported a problem with this step (status {int(status)}, outputs set to NaN): "
+                         f"{status_message(int(status))}")

@@ -16,7 +16,7 @@ import torch
 from ase.calculators.calculator import Calculator, all_changes
 
 from so3krates.export.exporter import potential_from_checkpoint
-from so3krates.export.loader import load_exported, set_neighbor_skin, user_message
+from so3krates.export.loader import load_exported, raise_for_status, set_neighbor_skin, user_message
 from so3krates.export.metadata import build_metadata
 
 
@@ -80,6 +80,7 @@ class So3kratesCalculator(Calculator):
             out = self.module(pos, z, cell, torch.tensor(pbc, device=self.device), charge, spin, True, want_stress)
         except torch.jit.Error as exc:  # the model's ValueError, without TorchScript's interpreter traceback
             raise ValueError(user_message(exc)) from None
+        raise_for_status(out)
         energy = float(out["energy"].detach().cpu())
         self.results["energy"] = energy
         self.results["free_energy"] = energy

@@ -45,7 +45,10 @@ def test_gpu_check_cpu_quick(tmp_path):
     assert {p["name"]: p["status"] for p in doc["parts"]} == {"versions": "ok", "layout": "ok", "wheels": "ok",
                                                               "bench": "ok"}
 
-    (entry,) = doc["module"]
+    entry, capturable = doc["module"]  # the ordinary step, then the capturable one (no CUDA graph on a CPU)
+    assert entry["mode"] == "ordinary" and capturable["mode"] == "capturable"
+    assert capturable["status"] == "ok" and capturable["model_status"] == 0
+    assert abs(capturable["energy_eV"] - entry["energy_eV"]) <= 1e-5 * abs(entry["energy_eV"])
     assert entry["status"] == "ok" and entry["model"] == "demo" and entry["system"] == "water_small"
     assert entry["forces_finite"] and entry["steps"] == 2 and entry["ms_per_step"] > 0
     energy = entry["energy_eV"]

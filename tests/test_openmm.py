@@ -389,15 +389,35 @@ def test_torch_force_cuda_properties(model_path, cluster):
         so_mm.torch_force(model_path, top, use_cuda_graphs="sometimes")
 
 
-def test_mlpotential_options_pass_through(model_path, ase_ref, cluster):
+def test_cuda_graph_force_equals_the_ordinary_force(model_path, solvated):
+    """use_cuda_graphs=True makes the model's steps capturable (fixed-shape pair lists, no host read-back); on
+    any platform they give the ordinary forces (the CPU platform here: OpenMM ignores useCUDAGraphs there)."""
+    top, pos = solvated
+    e0, f0 = evaluate(ml_system(top, so_mm.torch_force(model_path, top)), pos, "CPU")
+    graphs = ml_system(top, so_mm.torch_force(model_path, top, use_cuda_graphs=True))
+    for shift in (0.0, 0.002):
+        e, f = evaluate(graphs, pos + shift, "CPU")
+        e_ref, f_ref = (e0, f0) if shift == 0.0 else evaluate(ml_system(top, so_mm.torch_force(model_path, top)),
+                                                               pos + shift, "CPU")
+        assert abs(e - e_ref) < 1e-8 and np.abs(f - f_ref).max() < 1e-7
+
+
+def test_mlpotential_options_pass_through(model_path, ase_ref, cluster, solvated):
     """openmm-ml passes every option: CUDA-graph properties (strings parsed), dtype, charge,
     implementation/device/compile; per-call values override the constructor's."""
     top, pos = cluster
     pot = _mlpotential(model_path, useCUDAGraphs="false", CUDAGraphWarmupSteps="7")
-    system = pot.createSystem(top, charge="1", dtype="float32", useCUDAGraphs="Yes")
-    (force,) = so3krates_forces(system)
+    periodic = pot.createSystem(solvated[0], useCUDAGraphs="Yes")
+    (force,) = so3krates_forces(periodic)
     props = dict(force.getProperties())
     assert (props["useCUDAGraphs"], props["CUDAGraphWarmupSteps"]) == ("true", "7")
+    assert force.getModule().model.potential.capturable  # CUDA graphs: the model's capturable steps
+    with pytest.raises(ValueError, match="need a periodic box"):  # an open cluster cannot be captured
+        pot.createSystem(top, useCUDAGraphs="Yes")
+    system = pot.createSystem(top, charge="1", dtype="float32")
+    (force,) = so3krates_forces(system)
+    props = dict(force.getProperties())
+    assert (props["useCUDAGraphs"], props["CUDAGraphWarmupSteps"]) == ("false", "7")
     assert force.getModule().open_cell.dtype == torch.float32
     e, _ = evaluate(system, pos)
     e1, _ = ase_ref(pos, numbers_of(top), charge=1.0)
@@ -407,6 +427,7 @@ def test_mlpotential_options_pass_through(model_path, ase_ref, cluster):
     (force,) = so3krates_forces(mixed)
     props = dict(force.getProperties())
     assert (props["useCUDAGraphs"], props["CUDAGraphWarmupSteps"]) == ("false", "7")
+    assert not force.getModule().model.potential.capturable
     assert force.getModule().open_cell.dtype == torch.float64
 
     python = _mlpotential(model_path, implementation="PythonForce", device="cpu", compile="false")

@@ -23,7 +23,7 @@ import openmm
 import openmm.app
 from openmm import unit
 
-from so3krates.export.loader import MD_NEIGHBOR_SKIN, resolve_neighbor_skin, set_neighbor_skin
+from so3krates.export.loader import MD_NEIGHBOR_SKIN, raise_for_status, resolve_neighbor_skin, set_neighbor_skin
 
 from ._options import parse_bool
 from .torch_force import (EV_PER_A_TO_KJ_PER_MOL_NM, EV_TO_KJ_PER_MOL, NM_TO_ANGSTROM,
@@ -111,6 +111,7 @@ class So3kratesComputation:
             cell = self._open_cell
         out = self._call(pos, self._numbers, cell, self._pbc, self.charge,
                          self.num_unpaired_electrons, True, False)
+        raise_for_status(out)
         energy = float(out["energy"].detach().to(torch.float64).cpu()) * EV_TO_KJ_PER_MOL
         forces = out["forces"].detach().to(torch.float64).cpu().numpy() * EV_PER_A_TO_KJ_PER_MOL_NM
         if self._index is not None:

@@ -20,7 +20,8 @@ from torch import Tensor, nn
 import openmm
 import openmm.app
 
-from so3krates.export.loader import MD_NEIGHBOR_SKIN, load_exported, read_model_bytes, set_neighbor_skin
+from so3krates.export.loader import (MD_NEIGHBOR_SKIN, load_exported, read_model_bytes, set_capturable,
+                                     set_neighbor_skin)
 from so3krates.export.metadata import ModelSource
 
 from ._options import parse_nonnegative_int, parse_optional_bool
@@ -290,17 +291,24 @@ class OpenMMWrapper(nn.Module):
 def build_wrapper(model_path: ModelSource, topology: openmm.app.Topology,
                   atoms: Optional[Sequence[int]] = None, charge: float = 0.0,
                   num_unpaired_electrons: float = 0.0, dtype: Union[str, torch.dtype, None] = None,
-                  periodic: Optional[bool] = None, neighbor_skin: Optional[float] = None
-                  ) -> Tuple[torch.jit.ScriptModule, dict]:
-    """Load the model and return the scripted :class:`OpenMMWrapper` and the metadata."""
+                  periodic: Optional[bool] = None, neighbor_skin: Optional[float] = None,
+                  capturable: bool = False) -> Tuple[torch.jit.ScriptModule, dict]:
+    """Load the model and return the scripted :class:`OpenMMWrapper` and the metadata. ``capturable``: the
+    model's steps without host read-back (``set_capturable``; CUDA graphs), periodic topologies only."""
     model, metadata = load_model(model_path)
     tdtype = resolve_dtype(dtype, metadata)
     model = for_inference(cast_model(model, tdtype, metadata))
     set_neighbor_skin(model, neighbor_skin, MD_NEIGHBOR_SKIN)
-    indices = select_atoms(topology, atoms)
-    numbers = atomic_numbers_from_topology(topology, indices, metadata)
     if periodic is None:
         periodic = topology_is_periodic(topology)
+    if capturable:
+        if not periodic:
+            raise ValueError("CUDA graphs (use_cuda_graphs=True) need a periodic box: the model's capturable pair "
+                             "lists have the fixed shapes of a periodic cell. Give the topology periodic box "
+                             "vectors, or leave use_cuda_graphs off for an open system")
+        set_capturable(model, True)
+    indices = select_atoms(topology, atoms)
+    numbers = atomic_numbers_from_topology(topology, indices, metadata)
     wrapper = OpenMMWrapper(model, numbers, indices, periodic, charge, num_unpaired_electrons, tdtype)
     return torch.jit.script(wrapper), metadata
 
@@ -331,7 +339,10 @@ def torch_force(model_path: ModelSource, topology: openmm.app.Topology,
     force_group: OpenMM force group of the new force.
     use_cuda_graphs: True/False (or "true"/"false", ...) sets the TorchForce property
         ``useCUDAGraphs`` (read by the CUDA platform only); None leaves openmm-torch's default
-        (off). ``cuda_graph_warmup_steps`` (int ≥ 0) sets ``CUDAGraphWarmupSteps``.
+        (off). ``cuda_graph_warmup_steps`` (int ≥ 0) sets ``CUDAGraphWarmupSteps``. True also makes the
+        model's steps capturable (``set_capturable``: fixed-shape pair lists planned at the first step, no
+        host read-back; periodic boxes with a fixed cell, i.e. NVT/NVE; problems turn the energy and forces
+        into NaN, which OpenMM reports, instead of raising; the skin is not used).
     periodic: override periodicity (default: topology has periodic box vectors).
     properties: further TorchForce properties, passed to ``setProperty`` unchanged.
     neighbor_skin: Å; the model's pair lists are searched with cutoff + skin and reused over the MD
@@ -346,7 +357,7 @@ def torch_force(model_path: ModelSource, topology: openmm.app.Topology,
         cuda_graph_warmup_steps = parse_nonnegative_int("cuda_graph_warmup_steps", cuda_graph_warmup_steps)
 
     module, metadata = build_wrapper(model_path, topology, atoms, charge, num_unpaired_electrons,
-                                     dtype, periodic, neighbor_skin)
+                                     dtype, periodic, neighbor_skin, bool(use_cuda_graphs))
     force = openmmtorch.TorchForce(module)
     force.setOutputsForces(True)
     force.setUsesPeriodicBoundaryConditions(bool(module.periodic))
