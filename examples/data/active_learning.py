@@ -246,15 +246,9 @@ class GeometryCheck:
 
 
 def block_means(t, temp, block_ps=1.0, start_ps=0.0):
-    t, temp = np.asarray(t), np.asarray(temp)
-    out = []
-    b = start_ps
-    while b + block_ps <= t[-1] + 1e-9:
-        m = (t > b + 1e-9) & (t <= b + block_ps + 1e-9)
-        if m.any():
-            out.append(float(temp[m].mean()))
-        b += block_ps
-    return out
+    """Means of consecutive ``block_ps`` blocks from ``start_ps`` (``md_traces.block_means`` without the times)."""
+    from md_traces import block_means as blocks
+    return [mean for _end, mean in blocks(t, temp, block_ps, start_ps)]
 
 
 LOG_FIELDS = ["step", "time_ps", "temperature_K", "potential_eV", "kinetic_eV", "total_eV", "geometry"]
@@ -910,14 +904,12 @@ class Loop:
         if st.get("rounds"):
             last = st["rounds"][-1]
             ex = last["stages"].get("explore")
-            final_pending = ex is not None and last.get("model", {}).get("mode") == "scratch" and \
-                not any(e["failed"] for e in ex.values())
             if "label" not in last["stages"]:
                 # the selected frames did not travel (select again, from the carried pools); an exploration
                 # whose runs did not travel either (a state carried before they did) runs again
                 carried = ex is not None and all((self.carry / "md" / Path(e["dir"]).relative_to(self.wd)).is_dir()
                                                  for e in ex.values() if e.get("dir"))
-                for k in ("select",) if final_pending or carried else ("select", "explore"):
+                for k in ("select",) if carried else ("select", "explore"):
                     if last["stages"].pop(k, None) is not None:
                         dropped.append(f"round {last['round']}: {k}")
         st.setdefault("restored", []).append({"time": time.strftime("%Y-%m-%d %H:%M"), "from": str(self.carry),
@@ -981,19 +973,20 @@ class Loop:
         if runs is None and self.a.explore_runs:
             runs = [(b, float(t), 100 * r + k + 1) for k, (b, t) in
                     enumerate(x.split(":") for x in self.a.explore_runs)]
-        jobs = []
+        runs_out = []  # (name, folder) of every run of the round
+        pending = []   # (command, log) of those not finished yet
         for box, T, seed in (runs or default_explore(r)):
             name = f"r{r:02d}_{box}{int(T)}_s{seed}"
             out = self.rdir(r) / "md" / name
-            jobs.append((name, out))
+            runs_out.append((name, out))
             if not read_json(out / "summary.json", {}).get("finished"):
                 extra = [] if self.a.md_minimize is None else ["--minimize", self.a.md_minimize]
-                jobs[-1] += ([PY, __file__, "md", "--model", pt, "--box", box, "--temperature", T, "--seed", seed,
-                              "--ps", ps, "--mode", "explore", "--t-window", self.a.t_window, "--name", f"al/{name}",
-                              "--equil-steps", self.a.md_equil_steps, "--log-every", self.a.md_log_every,
-                              "--pool-every", self.a.md_pool_every, *extra, "--out", out],)
-        run_parallel([(j[2], j[1].parent / f"{j[0]}.log") for j in jobs if len(j) == 3], self.a.md_workers)
-        for name, out, *_ in jobs:
+                pending.append(([PY, __file__, "md", "--model", pt, "--box", box, "--temperature", T, "--seed", seed,
+                                 "--ps", ps, "--mode", "explore", "--t-window", self.a.t_window, "--name", f"al/{name}",
+                                 "--equil-steps", self.a.md_equil_steps, "--log-every", self.a.md_log_every,
+                                 "--pool-every", self.a.md_pool_every, *extra, "--out", out], out.parent / f"{name}.log"))
+        run_parallel(pending, self.a.md_workers)
+        for name, out in runs_out:
             s = read_json(out / "summary.json")
             res[name] = {k: s.get(k) for k in ("box", "temperature", "seed", "ps", "failed", "failure", "stable_ps",
                                                   "T_mean_K", "T_std_K", "ms_per_step_cpu", "ms_per_step_wall",

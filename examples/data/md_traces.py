@@ -39,9 +39,11 @@ def read_run(run_dir: Path) -> dict:
             "total_eV": np.array([float(r["total_eV"]) for r in rows])}
 
 
-def block_means(t: np.ndarray, y: np.ndarray, block_ps: float = 1.0) -> list:
-    """(block end ps, mean) of consecutive ``block_ps`` blocks from t = 0 (complete blocks only)."""
-    out, b = [], 0.0
+def block_means(t: np.ndarray, y: np.ndarray, block_ps: float = 1.0, start_ps: float = 0.0) -> list:
+    """(block end ps, mean) of consecutive ``block_ps`` blocks from ``start_ps`` (complete blocks only); the
+    one block average of the loop's stability judgement (``active_learning.block_means``) and of the plots."""
+    t, y = np.asarray(t), np.asarray(y)
+    out, b = [], float(start_ps)
     while len(t) and b + block_ps <= t[-1] + 1e-9:
         m = (t > b + 1e-9) & (t <= b + block_ps + 1e-9)
         if m.any():
