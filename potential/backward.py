@@ -400,6 +400,7 @@ class StageGradients(nn.Module):
         geo = self.chunk_geometry(edge_vectors, step, budget // geo_bytes if budget > 0 else 0)
         budget -= len(geo) * geo_bytes
         g_geo: List[List[Tensor]] = []
+        efa_sums: List[Optional[Tensor]] = []
         x = self.embed(z, total_charge, num_unpaired_electrons, batch, num_graphs, None)
         ev = torch.zeros(z.shape[0], self.m_tot, dtype=x.dtype, device=x.device)
         for k in range(self.num_layers):
@@ -409,7 +410,12 @@ class StageGradients(nn.Module):
             x_att, ev_att = self.messages_keep(k, x, ev, edge_vectors, idx_i, idx_j, step, kept_k, keep_chunks, geo)
             kept.append(kept_k)
             saved.append([x, ev, x_att, ev_att])
-            x, ev = self.update(k, x, ev, x_att, ev_att, positions, batch, num_graphs, cell, pbc, None)
+            # efa_global_sums (capturable steps, as ahead-of-time compilation): the EFA key-value sums first
+            sums_k: Optional[Tensor] = None
+            if self.efa_global_sums and num_graphs == 1 and self.efa_layers[k]:
+                sums_k = self.efa_sums_ev(k, x, ev, positions, cell, pbc)
+            efa_sums.append(sums_k)
+            x, ev = self.update(k, x, ev, x_att, ev_att, positions, batch, num_graphs, cell, pbc, sums_k)
         energy, lr_raw, sums = self.readout(x, z, batch, num_graphs)
         lr = self.long_range_values(lr_raw, sums, total_charge, batch)
         g_e = torch.ones_like(energy)
@@ -426,10 +432,17 @@ class StageGradients(nn.Module):
         for step_back in range(self.num_layers):
             k = self.num_layers - 1 - step_back
             s = saved[k]
-            gu = self.update_vjp(k, s[0], s[1], s[2], s[3], positions, batch, num_graphs, cell, pbc, None,
+            sums_k = efa_sums[k]
+            gu = self.update_vjp(k, s[0], s[1], s[2], s[3], positions, batch, num_graphs, cell, pbc, sums_k,
                                  g_x, g_ev, k > 0)
             g_pos = g_pos + gu[4]
             g_cell = g_cell + gu[5]
+            if sums_k is not None:  # the sums' own backward: to the layer's inputs, positions and cell
+                ge = self.efa_sums_vjp(k, s[0], s[1], positions, cell, pbc, gu[6])
+                gu[0] = gu[0] + ge[0]
+                gu[1] = gu[1] + ge[1]
+                g_pos = g_pos + ge[2]
+                g_cell = g_cell + ge[3]
             gm = self.messages_keep_vjp(k, s[0], s[1], edge_vectors, idx_i, idx_j, gu[2], gu[3], step, k > 0,
                                         kept[k], geo, g_geo)
             kept[k].clear()  # this layer's filter state is no longer needed

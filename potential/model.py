@@ -80,6 +80,8 @@ class So3krates(StageGradients):
         # engines do; one graph only. Set by ahead-of-time compilation (so3krates.export.pt2): that
         # path has no data-dependent shapes. Same values as the default path up to rounding.
         self.efa_global_sums: bool = False
+        # the periodic EFA's mode is 'simplex' (shapes independent of the cell with the per-pair layout)
+        self.efa_simplex: bool = str(config.efa_periodic_mode) == "simplex"
         self.species: List[int] = [int(z) for z in config.species] if config.species is not None \
             else list(range(1, config.zmax + 1))
         # per-atom long-range values: [partial charge (e)] with electrostatics, [Hirshfeld ratio] with dispersion
@@ -283,6 +285,42 @@ class So3krates(StageGradients):
             d, rbf, cut, ylm = self.geometry(edge_vectors[b[c]:b[c + 1]])
             out.append([rbf, cut, ylm])
         return out
+
+    @torch.jit.export
+    def efa_settings(self) -> List[int]:
+        """[efa_global_sums, then per layer: the EFA block's boundary, its simplex layout (-1: no EFA)]: the
+        switches that make the EFA free of data-dependent shapes (``static_efa_settings``)."""
+        out: List[int] = [int(self.efa_global_sums)]
+        for layer in self.layers:
+            block = layer.efa
+            attn = block.efa
+            out.append(block.boundary)
+            out.append(attn.simplex_layout if attn is not None else -1)
+        return out
+
+    @torch.jit.export
+    def static_efa_settings(self) -> List[int]:
+        """``efa_settings`` for fully periodic boxes without a read-back to the host (capturable steps, as
+        ahead-of-time compilation sets them): key-value sums first, boundary fixed to periodic, the per-pair
+        simplex layout (shapes independent of the cell). Same values up to rounding."""
+        out: List[int] = [1]
+        for layer in self.layers:
+            out.append(2)
+            out.append(2 if layer.efa.efa is not None else -1)
+        return out
+
+    @torch.jit.export
+    def set_efa_settings(self, settings: List[int]):
+        """Apply ``efa_settings`` (as returned by it or ``static_efa_settings``)."""
+        self.efa_global_sums = settings[0] != 0
+        k = 1
+        for layer in self.layers:
+            block = layer.efa
+            block.boundary = settings[k]
+            attn = block.efa
+            if attn is not None:
+                attn.simplex_layout = settings[k + 1]
+            k += 2
 
     @torch.jit.export
     def efa_sums(self, k: int, x: Tensor, positions: Tensor, cell: Tensor, pbc: Tensor) -> Tensor:

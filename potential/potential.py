@@ -52,7 +52,7 @@ class So3kratesPotential(nn.Module):
 
     ``capturable`` (default False): a step with fixed shapes and no read-back to the host, which a CUDA
     graph can capture (openmm-torch ``useCUDAGraphs``; docs/gpu.md). Fully periodic boxes with a fixed cell
-    (NVT/NVE), eval mode. The first call (outside the graph) checks the structure as usual (raising) and
+    (NVT/NVE), eval mode, EFA layers in the ``simplex`` mode (run with ``So3krates.static_efa_settings``). The first call (outside the graph) checks the structure as usual (raising) and
     makes a plan (``graph/static_pairs.py``: bins and pair slots with room to spare); every call then
     searches the pairs with the plan's shapes. What a captured step cannot raise it reports: the output
     ``status`` (int, 0 = fine; ``status_message``) and NaN energy, forces and stress when it is not 0
@@ -257,11 +257,10 @@ class So3kratesPotential(nn.Module):
         if self.long_range and self.cutoff_lr <= 0.0:
             return ("capturable steps need a model with a finite long-range cutoff (cutoff_lr) or none: this one sums "
                     "its long-range terms over all pairs (open systems only)")
-        for efa in self.model.efa_layers:
-            if efa:
-                return ("capturable steps do not cover EFA layers yet: the periodic EFA forms its reciprocal-lattice "
-                        "k vectors every call, in a number that depends on the cell (host read-backs). Run this model "
-                        "with capturable = False (no CUDA graphs)")
+        if self.model.has_efa and (self.model.efa_qk_degrees > 0 or not self.model.efa_simplex):
+            return ("capturable steps cover EFA layers in the periodic 'simplex' mode without direction-dependent "
+                    "queries/keys only: this model's EFA ('kshell' mode, or efa_qk_degrees > 0) forms a number of "
+                    "k vectors that depends on the cell (host read-backs). Run it with capturable = False")
         return ""
 
     def make_static_plan(self, pos_g: Tensor, cell_g: Tensor, pbc_b: Tensor):
@@ -328,8 +327,12 @@ class So3kratesPotential(nn.Module):
         close = (valid & (dist < self.min_distance)).any()
         q_tot = torch.full((1,), total_charge, dtype=dtype, device=device)
         s_tot = torch.full((1,), num_unpaired_electrons, dtype=dtype, device=device)
+        # the EFA without data-dependent shapes (as ahead-of-time compilation sets it), for this call only
+        efa_settings = self.model.efa_settings()
+        self.model.set_efa_settings(self.model.static_efa_settings())
         out, g_pos, g_strain = self.lean_pass(pos_g, z, cell_g, pbc_b, idx_i, idx_j, shifts, vec_g, idx_i_lr,
                                               idx_j_lr, shifts_lr, q_tot, s_tot, compute_stress, valid, valid_lr)
+        self.model.set_efa_settings(efa_settings)
         result = self.results(out, g_pos, g_strain, cell_g, n, compute_forces, compute_stress)
         one = torch.ones((), dtype=torch.long, device=device)
         status = torch.where(inputs_ok, 0 * one, one) + torch.where(same_cell, 0 * one, 2 * one) \

@@ -80,16 +80,16 @@ def call(module, atoms, dtype=torch.float64, stress=True, positions=None, cell=N
     return module(pos, z, c, torch.tensor(atoms.pbc), 0.0, 0.0, True, stress)
 
 
-@pytest.fixture(scope="module", params=["shipped", "long-range"])
+@pytest.fixture(scope="module", params=["shipped", "long-range + periodic EFA"])
 def exported(request, tmp_path_factory):
-    """A float64 file of each kind: the shipped demo model, and a small one with ZBL, electrostatics and
-    dispersion (SO3LR's terms)."""
+    """A float64 file of each kind: the shipped demo model, and a small one with ZBL, electrostatics,
+    dispersion (SO3LR's terms) and the periodic EFA."""
     path = tmp_path_factory.mktemp("capturable") / "model.pt"
     if request.param == "shipped":
         from so3krates.export.exporter import potential_from_checkpoint
         potential = potential_from_checkpoint(ROOT / "examples" / "models" / "so3krates_demo.ckpt")
     else:
-        potential = So3kratesPotential(small_model(long_range=True, species=[1, 8]))
+        potential = So3kratesPotential(small_model(long_range=True, efa=True, periodic_efa=True, species=[1, 8]))
     export_potential(potential.eval(), path, dtype="float64")
     return path
 
@@ -174,9 +174,10 @@ def test_capturable_steps_refuse_open_boxes_and_training_clearly():
 def test_set_capturable_refuses_a_model_without_the_mode():
     with pytest.raises(ValueError, match="re-export"):
         set_capturable(torch.nn.Linear(2, 2), True)
-    efa = So3kratesPotential(small_model(long_range=True, efa=True, periodic_efa=True, species=[1, 8])).eval()
-    with pytest.raises(ValueError, match="EFA layers"):  # the periodic EFA still reads back (docs/gpu.md)
-        set_capturable(efa, True)
-    efa.capturable = True  # set directly: refused at the first call, with the same message
-    with pytest.raises(ValueError, match="EFA layers"):
-        call(efa, water_box(2), stress=False)
+    kshell = So3kratesPotential(small_model(long_range=True, efa=True, periodic_efa=True, species=[1, 8],
+                                            efa_periodic_mode="kshell")).eval()
+    with pytest.raises(ValueError, match="kshell"):  # its number of k vectors depends on the cell
+        set_capturable(kshell, True)
+    kshell.capturable = True  # set directly: refused at the first call, with the same message
+    with pytest.raises(ValueError, match="kshell"):
+        call(kshell, water_box(2), stress=False)

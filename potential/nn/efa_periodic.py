@@ -64,13 +64,26 @@ from .efa import EuclideanFastAttention, _graph_layout, _pad, _unpad
 PERIODIC_MODES = ("simplex", "kshell")
 
 
+def _inverse_3x3(cell: Tensor) -> Tensor:
+    """inv(cell) [B,3,3] from cross products (columns b×c, c×a, a×b over the volume): differentiable and
+    without a read-back to the host (``torch.linalg.inv`` checks its result on the host). The cell was
+    checked with the inputs (non-zero volume)."""
+    a = cell[:, 0]
+    b = cell[:, 1]
+    c = cell[:, 2]
+    bc = torch.linalg.cross(b, c, dim=-1)
+    det = (a * bc).sum(-1)
+    cols = torch.stack([bc, torch.linalg.cross(c, a, dim=-1), torch.linalg.cross(a, b, dim=-1)], dim=-1)
+    return cols / det.view(-1, 1, 1)
+
+
 def _wrapped_fractional(pos: Tensor, cell: Tensor) -> Tensor:
     """Fractional coordinates ``f = r·cell⁻¹`` of pos [B,n,3] wrapped into [0, 1) ([B,n,3], pos dtype).
 
     Computed in float64 (then cast): in float32 the product would lose ~|f|·1e-7 of a lattice
     period for atoms far from the origin (unwrapped trajectories). The wrap (``f − floor(f)``,
     gradient 1) makes the phases exactly invariant to wrapping atoms, also in floating point."""
-    f = torch.einsum("bnd,bde->bne", pos.to(torch.float64), torch.linalg.inv(cell.to(torch.float64)))
+    f = torch.einsum("bnd,bde->bne", pos.to(torch.float64), _inverse_3x3(cell.to(torch.float64)))
     return (f - torch.floor(f.detach())).to(pos.dtype)
 
 
@@ -185,7 +198,8 @@ class PeriodicEuclideanFastAttention(EuclideanFastAttention):
         n0 = torch.floor(s.detach())
         tv, order = torch.sort(s - n0, dim=-1, descending=True)
         lam = torch.stack([1.0 - tv[..., 0], tv[..., 0] - tv[..., 1], tv[..., 1] - tv[..., 2], tv[..., 2]], dim=-1)
-        steps = torch.nn.functional.one_hot(order, 3).to(dt).cumsum(dim=-2)  # [B,M,P,3,3]
+        # one-hot rows of the sorted axes (a comparison: one_hot reads its input's range back to the host)
+        steps = (order.unsqueeze(-1) == torch.arange(3, device=order.device)).to(dt).cumsum(dim=-2)  # [B,M,P,3,3]
         verts = torch.cat([n0.unsqueeze(-2), n0.unsqueeze(-2) + steps], dim=-2)  # [B,M,P,4,3]
         return verts, lam, u_lab
 
