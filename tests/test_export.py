@@ -108,6 +108,9 @@ def test_shipped_model_file_is_current():
         "re-export: so3krates export examples/models/so3krates_demo.ckpt -o examples/models/so3krates_demo.pt"
     assert meta["dtype"] == "float32"
     module, _ = load_exported(path)
+    assert hasattr(module.potential, "capturable"), \
+        "re-export (the file predates capturable steps): so3krates export examples/models/so3krates_demo.ckpt -o " \
+        "examples/models/so3krates_demo.pt"
     eager = potential_from_checkpoint(str(ROOT / "examples" / "models" / "so3krates_demo.ckpt"), "float32")
     pos, z = random_molecule(12, seed=2, species=(1, 6, 7, 8))
     a = _eval(eager, pos, z, dtype=torch.float32)
