@@ -129,8 +129,9 @@ def set_capturable(module: Any, capturable: bool) -> None:
         raise ValueError(f"this model ({type(module).__name__}) has no capturable (CUDA-graph) mode: a pt2 "
                          "package, or a file exported before the option existed; re-export it as TorchScript "
                          "with this version")
-    if capturable and potential.capturable_problem():
-        raise ValueError(potential.capturable_problem())
+    problem = potential.capturable_problem() if capturable else ""
+    if problem:
+        raise ValueError(problem)
     potential.capturable = bool(capturable)
     potential.reset_static_plan()
 

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from .forces import autograd_gradients, lean_gradients, strain
 from .graph.edges import pair_vectors, pair_vectors_no_grad
-from .graph.neighbors import neighbor_list
+from .graph.neighbors import neighbor_list, no_pairs
 from .graph.pair_cache import lists_still_valid, select_within, split_candidates
 from .graph.static_pairs import plan_static_pairs, static_pairs
 from .model import So3krates
@@ -52,10 +52,11 @@ class So3kratesPotential(nn.Module):
 
     ``capturable`` (default False): a step with fixed shapes and no read-back to the host, which a CUDA
     graph can capture (openmm-torch ``useCUDAGraphs``; docs/gpu.md). Fully periodic boxes with a fixed cell
-    (NVT/NVE), eval mode, EFA layers in the ``simplex`` mode (run with ``So3krates.static_efa_settings``). The first call (outside the graph) checks the structure as usual (raising) and
-    makes a plan (``graph/static_pairs.py``: bins and pair slots with room to spare); every call then
-    searches the pairs with the plan's shapes. What a captured step cannot raise it reports: the output
-    ``status`` (int, 0 = fine; ``status_message``) and NaN energy, forces and stress when it is not 0
+    (NVT/NVE), eval mode, EFA layers in the ``simplex`` mode (run with ``So3krates.static_efa_settings``).
+    The first call (outside the graph) checks the structure as usual (raising) and makes a plan
+    (``graph/static_pairs.py``: bins and pair slots with room to spare); every call then searches the pairs
+    with the plan's shapes. What a captured step cannot raise it reports: the output ``status`` (int, 0 =
+    fine; ``status_message``) and NaN energy, forces and stress when it is not 0
     (1 positions not finite or an unknown element, 2 the cell is not the plan's, 4 / 8 the local /
     long-range pair slots or bins overflowed, 16 atoms closer than ``min_distance``). ``reset_static_plan``
     makes the next call plan anew (another box, another cell). The skin is not used in this mode.
@@ -143,9 +144,7 @@ class So3kratesPotential(nn.Module):
             idx_j_lr = pairs[1]
             shifts_lr = torch.zeros(idx_i_lr.shape[0], 3, dtype=positions.dtype, device=device)
         else:
-            idx_i_lr = torch.zeros(0, dtype=torch.long, device=device)
-            idx_j_lr = torch.zeros(0, dtype=torch.long, device=device)
-            shifts_lr = torch.zeros(0, 3, dtype=positions.dtype, device=device)
+            idx_i_lr, idx_j_lr, shifts_lr = no_pairs(device, positions.dtype)
         return idx_i, idx_j, shifts, idx_i_lr, idx_j_lr, shifts_lr
 
     def forward(self, positions: Tensor, atomic_numbers: Tensor, cell: Tensor, pbc: Tensor,
@@ -313,9 +312,7 @@ class So3kratesPotential(nn.Module):
             idx_i_lr, idx_j_lr, shifts_lr, valid_lr, ok_lr = static_pairs(pos_g, ints[5:10], plan[6:12],
                                                                           self.cutoff_lr, gdt)
         else:
-            idx_i_lr = torch.zeros(0, dtype=torch.long, device=device)
-            idx_j_lr = torch.zeros(0, dtype=torch.long, device=device)
-            shifts_lr = torch.zeros(0, 3, dtype=gdt, device=device)
+            idx_i_lr, idx_j_lr, shifts_lr = no_pairs(device, gdt)
             valid_lr = torch.zeros(0, dtype=torch.bool, device=device)
             ok_lr = torch.ones((), dtype=torch.bool, device=device)
         vec_g = pair_vectors_no_grad(pos_g, cell_g, idx_i, idx_j, shifts, gdt)
@@ -334,10 +331,9 @@ class So3kratesPotential(nn.Module):
                                               idx_j_lr, shifts_lr, q_tot, s_tot, compute_stress, valid, valid_lr)
         self.model.set_efa_settings(efa_settings)
         result = self.results(out, g_pos, g_strain, cell_g, n, compute_forces, compute_stress)
-        one = torch.ones((), dtype=torch.long, device=device)
-        status = torch.where(inputs_ok, 0 * one, one) + torch.where(same_cell, 0 * one, 2 * one) \
-            + torch.where(ok, 0 * one, 4 * one) + torch.where(ok_lr, 0 * one, 8 * one) \
-            + torch.where(close, 16 * one, 0 * one)
+        # the bits of ``status`` (so3krates.export.loader.STATUS_BITS says what each means)
+        status = (~inputs_ok).to(torch.long) + 2 * (~same_cell).to(torch.long) + 4 * (~ok).to(torch.long) \
+            + 8 * (~ok_lr).to(torch.long) + 16 * close.to(torch.long)
         bad = status != 0
         for key in list(result.keys()):
             value = result[key]

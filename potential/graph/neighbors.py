@@ -43,6 +43,12 @@ from torch import Tensor
 
 
 
+def no_pairs(device: torch.device, dtype: torch.dtype) -> Tuple[Tensor, Tensor, Tensor]:
+    """An empty pair list: (idx_i [0] long, idx_j [0] long, shifts [0,3] in ``dtype``)."""
+    return (torch.zeros(0, dtype=torch.long, device=device), torch.zeros(0, dtype=torch.long, device=device),
+            torch.zeros(0, 3, dtype=dtype, device=device))
+
+
 def _exclusive_cumsum(x: Tensor) -> Tensor:
     out = torch.zeros_like(x)
     if x.numel() > 1:
@@ -350,9 +356,7 @@ def batched_neighbor_list(positions: Tensor, cutoff: float, cell: Tensor, pbc: T
     dtype = positions.dtype
     _check_inputs(positions, cutoff, cell, pbc, batch, num_graphs)
     N = positions.shape[0]
-    empty = (torch.zeros(0, dtype=torch.long, device=device),
-             torch.zeros(0, dtype=torch.long, device=device),
-             torch.zeros(0, 3, dtype=dtype, device=device))
+    empty = no_pairs(device, dtype)
     if N == 0 or num_graphs == 0:
         return empty
     batch = batch.to(torch.long)

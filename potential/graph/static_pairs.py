@@ -43,7 +43,8 @@ def plan_static_pairs(positions: Tensor, cell: Tensor, pbc: Tensor, cutoff: floa
     pair slots = pairs found x (1 + ``pair_margin``) + 64; ``candidates_per_block`` candidates [atoms, offsets,
     capacity] are handled at once (bounds the temporary memory: ~0.1 GB per array). Returns (ints [capacity,
     max_pairs, atoms per block, bins, atoms], tensors [cell, inverse cell, bin offsets [O,3], offset is zero [O],
-    bins per direction [3], far shift [3]], float64 / long on the positions' device). Raises ValueError for a cell that is not fully periodic."""
+    bins per direction [3], far shift [3]], float64 / long on the positions' device). Raises ValueError for a
+    cell that is not fully periodic."""
     if not bool(pbc.to(torch.bool).all()) or bool((cell == 0).all()):
         raise ValueError("capturable (CUDA-graph) pair lists need a fully periodic cell (pbc all True, three lattice "
                          "vectors in Å): an open or partly periodic box has no fixed extent. Use the ordinary "
