@@ -352,12 +352,92 @@ def test_loop_end_to_end_tiny_with_resume(tmp_path):
     assert "explore" in third.state["rounds"][1]["stages"] and third.state["restored"][-1]["dropped"] == []
     assert al.count_frames(tmp_path / "al3" / "round_01" / "md" / name1 / "pool.extxyz") >= 1
 
+    # ---- the newest model's training report travels with it (ship needs it on the machine that converges)
+    reports = carried["carried_reports"]
+    assert "round_01/train/run/metrics.csv" in reports and "round_01/train/split/test.txt" in reports
+    carried_cfg = (tmp_path / "carry" / "round_01" / "train" / "train.yaml").read_text()
+    assert str(wd) not in carried_cfg and "<workdir>/round_01/train/run" in carried_cfg
+    assert str(wd / "round_01" / "train" / "run") in (wd / "round_01" / "train" / "train.yaml").read_text()
+    assert (wd / "round_01" / "train" / "run" / "parity_forces.png").is_file()
+
+    # ---- ship: refused without a passed final check; with --allow-unchecked the restored round 1 is shipped
+    ship = [sys.executable, str(DATA / "active_learning.py"), "ship", "--workdir", str(wd), "--carry", "",
+            "--to", str(tmp_path / "models"), "--results", str(tmp_path / "res")]
+    p = subprocess.run(ship, env=env, capture_output=True, text=True)
+    assert p.returncode != 0 and "has not converged" in p.stderr
+    p = subprocess.run(ship + ["--round", "1"], env=env, capture_output=True, text=True)
+    assert p.returncode != 0 and "has not passed the final check" in p.stderr
+    p = subprocess.run(ship + ["--round", "1", "--allow-unchecked"], env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    _check_shipped(tmp_path / "models", st2["rounds"][1])
+
     # ---- the status command prints the same table
     p = subprocess.run([sys.executable, str(DATA / "active_learning.py"), "status", "--workdir", str(wd)],
                        env=env, capture_output=True, text=True, check=True)
     rows = [line for line in p.stdout.splitlines() if line[:4] in ("| 0 ", "| 1 ")]
     table = status_md.read_text()
     assert len(rows) == 2 and all(row in table for row in rows)
+
+
+def _check_shipped(models: Path, R: dict):
+    """What ``active_learning.py ship`` wrote: the round's checkpoint, its float32 export (same energies and
+    forces), the recipe (loads, its split files hold the round's frames), the report and the summary."""
+    import torch
+    from so3krates.export.exporter import potential_from_checkpoint
+    from so3krates.export.loader import load_exported
+    from so3krates.potential.train.config import load_config
+    summary = json.loads((models / "shipped_whole_box.json").read_text())
+    assert summary["round"] == R["round"] and summary["trained"] == R["model"]["mode"]
+    assert summary["al_frames"] == R["model"]["al_frames"] and summary["final_check_passed"] is False
+    ev = R["stages"]["evaluate"]
+    assert summary["heldout_boxes_force_mae_eV_A"]["all"] == round(ev["heldout_boxes"]["all"]["force_mae"], 4)
+    assert summary["test_clusters_force_mae_eV_A"]["all"] == round(ev["test_clusters"]["all"]["force_mae"], 4)
+    for name in ("shipped_metrics.csv", "shipped_learning_curve.png", "shipped_parity_energy.png",
+                 "shipped_parity_forces.png", "shipped_test_metrics.json"):
+        assert (models / name).stat().st_size > 0, name
+    assert (models / "so3krates_demo.ckpt").read_bytes() == Path(R["model"]["ckpt"]).read_bytes()
+    cfg = load_config(str(models / "config_shipped.yaml"))
+    assert cfg["run_dir"] == "runs/shipped" and not cfg.get("init_from")
+    assert [Path(f).resolve() for f in cfg["data"]["path"]] == \
+        [Path(f).resolve() for f in yaml_load(Path(R["model"]["config"]))["data"]["path"]]
+    n = {k: len(np.loadtxt(cfg["data"]["index_files"][k], dtype=int, ndmin=1)) for k in ("train", "valid", "test")}
+    assert n == summary["split_frames"]
+    module, _ = load_exported(models / "so3krates_demo.pt")
+    eager = potential_from_checkpoint(str(models / "so3krates_demo.ckpt"), "float32")
+    pos = torch.tensor([[0.0, 0.0, 0.0], [1.09, 0.0, 0.0], [-0.36, 1.03, 0.0], [-0.36, -0.51, 0.89]])
+    z, cell, pbc = torch.tensor([6, 1, 1, 8]), torch.zeros(3, 3), torch.tensor([False] * 3)
+    a, b = (m(pos, z, cell, pbc, 0.0, 0.0, True, False) for m in (eager, module))
+    assert abs(float(a["energy"] - b["energy"])) <= 1e-5 * max(1.0, abs(float(a["energy"])))
+    assert float((a["forces"] - b["forces"]).abs().max()) <= 1e-4
+
+
+def yaml_load(path: Path):
+    import yaml
+    return yaml.safe_load(path.read_text())
+
+
+def test_label_stage_in_progress_travels(tmp_path):
+    """``carry`` during the label stage (selected frames, some labelled): those files travel gzipped, and a new
+    machine keeps the selection and lets label_xtb.py continue after the frames labelled so far."""
+    import ase.io
+    wd, wd2, carry = tmp_path / "wd", tmp_path / "wd2", tmp_path / "carry"
+    loop = _loop(tmp_path, wd, carry)
+    rd = loop.rdir(0)
+    ase.io.write(str(rd / "selected.extxyz"), _frames(HELDOUT, [0, 1]), format="extxyz")
+    ase.io.write(str(rd / "labelled.extxyz"), _frames(HELDOUT, [0]), format="extxyz")
+    loop.state = {"rounds": [{"round": 0, "stages": {"explore": {}, "select": {"selected": 2}}, "costs": {}}],
+                  "converged": False}
+    loop.carry_save()
+    assert sorted(f.name for f in (carry / "md" / "round_00").iterdir()) == ["labelled.extxyz.gz",
+                                                                            "selected.extxyz.gz"]
+    again = _loop(tmp_path, wd2, carry)  # restores
+    assert again.state["restored"][-1]["dropped"] == [] and "select" in again.state["rounds"][0]["stages"]
+    for f in ("selected.extxyz", "labelled.extxyz"):
+        assert (wd2 / "round_00" / f).read_bytes() == (rd / f).read_bytes()
+    # once labelled, the round's files stay home
+    loop.state["rounds"][0]["stages"]["label"] = {"labelled": 2}
+    loop.carry_save()
+    assert not (carry / "md").exists() or not any((carry / "md").rglob("*.extxyz.gz"))
 
 
 def test_committee_scores_zero_for_identical_models(tmp_path):

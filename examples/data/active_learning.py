@@ -46,6 +46,7 @@ Commands::
     OMP_NUM_THREADS=1 python examples/data/active_learning.py run --stop-after label   # ... up to a stage
     python examples/data/active_learning.py status                           # per-round table
     python examples/data/active_learning.py carry    # copy state + checkpoints to the committed carry folder
+    python examples/data/active_learning.py ship     # the converged model -> examples/models/ (ship_al_model.py)
     OMP_NUM_THREADS=1 python examples/data/active_learning.py md --model M.pt --box main \\
         --temperature 300 --seed 1 --ps 50 --mode check --out runs/al_md/s1  # one MD run (resumes)
     OMP_NUM_THREADS=1 python examples/data/active_learning.py final --model M.pt   # only the final check
@@ -175,6 +176,12 @@ def write_split(split: dict, folder: Path) -> dict:
         np.savetxt(folder / f"{k}.txt", np.asarray(v, dtype=int), fmt="%d")
         out[k] = str(folder / f"{k}.txt")
     return out
+
+
+def gzip_file(src: Path, dst: Path) -> None:
+    import gzip
+    with open(src, "rb") as fh, gzip.open(dst, "wb") as gz:
+        shutil.copyfileobj(fh, gz)
 
 
 def count_frames(path) -> int:
@@ -830,16 +837,51 @@ class Loop:
         for f in self.carry.rglob("*.ckpt"):
             if str(f.relative_to(self.carry)) not in rel:
                 f.unlink()
+        newest_model = next((Path(R["model"]["ckpt"]) for R in reversed(rounds) if "model" in R), None)
+        reports = self.carry_reports(newest_model if newest_model in keep else None)
         for d in sorted(self.carry.rglob("*"), reverse=True):
             if d.is_dir() and not any(d.iterdir()):
                 d.rmdir()
         self.carry_md()
         st = map_paths(self.state, self._tokens())
         st["carried"] = rel
+        st["carried_reports"] = reports
         write_json(self.carry / "state.json", st)
+
+    TRAIN_REPORT_FILES = ("run/metrics.csv", "run/learning_curve.png", "run/parity_energy.png",
+                          "run/parity_forces.png", "run/test_metrics.json", "train.yaml", "split/train.txt",
+                          "split/valid.txt", "split/test.txt")
+
+    def carry_reports(self, model_ckpt) -> list:
+        """The newest model's training report (per-epoch metrics, learning curve, parity plots, test metrics,
+        its config and split; ~0.2 MB) travels with it: ``ship`` needs them when the loop converges on a later
+        machine. Paths inside train.yaml become ``<workdir>``/``<repo>`` tokens. Older reports are removed."""
+        for d in self.carry.glob("round_*/train"):
+            shutil.rmtree(d)
+        if model_ckpt is None:
+            return []
+        src = model_ckpt.parent / "train"
+        out = []
+        for f in self.TRAIN_REPORT_FILES:
+            if not (src / f).is_file():
+                continue
+            r = str((src / f).relative_to(self.wd))
+            dst = self.carry / r
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if f.endswith(".yaml"):
+                text = (src / f).read_text()
+                for old, token in self._tokens():
+                    text = text.replace(old, token)
+                dst.write_text(text)
+            else:
+                shutil.copy2(src / f, dst)
+            out.append(r)
+        return out
 
     MD_CARRY_FILES = ("checkpoint.chk", "checkpoint_state.xml", "checkpoint.json", "log.csv", "pool_index.csv",
                       "summary.json", "final_state.xml")
+
+    LABEL_CARRY_FILES = ("selected.extxyz", "labelled.extxyz", "labelled.extxyz.failed")
 
     POOL_CARRY_EVERY = 4  # pooled frames that travel: every 4th (200 fs at the default 50 fs) + the last two
 
@@ -848,7 +890,9 @@ class Loop:
         are longer than a session here): for the exploration runs while the round's frames are not yet
         labelled, and for the final check's runs, their checkpoints, logs, end states and a thinned pool
         (every ``POOL_CARRY_EVERY``-th pooled frame and the last two -- the frames a failure adds to the
-        selection --, gzipped, ~30 kB per 684-atom frame before) go to ``--carry``/md/; older ones are removed."""
+        selection --, gzipped, ~30 kB per 684-atom frame before) go to ``--carry``/md/; older ones are removed.
+        While the round's frames are being labelled (``carry`` run by hand during the label stage), the selected
+        frames and those labelled so far travel too (gzipped), and the labelling continues where it stopped."""
         md_root = self.carry / "md"
         if md_root.exists():
             shutil.rmtree(md_root)
@@ -875,12 +919,17 @@ class Loop:
             if (d / "pool_index.csv").exists():
                 write_csv(dst / "pool_index.csv", keep, POOL_FIELDS)
             if keep and (d / "pool.extxyz").exists():
-                import gzip
                 shutil.copy2(d / "pool.extxyz", dst / "pool.extxyz")
                 rewrite_frames(dst / "pool.extxyz", {r["frame_id"] for r in keep})
-                with open(dst / "pool.extxyz", "rb") as src, gzip.open(dst / "pool.extxyz.gz", "wb") as gz:
-                    shutil.copyfileobj(src, gz)
+                gzip_file(dst / "pool.extxyz", dst / "pool.extxyz.gz")
                 (dst / "pool.extxyz").unlink()
+        if "select" in last["stages"] and "label" not in last["stages"]:
+            # a label stage in progress: the selected frames and those labelled so far (label_xtb.py resumes)
+            dst = md_root / rd.relative_to(self.wd)
+            for f in self.LABEL_CARRY_FILES:
+                if (rd / f).exists():
+                    dst.mkdir(parents=True, exist_ok=True)
+                    gzip_file(rd / f, dst / (f + ".gz"))
 
     def restore(self):
         """A fresh ``--workdir`` with a carried state: put the carried checkpoints back, export them, and drop
@@ -893,10 +942,20 @@ class Loop:
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(self.carry / r, dst)
             export_model(dst, dst.with_suffix(".pt"), dst.parent / "restore.log")
+        for r in st.pop("carried_reports", []):
+            dst = self.wd / r
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if r.endswith(".yaml"):
+                text = (self.carry / r).read_text()
+                for path, token in self._tokens():
+                    text = text.replace(token, path)
+                dst.write_text(text)
+            else:
+                shutil.copy2(self.carry / r, dst)
         if (self.carry / "md").exists():  # MD runs continue from their checkpoints, with their thinned pools
             import gzip
             shutil.copytree(self.carry / "md", self.wd, dirs_exist_ok=True)
-            for gz in self.wd.rglob("pool.extxyz.gz"):
+            for gz in self.wd.rglob("*.gz"):
                 with gzip.open(gz, "rb") as src, open(gz.with_suffix(""), "wb") as dst:
                     shutil.copyfileobj(src, dst)
                 gz.unlink()
@@ -904,7 +963,8 @@ class Loop:
         if st.get("rounds"):
             last = st["rounds"][-1]
             ex = last["stages"].get("explore")
-            if "label" not in last["stages"]:
+            selected = self.wd / f"round_{last['round']:02d}" / "selected.extxyz"
+            if "label" not in last["stages"] and not ("select" in last["stages"] and selected.exists()):
                 # the selected frames did not travel (select again, from the carried pools); an exploration
                 # whose runs did not travel either (a state carried before they did) runs again
                 carried = ex is not None and all((self.carry / "md" / Path(e["dir"]).relative_to(self.wd)).is_dir()
@@ -1381,6 +1441,20 @@ def main(argv=None) -> int:
                               Path(a.out) / "traces")
         print(json.dumps({k: v for k, v in res.items() if k != "runs_for_selection"}, indent=1, default=float)[:3000])
         return 0 if res["passed"] else 1
+    if cmd == "ship":
+        p.add_argument("--round", type=int, default=None, help="default: the round whose final check passed")
+        p.add_argument("--to", default=str(ROOT / "examples" / "models"), help="folder of the shipped model files")
+        p.add_argument("--allow-unchecked", action="store_true",
+                       help="ship a round whose final check has not passed (the summary says so)")
+        a = p.parse_args(argv)
+        from ship_al_model import pick_round, ship
+        loop = Loop(a)
+        r = pick_round(loop.state, a.round, a.allow_unchecked)
+        summary = ship(loop.state, r, Path(a.to), Path(a.results))
+        print(json.dumps(summary, indent=1, default=float))
+        log(f"shipped round {r}'s model to {a.to}; now update README.md and docs/training.md (\"The shipped model\") "
+            "with these numbers and commit")
+        return 0
     a = p.parse_args(argv)
     if cmd == "status":
         st = read_json(Path(a.workdir) / "state.json", {"rounds": []})
@@ -1393,7 +1467,7 @@ def main(argv=None) -> int:
         loop.carry_save()
         print(f"carried the state of {loop.wd} to {loop.carry}: commit that folder")
         return 0
-    raise SystemExit(f"unknown command {cmd!r}: use run, status, carry, md, final or heldout")
+    raise SystemExit(f"unknown command {cmd!r}: use run, status, carry, ship, md, final or heldout")
 
 
 if __name__ == "__main__":
