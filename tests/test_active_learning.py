@@ -5,7 +5,8 @@ No long MD here: frame selection, committee spread, splits, the chemistry check,
 statistics and the status table on synthetic data; one 20-step MD run of the small box with resume;
 the whole loop end to end in a tiny configuration (one 20-step exploration of the ~300-atom box,
 one frame labelled with periodic GFN2-xTB, a 2-step fine-tune from the shipped weights, evaluation,
-stopped after a stage and resumed); and the shipped model evaluated on a few held-out periodic boxes
+stopped after a stage and resumed, restored on a "new machine" from the carry and shipped into a
+temporary folder); a label stage in progress carried; and the shipped model evaluated on a few held-out periodic boxes
 and cluster test frames (~2 min in all on one thread).
 Units: Å, eV, eV/Å, K, ps.
 """
