@@ -172,6 +172,10 @@ def test_md_run_resumes(tmp_path):
     assert [int(r["step"]) for r in pool] == [2, 8, 10, 12, 14, 16, 18, 20]
     s = json.loads((out / "summary.json").read_text())
     assert s["finished"] and not s["failed"] and s["steps"] == 20
+    # its cost counts the first machine's part too (kept in the checkpoint)
+    before = json.loads((carried / "checkpoint.json").read_text())
+    assert before["step"] == 10 and before["cpu_s"] > 0
+    assert s["cpu_s_total"] > before["cpu_s"] + 0.5 * s["ms_per_step_cpu"] * 10 / 1000
     # NVE from the end state (the stop criterion's drift run): 10 velocity-Verlet steps
     nve = tmp_path / "nve"
     subprocess.run([sys.executable, str(DATA / "active_learning.py"), "md", "--model", str(MODEL), "--box", "small",

@@ -322,7 +322,9 @@ def md_main(argv=None) -> int:
     total = int(round(a.ps * 1000.0 / a.dt))
     chk, chk_meta = out / "checkpoint.chk", read_json(out / "checkpoint.json", None)
     t_setup = time.time()
+    spent = {"cpu_s": 0.0, "wall_s": 0.0}  # the run's cost up to its checkpoint (earlier processes, machines)
     if chk.exists() and chk_meta:
+        spent = {k: float(chk_meta.get(k, 0.0)) for k in spent}
         try:
             ctx.loadCheckpoint(chk.read_bytes())
         except Exception as err:  # another machine's OpenMM build: continue from the portable state
@@ -425,7 +427,9 @@ def md_main(argv=None) -> int:
             tmp = out / "checkpoint_state.xml.tmp"
             tmp.write_text(openmm.XmlSerializer.serialize(ctx.getState(getPositions=True, getVelocities=True)))
             os.replace(tmp, out / "checkpoint_state.xml")
-            write_json(out / "checkpoint.json", {"step": step, "offset_steps": offset_steps})
+            write_json(out / "checkpoint.json", {"step": step, "offset_steps": offset_steps,
+                                                 "cpu_s": spent["cpu_s"] + time.process_time() - cpu0,
+                                                 "wall_s": spent["wall_s"] + time.time() - wall0})
     pbar.close()
     wall, cpu = time.time() - wall0, time.process_time() - cpu0
     done_steps = step - steps_at_start
@@ -438,9 +442,9 @@ def md_main(argv=None) -> int:
                ms_per_step_wall=1000 * wall / max(done_steps, 1), ms_per_step_cpu=1000 * cpu / max(done_steps, 1),
                setup_s=setup_s)
     res.update(analyse_log(read_log(out / "log.csv"), a.temperature, a.mode, n))
-    prev = read_json(summary_path, {})
-    res["cpu_s_total"] = prev.get("cpu_s_total", 0.0) + cpu
-    res["wall_s_total"] = prev.get("wall_s_total", 0.0) + wall
+    prev = read_json(summary_path, {})  # (a finished run asked for more steps; checkpoints before the costs)
+    res["cpu_s_total"] = (spent["cpu_s"] or prev.get("cpu_s_total", 0.0)) + cpu
+    res["wall_s_total"] = (spent["wall_s"] or prev.get("wall_s_total", 0.0)) + wall
     write_json(summary_path, res)
     print(f"[md] {out}: {'FAILED at %.2f ps: %s' % (failure['time_ps'], failure['reason']) if failure else 'ok'}; "
           f"{res['ms_per_step_cpu']:.0f} ms/step CPU, {res['ms_per_step_wall']:.0f} ms/step wall")
@@ -1334,13 +1338,16 @@ def status_table(state: dict) -> str:
         sel, lab = st.get("select", {}), st.get("label", {})
         costs = R.get("costs", {})
         c = lambda k: costs.get(k, {}).get("cpu_s", 0) / 60  # noqa: E731
+        # MD: the runs' own CPU totals (they add up across resumes and machines), else the stages' cost
+        md_runs = list(ex.values()) + [v for k, v in (fc or {}).items() if k.startswith("nvt_s") or k == "nve"]
+        md_cpu = sum((e or {}).get("cpu_s_total") or 0 for e in md_runs) / 60 or c("explore") + c("final")
         lines.append(
             f"| {R['round']} | {m['mode']} | {m.get('al_frames', 0)} | "
             f"{fmt(hb.get('all', {}).get('force_mae'))} / {fmt(np.mean(cls) if cls else None)} / "
             f"{fmt(np.mean(mls) if mls else None)} | {fmt(cl.get('force_mae'))} | {exs or '–'} | "
             f"{fmt(longest, '.1f')} | {sel.get('selected', '–')} / {lab.get('labelled', '–')} / {lab.get('added', '–')} "
             f"({sel.get('by', '–')}) | "
-            f"{c('train'):.0f} / {c('explore') + c('final'):.0f} / {c('label'):.0f} |")
+            f"{c('train'):.0f} / {md_cpu:.0f} / {c('label'):.0f} |")
     return "\n".join(lines)
 
 
