@@ -407,6 +407,8 @@ def _check_shipped(models: Path, R: dict):
         [Path(f).resolve() for f in yaml_load(Path(R["model"]["config"]))["data"]["path"]]
     n = {k: len(np.loadtxt(cfg["data"]["index_files"][k], dtype=int, ndmin=1)) for k in ("train", "valid", "test")}
     assert n == summary["split_frames"]
+    outside = [Path(f).resolve() for f in summary["data_outside_repository"]]
+    assert outside == [Path(f).resolve() for f in cfg["data"]["path"]]  # (the test's data lie in tmp)
     module, _ = load_exported(models / "so3krates_demo.pt")
     eager = potential_from_checkpoint(str(models / "so3krates_demo.ckpt"), "float32")
     pos = torch.tensor([[0.0, 0.0, 0.0], [1.09, 0.0, 0.0], [-0.36, 1.03, 0.0], [-0.36, -0.51, 0.89]])

@@ -74,7 +74,7 @@ def pick_round(state: dict, r=None, allow_unchecked: bool = False) -> int:
 
 def ship(state: dict, r: int, to: Path, results: Path) -> dict:
     """Copy, export and describe round ``r``'s model into ``to``; returns the ``shipped_whole_box.json`` content."""
-    from active_learning import SO3KRATES, count_frames, run_cmd, write_json
+    from active_learning import ROOT, SO3KRATES, count_frames, log, run_cmd, write_json
     R = state["rounds"][r]
     ckpt = Path(R["model"]["ckpt"])
     train = ckpt.parent / "train"
@@ -99,6 +99,10 @@ def ship(state: dict, r: int, to: Path, results: Path) -> dict:
         counts[k] = sum(1 for line in open(to / "shipped_split" / f"{k}.txt") if line.strip())
     cfg = yaml.safe_load((train / "train.yaml").read_text())
     data_files = [Path(p) for p in cfg["data"]["path"]]
+    outside = [str(p) for p in data_files if ROOT not in p.resolve().parents or ROOT / "build" in p.resolve().parents]
+    if outside:  # (the loop ran with --al-data elsewhere): the recipe needs them committed
+        log(f"ship: WARNING: round {r} was trained on files outside the repository: {outside}; copy them into "
+            "examples/data/ and edit data.path of config_shipped.yaml, or the recipe does not reproduce elsewhere")
     train_min = R["model"]["train_cost"]["wall_s"] / 60.0
     write_config(cfg, to, r, R["model"], train_min)
     final = R["stages"].get("final")
@@ -110,6 +114,7 @@ def ship(state: dict, r: int, to: Path, results: Path) -> dict:
         "training_wall_min": round(train_min, 1),
         "data": [{"file": os.path.relpath(p, to), "frames": count_frames(p)} for p in data_files],
         "split_frames": counts,
+        "data_outside_repository": outside,
         "heldout_boxes_force_mae_eV_A": {k: round(v["force_mae"], 4) for k, v in ev.get("heldout_boxes", {}).items()
                                          if isinstance(v, dict) and "force_mae" in v},
         "test_clusters_force_mae_eV_A": {k: round(v["force_mae"], 4) for k, v in ev.get("test_clusters", {}).items()
