@@ -35,9 +35,10 @@ Round r (model M_r; M_0 = ``--start-model``, the shipped model):
    **from scratch** with ``examples/models/config_shipped.yaml`` (the shipped recipe, under 30 min);
 7. **stop** when a from-scratch model explores without failure and then passes the **final check**:
    50 ps NVT at 300 K (1 fs, Langevin 1/ps, minimised 50 iterations like the main job) on the
-   684-atom box in two seeds with every 1-ps mean temperature of the last 40 ps within ±15 K of
-   300 K and no bond event, and 5 ps NVE (velocity Verlet, 1 fs) from the end of the first seed with
-   a total-energy drift below 1 meV/atom/ps. A failing check feeds its failure frames to the next
+   684-atom box in two seeds with every 5-ps mean temperature of the last 40 ps within ±15 K of
+   300 K (``T_BLOCK_PS``: 1-ps means scatter by σ ≈ 5 K from thermal noise alone) and no bond
+   event, and 5 ps NVE (velocity Verlet, 1 fs) from the end of the first seed with a total-energy
+   drift below 1 meV/atom/ps. A failing check feeds its failure frames to the next
    round.
 
 Commands::
@@ -451,8 +452,16 @@ def md_main(argv=None) -> int:
     return 0
 
 
+# The stop criterion's "T within ±15 K over the last 40 ps" is judged on 5-ps block means: thermal noise alone
+# moves 1-ps means of the 684-atom box by σ ≈ 5 K (measured with exact classical forces: flexible TIP3P + amber14,
+# same integrator, 40 ps), so "every 1-ps mean within ±15 K" (80 blocks in two seeds, 3σ) fails a perfect force
+# field about one time in five; 5-ps means (σ ≈ 2.2 K) still show any drift or runaway beyond 15 K.
+T_BLOCK_PS = 5.0
+
+
 def analyse_log(rows, t0: float, mode: str, n_atoms: int, last_ps: float = 40.0, window: float = 15.0) -> dict:
-    """Temperature statistics (whole run, last ``last_ps`` ps, 1-ps block means) or the NVE drift."""
+    """Temperature statistics (whole run, last ``last_ps`` ps, ``T_BLOCK_PS`` block means -- the judged ones --
+    and the range of 1-ps means) or the NVE drift."""
     if not rows:
         return {}
     t = np.array([float(r["time_ps"]) for r in rows])
@@ -467,10 +476,12 @@ def analyse_log(rows, t0: float, mode: str, n_atoms: int, last_ps: float = 40.0,
         return out
     start = max(0.0, t[-1] - last_ps)
     m = t > start + 1e-9
-    blocks = block_means(t, T, 1.0, start)
+    blocks = block_means(t, T, T_BLOCK_PS, start)
+    ps1 = block_means(t, T, 1.0, start)
     out.update(last_window_ps=[start, float(t[-1])], T_last_mean_K=float(T[m].mean()), T_last_std_K=float(T[m].std()),
-               T_last_block_means_K=[round(b, 2) for b in blocks],
+               T_last_block_ps=T_BLOCK_PS, T_last_block_means_K=[round(b, 2) for b in blocks],
                T_last_blocks_within=bool(blocks) and all(abs(b - t0) <= window for b in blocks),
+               T_last_1ps_means_range_K=[round(min(ps1), 2), round(max(ps1), 2)] if ps1 else None,
                T_last_fraction_instantaneous_within=float(np.mean(np.abs(T[m] - t0) <= window)))
     return out
 

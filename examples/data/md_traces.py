@@ -2,7 +2,8 @@
 
 Reads the ``log.csv`` and ``summary.json`` of MD runs written by ``active_learning.py md`` and writes
 
-- ``<prefix>.png``: per NVT run the instantaneous temperature, its 1-ps block means, the run's target
+- ``<prefix>.png``: per NVT run the instantaneous temperature, its 1-ps block means (and the judged 5-ps means of
+  a final-check run's last window), the run's target
   (its summary's ``temperature``, else ``--target``) ± ``window`` K band and the judged window (the last ``last_ps`` ps) shaded; per NVE run the total
   energy per atom (meV/atom, relative to its first value) with the linear fit whose slope is the drift;
 - ``<prefix>.json``: per run the summary (failure, stable ps, temperature statistics, NVE drift), the
@@ -85,6 +86,13 @@ def write_traces(runs: Dict[str, Path], prefix: Path, target_K: float = 300.0, w
             ax.plot(t, r["temperature_K"], lw=0.5, alpha=0.6, label="T (instantaneous)")
             if blocks:
                 ax.plot([b[0] - 0.5 for b in blocks], [b[1] for b in blocks], "o-", ms=3, lw=1, label="1-ps means")
+            judged = s.get("T_last_block_ps")  # the block length of the run's stability judgement (final check)
+            if judged and judged != 1.0 and len(t):
+                jb = block_means(t, r["temperature_K"], judged, max(0.0, t[-1] - last_ps))
+                entry[f"T_last_{judged:g}ps_means_K"] = jb
+                if jb:
+                    ax.plot([b[0] - judged / 2 for b in jb], [b[1] for b in jb], "s-", ms=5, lw=1.5, color="black",
+                            label=f"{judged:g}-ps means (judged)")
             ax.axhspan(t0 - window_K, t0 + window_K, color="green", alpha=0.12, label=f"{t0:.0f} ± {window_K:.0f} K")
             if len(t) and t[-1] > 0:
                 ax.axvspan(max(0.0, t[-1] - last_ps), t[-1], color="grey", alpha=0.08, label=f"last {last_ps:g} ps")
@@ -97,8 +105,8 @@ def write_traces(runs: Dict[str, Path], prefix: Path, target_K: float = 300.0, w
             entry["command"] = commands[label]
         verdict = ("failed" if s.get("failed") else
                    f"drift {s.get('nve_drift_meV_per_atom_ps', float('nan')):+.3f} meV/atom/ps" if nve else
-                   ("1-ps means of the last window within the band" if s.get("T_last_blocks_within")
-                    else "1-ps means outside the band or window incomplete"))
+                   (f"{s.get('T_last_block_ps', 1.0):g}-ps means of the last window "
+                    + ("within the band" if s.get("T_last_blocks_within") else "outside the band or window incomplete")))
         ax.set_title(f"{label}: {s.get('duration_ps', t[-1] if len(t) else 0):.1f} ps, {verdict}", fontsize=9)
         ax.legend(fontsize=7, loc="lower right", ncol=3)
         out["runs"][label] = entry
