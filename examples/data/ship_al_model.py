@@ -153,7 +153,8 @@ def final_summary(final) -> dict | None:
     for k, v in final.items():
         if k.startswith("nvt_s") and isinstance(v, dict):
             out[k] = {x: v.get(x) for x in ("duration_ps", "stable_ps", "failed", "T_mean_K", "T_std_K",
-                                            "T_last_block_means_K", "T_last_blocks_within", "ms_per_step_wall")}
+                                            "T_last_mean_K", "T_last_block_ps", "T_last_block_means_K",
+                                            "T_last_blocks_within", "T_last_1ps_means_range_K", "ms_per_step_wall")}
     if isinstance(final.get("nve"), dict):
         out["nve"] = {x: final["nve"].get(x) for x in ("duration_ps", "failed", "nve_drift_meV_per_atom_ps")}
     return out
